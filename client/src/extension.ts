@@ -1,0 +1,153 @@
+// The thin client: find the interpreter, start `python -m torchls serve` with the bundled
+// server libraries, pass workspace trust and settings, show the worker's state, restart on change.
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import {
+  LanguageClient,
+  LanguageClientOptions,
+  RevealOutputChannelOn,
+  ServerOptions,
+  TransportKind,
+} from 'vscode-languageclient/node';
+import { Interpreter, onDidChangePythonInterpreter, probeVersion, readCommandSetting, resolveInterpreter } from './python';
+import { ServerStatus, StatusItem } from './status';
+
+const SERVER_ID = 'torchls';
+const SERVER_NAME = 'torchls';
+const MIN_PYTHON: [number, number] = [3, 10];
+const COMMAND_RESTART = 'torchls.restart';
+const COMMAND_SHOW_LOG = 'torchls.showLog';
+
+let client: LanguageClient | undefined;
+let log: vscode.LogOutputChannel;
+let statusItem: StatusItem;
+let extensionPath: string;
+// Restarts are chained so that a burst of setting changes never runs two servers at once.
+let lifecycle: Promise<void> = Promise.resolve();
+
+function workerOptions(resource?: vscode.Uri): Record<string, unknown> {
+  const config = vscode.workspace.getConfiguration('torchls', resource);
+  return {
+    interpreter: readCommandSetting('worker.interpreter', resource),
+    timeoutSeconds: config.get<number>('worker.timeoutSeconds', 30),
+    memoryLimitMB: config.get<number>('worker.memoryLimitMB', 8192),
+  };
+}
+
+function serverEnvironment(): NodeJS.ProcessEnv {
+  const bundled = path.join(extensionPath, 'bundled', 'libs');
+  const existing = process.env.PYTHONPATH;
+  return {
+    ...process.env,
+    PYTHONPATH: existing ? `${bundled}${path.delimiter}${existing}` : bundled,
+    PYTHONUNBUFFERED: '1',
+  };
+}
+
+async function startServer(): Promise<void> {
+  const resource = vscode.workspace.workspaceFolders?.[0]?.uri;
+  const interpreter: Interpreter = await resolveInterpreter(resource);
+  log.info(`Python for the server: ${interpreter.command.join(' ')} (from ${interpreter.source})`);
+
+  const version = await probeVersion(interpreter);
+  if (typeof version === 'string' || version[0] < MIN_PYTHON[0] || (version[0] === MIN_PYTHON[0] && version[1] < MIN_PYTHON[1])) {
+    const problem = typeof version === 'string'
+      ? version
+      : `${interpreter.command[0]} is Python ${version.join('.')}; torchls needs ${MIN_PYTHON.join('.')} or newer`;
+    log.error(problem);
+    statusItem.show({ state: 'error', message: `${problem}. Set torchls.interpreter or pick another interpreter.` });
+    return;
+  }
+
+  const [executable, ...leading] = interpreter.command;
+  const serverOptions: ServerOptions = {
+    command: executable,
+    args: [...leading, '-m', 'torchls', 'serve'],
+    transport: TransportKind.stdio, // the client appends --stdio; the server accepts it
+    // Not the workspace: `-m` puts the working directory on sys.path, and an untrusted
+    // workspace must not be able to shadow the server's modules.
+    options: { cwd: extensionPath, env: serverEnvironment() },
+  };
+  const config = vscode.workspace.getConfiguration('torchls', resource);
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: [
+      { scheme: 'file', language: 'python' },
+      { scheme: 'untitled', language: 'python' },
+    ],
+    outputChannel: log,
+    traceOutputChannel: log,
+    revealOutputChannelOn: RevealOutputChannelOn.Never,
+    initializationOptions: {
+      trusted: vscode.workspace.isTrusted,
+      allowUserCode: config.get<boolean>('allowUserCode', true),
+      worker: workerOptions(resource),
+    },
+  };
+
+  const next = new LanguageClient(SERVER_ID, SERVER_NAME, serverOptions, clientOptions);
+  next.onNotification('torchls/status', (status: ServerStatus) => statusItem.show(status));
+  statusItem.show({ state: 'starting', message: `starting the server with ${executable}` });
+  try {
+    await next.start();
+    client = next;
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    log.error(`The torchls server did not start: ${message}`);
+    statusItem.show({ state: 'error', message: `the server did not start: ${message}` });
+    await next.dispose().catch(() => undefined);
+  }
+}
+
+async function stopServer(): Promise<void> {
+  const running = client;
+  client = undefined;
+  if (running) {
+    try {
+      await running.stop(5000);
+    } catch (error) {
+      log.warn(`Stopping the server: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+}
+
+function restart(reason: string): Promise<void> {
+  lifecycle = lifecycle.then(async () => {
+    log.info(`Restarting the server: ${reason}`);
+    await stopServer();
+    await startServer();
+  });
+  return lifecycle;
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  extensionPath = context.extensionPath;
+  log = vscode.window.createOutputChannel('torchls', { log: true });
+  statusItem = new StatusItem(COMMAND_SHOW_LOG);
+  context.subscriptions.push(
+    log,
+    statusItem,
+    vscode.commands.registerCommand(COMMAND_RESTART, () => restart('the Restart command')),
+    vscode.commands.registerCommand(COMMAND_SHOW_LOG, () => log.show()),
+    vscode.workspace.onDidChangeConfiguration((event) => {
+      if (event.affectsConfiguration('torchls')) {
+        void restart('a torchls setting changed');
+      }
+    }),
+    vscode.workspace.onDidGrantWorkspaceTrust(() => restart('the workspace is now trusted')),
+  );
+  const pythonWatcher = await onDidChangePythonInterpreter(() => {
+    if (readCommandSetting('interpreter').length === 0) {
+      void restart('the Python extension\'s interpreter changed');
+    }
+  });
+  if (pythonWatcher) {
+    context.subscriptions.push(pythonWatcher);
+  }
+  lifecycle = lifecycle.then(startServer);
+  await lifecycle;
+}
+
+export async function deactivate(): Promise<void> {
+  await lifecycle.catch(() => undefined);
+  await stopServer();
+}

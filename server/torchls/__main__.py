@@ -1,0 +1,3 @@
+from torchls.cli import main
+
+raise SystemExit(main())

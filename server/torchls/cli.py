@@ -1,0 +1,84 @@
+"""The `torchls` command: serve | check | profile | inspect | downgrade | doctor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from torchls import __version__
+
+# Subcommands whose features later work fills in. They fail loudly rather than print fake output.
+_PLANNED = {
+    "check": "state-dict diagnostics for load_state_dict calls",
+    "profile": "parameters, MACs/FLOPs and memory of a model",
+    "inspect": "keys, shapes and dtypes of a checkpoint, read without torch",
+    "downgrade": "re-saving a checkpoint in torch's legacy format",
+}
+
+
+def _parse_tcp(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 127.0.0.1:2087, not {value!r}")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchls",
+        description="PyTorch that tells the truth about itself: a language server and its CLI.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchls {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run the language server")
+    transport = serve.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (default)")
+    transport.add_argument(
+        "--tcp", type=_parse_tcp, metavar="HOST:PORT", help="listen on a TCP port, for debugging"
+    )
+    serve.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+    doctor = commands.add_parser(
+        "doctor", help="start the worker and report the Python, torch and libraries it finds"
+    )
+    doctor.add_argument("--python", help="the interpreter to check (default: this one)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, what in _PLANNED.items():
+        sub = commands.add_parser(name, help=f"{what} (not available yet)")
+        sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "doctor":
+        from torchls.doctor import run_doctor
+
+        return run_doctor(python=args.python, as_json=args.json)
+    print(f"torchls {args.command}: not available yet ({_PLANNED[args.command]}).", file=sys.stderr)
+    return 3
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from torchls.lsp.server import create_server
+
+    server = create_server()
+    if args.tcp is not None:
+        host, port = args.tcp
+        server.start_tcp(host, port)
+    else:
+        server.start_io()
+    return 0

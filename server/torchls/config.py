@@ -1,0 +1,117 @@
+"""Typed initialization options, read defensively.
+
+Every client sends something different (VS Code sends everything, Neovim often nothing, a typo
+in a user's config sends garbage). Each field is checked on its own; a bad value is replaced by
+its default and the reason is returned as a warning to log, never raised.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    # The worker's interpreter, with leading arguments; empty means the server's own Python.
+    interpreter: tuple[str, ...] = ()
+    timeout_seconds: float = 30.0
+    memory_limit_mb: int = 8192
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    # VS Code always sends its real workspace-trust state; a client that sends nothing is trusted.
+    trusted: bool = True
+    # The user's own switch: never run workspace code, even in a trusted workspace.
+    allow_user_code: bool = True
+    worker: WorkerOptions = field(default_factory=WorkerOptions)
+
+    @property
+    def user_code_allowed(self) -> bool:
+        return self.trusted and self.allow_user_code
+
+    def worker_command(self) -> tuple[str, ...]:
+        return self.worker.interpreter or (sys.executable,)
+
+
+def _read_bool(raw: Mapping[str, Any], key: str, default: bool, warnings: list[str]) -> bool:
+    value = raw.get(key, default)
+    if isinstance(value, bool):
+        return value
+    warnings.append(f"initializationOptions.{key} must be true or false, not {value!r}; using {default}")
+    return default
+
+
+def _read_number(
+    raw: Mapping[str, Any],
+    key: str,
+    default: float,
+    low: float,
+    high: float,
+    warnings: list[str],
+    prefix: str,
+) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        warnings.append(
+            f"initializationOptions.{prefix}{key} must be a number from {low:g} to {high:g}, "
+            f"not {value!r}; using {default:g}"
+        )
+        return default
+    return float(value)
+
+
+def _read_interpreter(value: Any, warnings: list[str]) -> tuple[str, ...]:
+    if value is None or value == "" or value == []:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(part, str) and part for part in value):
+        return tuple(value)
+    warnings.append(
+        "initializationOptions.worker.interpreter must be a path or a list of strings, "
+        f"not {value!r}; using the server's own Python"
+    )
+    return ()
+
+
+def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
+    """Read `initializationOptions`; returns the options and one warning per bad field."""
+    warnings: list[str] = []
+    if raw is None:
+        return InitOptions(), warnings
+    if not isinstance(raw, Mapping):
+        warnings.append(f"initializationOptions must be an object, not {type(raw).__name__}; using defaults")
+        return InitOptions(), warnings
+
+    defaults = WorkerOptions()
+    worker_raw = raw.get("worker", {})
+    if not isinstance(worker_raw, Mapping):
+        warnings.append("initializationOptions.worker must be an object; using defaults")
+        worker_raw = {}
+    worker = WorkerOptions(
+        interpreter=_read_interpreter(worker_raw.get("interpreter"), warnings),
+        timeout_seconds=_read_number(
+            worker_raw, "timeoutSeconds", defaults.timeout_seconds, 1, 3600, warnings, "worker."
+        ),
+        memory_limit_mb=int(
+            _read_number(
+                worker_raw, "memoryLimitMB", defaults.memory_limit_mb, 0, 1 << 22, warnings, "worker."
+            )
+        ),
+    )
+    known = {"trusted", "allowUserCode", "worker"}
+    for key in raw:
+        if key not in known:
+            warnings.append(f"initializationOptions.{key} is not a torchls option; ignored")
+    return (
+        InitOptions(
+            trusted=_read_bool(raw, "trusted", True, warnings),
+            allow_user_code=_read_bool(raw, "allowUserCode", True, warnings),
+            worker=worker,
+        ),
+        warnings,
+    )

@@ -1,0 +1,1 @@
+"""Protocol glue: handlers receive a request, call one function of the core, convert the result."""

@@ -1,0 +1,184 @@
+"""The language server: state on a LanguageServer subclass, one small handler per feature.
+
+Nothing here imports torch. Work that needs torch goes to the worker through `WorkerClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
+
+from torchls import __version__, status
+from torchls.config import InitOptions, parse_init_options
+from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
+from torchls.worker.jobs import test_jobs_enabled
+
+log = logging.getLogger(__name__)
+
+STATUS_NOTIFICATION = "torchls/status"
+# Libraries the server process must never import (DESIGN.md, boundary 1); `torchls.status`
+# reports any that slipped in, and the tests check the list is empty.
+HEAVY_MODULES = ("torch", "thop", "transformers", "sklearn", "numpy")
+CMD_STATUS = "torchls.status"
+CMD_RESTART_WORKER = "torchls.restartWorker"
+CMD_TEST_RUN_JOB = "torchls.test.runWorkerJob"
+
+# A worker that dies this often within the window is not restarted eagerly any more; it still
+# starts again on the next request that needs it.
+_CRASH_WINDOW_SECONDS = 60.0
+_CRASHES_BEFORE_BACKOFF = 3
+
+
+class TorchLanguageServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("torchls", __version__)
+        self.options = InitOptions()
+        self.workspace_root: str | None = None
+        self.worker: WorkerClient | None = None
+        self.current_status = status.ServerStatus(status.STARTING, "torchls is starting")
+        self._recent_exits: deque[float] = deque(maxlen=_CRASHES_BEFORE_BACKOFF)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def configure(self, params: types.InitializeParams) -> list[str]:
+        self.options, warnings = parse_init_options(params.initialization_options)
+        self.workspace_root = _workspace_root(params)
+        self.worker = WorkerClient(
+            WorkerSettings(
+                command=self.options.worker_command(),
+                workspace=self.workspace_root,
+                allow_user_code=self.options.user_code_allowed,
+                timeout_seconds=self.options.worker.timeout_seconds,
+                memory_limit_mb=self.options.worker.memory_limit_mb,
+            ),
+            on_exit=self.on_worker_exit,
+        )
+        self.current_status = self._status(status.STARTING, "starting the worker")
+        return warnings
+
+    def spawn(self, coroutine: Any) -> None:
+        """Run a coroutine in the background, keeping a reference so it is not collected."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the worker's state, as the user sees it -----------------------------------------------
+
+    def _status(self, state: str, message: str, **extra: Any) -> status.ServerStatus:
+        worker = self.worker
+        return status.ServerStatus(
+            state=state,
+            message=message,
+            trusted=self.options.trusted,
+            user_code_allowed=self.options.user_code_allowed,
+            worker_pid=worker.pid if worker else None,
+            worker_starts=worker.starts if worker else 0,
+            last_worker_exit=worker.last_exit if worker else None,
+            **extra,
+        )
+
+    def publish_status(self, new_status: status.ServerStatus) -> None:
+        self.current_status = new_status
+        log.info("status: %s: %s", new_status.state, new_status.message)
+        self.protocol.notify(STATUS_NOTIFICATION, new_status.as_json())
+
+    async def probe_environment(self) -> JobResult:
+        assert self.worker is not None
+        result = await self.worker.run("environment")
+        if result.ok:
+            state, message, torch_version = status.status_from_environment(result.value)
+            self.publish_status(
+                self._status(state, message, python=result.value.get("python"), torch=torch_version)
+            )
+        else:
+            self.publish_status(self._status(status.ERROR, result.message))
+        return result
+
+    def on_worker_exit(self, description: str) -> None:
+        now = time.monotonic()
+        self._recent_exits.append(now)
+        crashing = (
+            len(self._recent_exits) == _CRASHES_BEFORE_BACKOFF
+            and now - self._recent_exits[0] < _CRASH_WINDOW_SECONDS
+        )
+        if crashing:
+            self.publish_status(
+                self._status(
+                    status.ERROR,
+                    f"the worker ended ({description}) {_CRASHES_BEFORE_BACKOFF} times within "
+                    f"{_CRASH_WINDOW_SECONDS:g} s; it will start again on the next request",
+                )
+            )
+            return
+        self.publish_status(
+            self._status(status.RESTARTING, f"the worker ended ({description}); restarting it")
+        )
+        self.spawn(self.probe_environment())
+
+
+def _workspace_root(params: types.InitializeParams) -> str | None:
+    uri = None
+    if params.workspace_folders:
+        uri = params.workspace_folders[0].uri
+    elif params.root_uri:
+        uri = params.root_uri
+    if uri is not None:
+        return to_fs_path(uri)
+    return params.root_path or None
+
+
+def create_server() -> TorchLanguageServer:
+    server = TorchLanguageServer()
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: TorchLanguageServer, params: types.InitializeParams) -> None:
+        for warning in ls.configure(params):
+            log.warning("%s", warning)
+            ls.window_log_message(
+                types.LogMessageParams(type=types.MessageType.Warning, message=warning)
+            )
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: TorchLanguageServer, params: types.InitializedParams) -> None:
+        # Start the worker now, in the background, so the status bar can show the torch version
+        # and the first real request finds torch already imported.
+        ls.spawn(ls.probe_environment())
+
+    @server.feature(types.SHUTDOWN)
+    async def shutdown(ls: TorchLanguageServer, params: None) -> None:
+        if ls.worker is not None:
+            await ls.worker.stop()
+
+    @server.command(CMD_STATUS)
+    def server_status(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
+        loaded = [name for name in HEAVY_MODULES if name in sys.modules]
+        return {**ls.current_status.as_json(), "heavy_modules_loaded": loaded}
+
+    @server.command(CMD_RESTART_WORKER)
+    async def restart_worker(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
+        if ls.worker is not None:
+            await ls.worker.restart()
+            ls.publish_status(ls._status(status.STARTING, "restarting the worker"))
+            await ls.probe_environment()
+        return ls.current_status.as_json()
+
+    if test_jobs_enabled():
+
+        @server.command(CMD_TEST_RUN_JOB)
+        async def run_worker_job(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
+            job = str(args[0]) if args else "environment"
+            params = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+            timeout = float(args[2]) if len(args) > 2 and args[2] is not None else None
+            assert ls.worker is not None
+            return (await ls.worker.run(job, params, timeout)).as_json()
+
+    return server

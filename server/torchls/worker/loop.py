@@ -1,0 +1,119 @@
+"""The worker's request loop: read a job, run it, answer, repeat.
+
+Runs in the child process only. The protocol uses a private duplicate of the original stdout;
+file descriptor 1 is pointed at stderr so that anything the user's code prints can never corrupt
+the protocol stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from typing import IO, Any
+
+from torchls.worker import protocol
+from torchls.worker.jobs import JobContext, JobError, find_job
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="torchls-worker")
+    parser.add_argument("--memory-limit-mb", type=int, default=0)
+    parser.add_argument("--workspace", default=None)
+    parser.add_argument("--allow-user-code", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _limit_memory(megabytes: int) -> None:
+    if megabytes <= 0:
+        return
+    limit = megabytes * 1024 * 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _take_protocol_stream() -> IO[bytes]:
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return channel
+
+
+def _send(channel: IO[bytes], message: dict[str, Any]) -> None:
+    channel.write(protocol.encode(message))
+    channel.flush()
+
+
+def _exit_with_parent() -> None:
+    """End the worker when the server goes away, even in the middle of a runaway job.
+
+    The worker lives in its own session (so that a time-out can kill its whole group), so it
+    would not get the terminal's signals: it watches its parent instead.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="torchls-parent-watch", daemon=True).start()
+
+
+def _error(request_id: Any, kind: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"kind": kind, "message": message}}
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
+    channel = _take_protocol_stream()
+    _exit_with_parent()
+    _limit_memory(args.memory_limit_mb)
+    context = JobContext(
+        workspace=args.workspace,
+        allow_user_code=args.allow_user_code,
+        memory_limit_mb=args.memory_limit_mb,
+    )
+    if args.allow_user_code and args.workspace:
+        sys.path.insert(0, args.workspace)
+    _send(channel, {"event": "ready", "pid": os.getpid(), "python": sys.executable})
+
+    for raw in sys.stdin.buffer:
+        if not raw.strip():
+            continue
+        try:
+            request = protocol.decode(raw)
+        except ValueError as exc:
+            _send(channel, _error(None, protocol.ERROR_INTERNAL, f"unreadable request: {exc}"))
+            continue
+        request_id = request.get("id")
+        job = find_job(str(request.get("job")))
+        if job is None:
+            _send(channel, _error(request_id, protocol.ERROR_UNKNOWN_JOB, "no such job"))
+            continue
+        started = time.perf_counter()
+        try:
+            result = job(context, request.get("params") or {})
+        except MemoryError:
+            limit = f" (limit {args.memory_limit_mb} MB)" if args.memory_limit_mb else ""
+            _send(channel, _error(request_id, protocol.ERROR_MEMORY, f"ran out of memory{limit}"))
+            # The heap may be in any state after a MemoryError: start afresh.
+            return 3
+        except JobError as exc:
+            _send(channel, _error(request_id, exc.kind, str(exc)))
+            continue
+        except BaseException as exc:  # user code can raise anything, SystemExit included
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            print(traceback.format_exc(), file=sys.stderr)
+            _send(channel, _error(request_id, protocol.ERROR_INTERNAL, detail))
+            continue
+        elapsed = time.perf_counter() - started
+        _send(channel, {"id": request_id, "ok": True, "result": result, "seconds": elapsed})
+    return 0

@@ -1,0 +1,157 @@
+"""Shared helpers: a real torchls server over stdio, driven by pytest-lsp's client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+class Session:
+    """A running server plus everything it told the client."""
+
+    def __init__(self, client: LanguageClient, init_result: types.InitializeResult) -> None:
+        self.client = client
+        self.init_result = init_result
+        self.statuses: list[dict[str, Any]] = []
+        self.log_messages: list[types.LogMessageParams] = []
+        self._changed = asyncio.Event()
+
+    def record_status(self, params: Any) -> None:
+        self.statuses.append(_plain(params))
+        self._changed.set()
+
+    async def wait_for_status(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0, after: int = 0
+    ) -> dict[str, Any]:
+        """The first status, from index `after` on, that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for status in self.statuses[after:]:
+                if predicate(status):
+                    return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no matching status within {timeout} s: {self.statuses}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def command(self, name: str, *arguments: Any) -> Any:
+        result = await self.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=name, arguments=list(arguments))
+        )
+        return _plain(result)
+
+    @property
+    def server_pid(self) -> int:
+        server = self.client._server
+        assert server is not None
+        return server.pid
+
+
+def _plain(value: Any) -> Any:
+    """pygls hands custom payloads over as namedtuple-like objects; make them dicts and lists."""
+    if hasattr(value, "_asdict"):
+        return {key: _plain(item) for key, item in value._asdict().items()}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TORCHLS_WORKER_TEST_JOBS"] = "1"
+    env["PYTHONPATH"] = str(ROOT / "server")
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def lsp_session(
+    initialization_options: Any = None,
+    workspace: Path = EXAMPLES,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Session]:
+    """Start `torchls serve --stdio`, initialize it as VS Code would, and shut it down after."""
+    config = ClientServerConfig(
+        server_command=[sys.executable, "-m", "torchls", "serve", "--stdio"],
+        server_env=env or server_env(),
+    )
+    client = await config.start()
+    assert isinstance(client, LanguageClient)
+    holder: dict[str, Session] = {}
+    early: list[Any] = []
+
+    @client.feature("torchls/status")
+    def on_status(params: Any) -> None:
+        if "session" in holder:
+            holder["session"].record_status(params)
+        else:
+            early.append(params)
+
+    @client.feature(types.WINDOW_LOG_MESSAGE)
+    def on_log(params: types.LogMessageParams) -> None:
+        if "session" in holder:
+            holder["session"].log_messages.append(params)
+        else:
+            early.append(params)
+
+    try:
+        result = await client.initialize_session(
+            types.InitializeParams(
+                capabilities=client_capabilities("visual-studio-code"),
+                root_uri=workspace.as_uri(),
+                workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name="ws")],
+                initialization_options=initialization_options,
+            )
+        )
+        session = Session(client, result)
+        for item in early:
+            if isinstance(item, types.LogMessageParams):
+                session.log_messages.append(item)
+            else:
+                session.record_status(item)
+        holder["session"] = session
+        yield session
+        await client.shutdown_session()
+    finally:
+        await client.stop()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter with nothing installed: no torch, no pygls."""
+    folder = tmp_path_factory.mktemp("bare-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    return str(folder / "bin" / "python")
