@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,7 +28,6 @@ class Session:
         self.client = client
         self.init_result = init_result
         self.statuses: list[dict[str, Any]] = []
-        self.log_messages: list[types.LogMessageParams] = []
         self._changed = asyncio.Event()
 
     def record_status(self, params: Any) -> None:
@@ -47,16 +47,18 @@ class Session:
             if remaining <= 0:
                 raise AssertionError(f"no matching status within {timeout} s: {self.statuses}")
             self._changed.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
     async def command(self, name: str, *arguments: Any) -> Any:
         result = await self.client.workspace_execute_command_async(
             types.ExecuteCommandParams(command=name, arguments=list(arguments))
         )
         return _plain(result)
+
+    @property
+    def log_messages(self) -> list[types.LogMessageParams]:
+        return list(self.client.log_messages)
 
     @property
     def server_pid(self) -> int:
@@ -107,13 +109,6 @@ async def lsp_session(
         else:
             early.append(params)
 
-    @client.feature(types.WINDOW_LOG_MESSAGE)
-    def on_log(params: types.LogMessageParams) -> None:
-        if "session" in holder:
-            holder["session"].log_messages.append(params)
-        else:
-            early.append(params)
-
     try:
         result = await client.initialize_session(
             types.InitializeParams(
@@ -125,10 +120,7 @@ async def lsp_session(
         )
         session = Session(client, result)
         for item in early:
-            if isinstance(item, types.LogMessageParams):
-                session.log_messages.append(item)
-            else:
-                session.record_status(item)
+            session.record_status(item)
         holder["session"] = session
         yield session
         await client.shutdown_session()

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import process_alive
 
+from conftest import process_alive
 from torchls.worker import protocol
 from torchls.worker.client import WorkerClient, WorkerSettings
 
@@ -87,7 +87,6 @@ async def test_timeout_kills_the_jobs_child_processes_too(tmp_path: Path) -> Non
         worker_pid = worker.pid
         assert worker_pid is not None
         # A grandchild in the worker's process group, as a user's DataLoader would start.
-        os.spawnlp  # noqa: B018 -- documents that we use the worker's own group below
         child = await _spawn_in_group(worker_pid, marker)
         result = await worker.run("test.sleep", {"seconds": 3600}, timeout=1.0)
         assert result.error_kind == protocol.ERROR_TIMEOUT
@@ -116,14 +115,19 @@ async def _spawn_in_group(group_leader: int, marker: Path) -> int:
     ("how", "expected"),
     [("segfault", "killed by SIGSEGV"), ("exit", "exit code 17")],
 )
-async def test_crash_is_reported_and_worker_restarts(tmp_path: Path, how: str, expected: str) -> None:
+async def test_crash_is_reported_and_worker_restarts(
+    tmp_path: Path, how: str, expected: str
+) -> None:
     exits: list[str] = []
     worker = WorkerClient(make_worker(tmp_path).settings, on_exit=exits.append)
     try:
         result = await worker.run("test.crash", {"how": how})
         assert not result.ok
         assert result.error_kind == protocol.ERROR_CRASH
-        assert result.message == f"the worker crashed ({expected}) while running test.crash; it will be restarted"
+        assert (
+            result.message
+            == f"the worker crashed ({expected}) while running test.crash; it will be restarted"
+        )
         again = await worker.run("environment")
         assert again.ok
         assert worker.starts == 2
@@ -182,10 +186,14 @@ async def test_unknown_job_and_bad_interpreter_are_one_line_errors(tmp_path: Pat
     missing = make_worker(tmp_path, command=("/nonexistent/python3",))
     result = await missing.run("environment")
     assert result.error_kind == protocol.ERROR_START
-    assert result.message.startswith("cannot start the worker: /nonexistent/python3 is not a runnable Python")
+    assert result.message.startswith(
+        "cannot start the worker: /nonexistent/python3 is not a runnable Python"
+    )
 
 
-async def test_test_jobs_are_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_test_jobs_are_off_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TORCHLS_WORKER_TEST_JOBS")
     worker = make_worker(tmp_path)
     try:
@@ -203,7 +211,8 @@ async def test_worker_exits_when_the_server_dies(tmp_path: Path) -> None:
         "import asyncio, sys\n"
         "from torchls.worker.client import WorkerClient, WorkerSettings\n"
         "async def main():\n"
-        f"    w = WorkerClient(WorkerSettings(command=(sys.executable,), workspace={str(tmp_path)!r}))\n"
+        "    w = WorkerClient(WorkerSettings(command=(sys.executable,),\n"
+        f"                                    workspace={str(tmp_path)!r}))\n"
         "    await w.run('test.echo')\n"
         "    print(w.pid, flush=True)\n"
         "    await w.run('test.sleep', {'seconds': 3600}, timeout=3600)\n"

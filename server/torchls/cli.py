@@ -35,13 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the language server")
     transport = serve.add_mutually_exclusive_group()
-    transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (default)")
+    transport.add_argument(
+        "--stdio", action="store_true", help="talk LSP over stdin/stdout (default)"
+    )
     transport.add_argument(
         "--tcp", type=_parse_tcp, metavar="HOST:PORT", help="listen on a TCP port, for debugging"
     )
-    serve.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     doctor = commands.add_parser(
         "doctor", help="start the worker and report the Python, torch and libraries it finds"

@@ -41,7 +41,9 @@ def _read_bool(raw: Mapping[str, Any], key: str, default: bool, warnings: list[s
     value = raw.get(key, default)
     if isinstance(value, bool):
         return value
-    warnings.append(f"initializationOptions.{key} must be true or false, not {value!r}; using {default}")
+    warnings.append(
+        f"initializationOptions.{key} must be true or false, not {value!r}; using {default}"
+    )
     return default
 
 
@@ -84,7 +86,9 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
     if raw is None:
         return InitOptions(), warnings
     if not isinstance(raw, Mapping):
-        warnings.append(f"initializationOptions must be an object, not {type(raw).__name__}; using defaults")
+        warnings.append(
+            f"initializationOptions must be an object, not {type(raw).__name__}; using defaults"
+        )
         return InitOptions(), warnings
 
     defaults = WorkerOptions()
@@ -99,7 +103,13 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
         ),
         memory_limit_mb=int(
             _read_number(
-                worker_raw, "memoryLimitMB", defaults.memory_limit_mb, 0, 1 << 22, warnings, "worker."
+                worker_raw,
+                "memoryLimitMB",
+                defaults.memory_limit_mb,
+                0,
+                1 << 22,
+                warnings,
+                "worker.",
             )
         ),
     )

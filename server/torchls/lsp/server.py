@@ -19,7 +19,7 @@ from pygls.uris import to_fs_path
 from torchls import __version__, status
 from torchls.config import InitOptions, parse_init_options
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
-from torchls.worker.jobs import test_jobs_enabled
+from torchls.worker.protocol import test_jobs_enabled
 
 log = logging.getLogger(__name__)
 

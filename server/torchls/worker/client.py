@@ -138,7 +138,9 @@ class WorkerClient:
                 await self._kill()
             self._current = None
 
-    async def _run_locked(self, job: str, params: dict[str, Any], timeout: float | None) -> JobResult:
+    async def _run_locked(
+        self, job: str, params: dict[str, Any], timeout: float | None
+    ) -> JobResult:
         async with self._lock:
             started = time.monotonic()
             try:
@@ -210,7 +212,9 @@ class WorkerClient:
             argv.append("--allow-user-code")
         env = dict(os.environ if settings.env is None else settings.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        cwd = settings.workspace if settings.workspace and Path(settings.workspace).is_dir() else None
+        cwd = (
+            settings.workspace if settings.workspace and Path(settings.workspace).is_dir() else None
+        )
         log.info("starting worker: %s", " ".join(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -225,7 +229,8 @@ class WorkerClient:
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise WorkerStartError(
-                f"cannot start the worker: {settings.command[0]} is not a runnable Python ({exc.strerror})"
+                f"cannot start the worker: {settings.command[0]} is not a runnable Python "
+                f"({exc.strerror})"
             ) from exc
         current = _Process(proc)
         assert proc.stdout is not None
@@ -261,6 +266,7 @@ class WorkerClient:
             self._on_exit(description)
 
     async def _crashed(self, current: _Process, job: str, started: float) -> JobResult:
+        returncode: int | None
         try:
             returncode = await asyncio.wait_for(current.proc.wait(), 5.0)
         except asyncio.TimeoutError:

@@ -132,13 +132,9 @@ _TEST_JOBS: dict[str, Job] = {
 }
 
 
-def test_jobs_enabled() -> bool:
-    return os.environ.get("TORCHLS_WORKER_TEST_JOBS") == "1"
-
-
 def find_job(name: str) -> Job | None:
     if name in _JOBS:
         return _JOBS[name]
-    if test_jobs_enabled():
+    if protocol.test_jobs_enabled():
         return _TEST_JOBS.get(name)
     return None

@@ -11,6 +11,7 @@ This module is imported by both sides, so it uses the standard library only.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 # Error kinds a job result can carry. The server turns each into one sentence for the user.
@@ -34,3 +35,8 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("worker message is not a JSON object")
     return value
+
+
+def test_jobs_enabled() -> bool:
+    """Jobs that hang, crash and over-allocate on purpose exist only for the test suite."""
+    return os.environ.get("TORCHLS_WORKER_TEST_JOBS") == "1"

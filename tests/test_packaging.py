@@ -1,0 +1,120 @@
+"""The client builds, the .vsix carries the server's libraries, and it runs in real VS Code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+VSIX = ROOT / "dist" / "torchls.vsix"
+NODE_MODULES = ROOT / "node_modules"
+VSCODE_HARNESS = ROOT / "tests" / "vscode" / "node_modules" / "code-server"
+
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None or not NODE_MODULES.is_dir(),
+    reason="the client's npm packages are not installed (run scripts/setup.sh)",
+)
+
+
+def _npm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["npm", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def vsix() -> Path:
+    """Packages the extension once per test session, exactly as a release would."""
+    result = _npm("run", "package")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert VSIX.is_file()
+    return VSIX
+
+
+@needs_node
+def test_client_typechecks_in_strict_mode() -> None:
+    config = json.loads((ROOT / "tsconfig.json").read_text())
+    assert config["compilerOptions"]["strict"] is True
+    result = _npm("run", "typecheck")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_node
+def test_vsix_holds_the_client_and_the_bundled_server(vsix: Path) -> None:
+    names = set(zipfile.ZipFile(vsix).namelist())
+    for required in [
+        "extension/package.json",
+        "extension/dist/extension.js",
+        "extension/bundled/libs/torchls/cli.py",
+        "extension/bundled/libs/torchls/worker/boot.py",
+        "extension/bundled/libs/pygls/__init__.py",
+        "extension/bundled/libs/lsprotocol/types.py",
+        "extension/bundled/libs/cattrs/__init__.py",
+        "extension/bundled/libs/attrs/__init__.py",
+        "extension/bundled/libs/exceptiongroup/__init__.py",
+    ]:
+        assert required in names, f"{required} missing from the .vsix"
+    # Pure Python only: a compiled module would tie the .vsix to one platform.
+    assert not [n for n in names if n.endswith((".so", ".pyd", ".dylib", ".pyc"))]
+    # Nothing from the source tree that a user does not need.
+    assert not [n for n in names if n.startswith(("extension/tests/", "extension/node_modules/"))]
+    manifest = json.loads(zipfile.ZipFile(vsix).read("extension/package.json"))
+    assert manifest["capabilities"]["untrustedWorkspaces"]["supported"] == "limited"
+
+
+@needs_node
+def test_bundled_server_runs_on_an_interpreter_without_pygls(
+    vsix: Path, bare_python: str, tmp_path: Path
+) -> None:
+    """The user's environment needs torch and friends, never pygls: the .vsix brings it."""
+    zipfile.ZipFile(vsix).extractall(tmp_path)
+    libs = tmp_path / "extension" / "bundled" / "libs"
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"capabilities": {}, "processId": None, "rootUri": None},
+        }
+    ).encode()
+    exit_body = json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()
+    stdin = b"".join(b"Content-Length: %d\r\n\r\n" % len(b) + b for b in (body, exit_body))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(libs)
+    result = subprocess.run(
+        [bare_python, "-m", "torchls", "serve", "--stdio"],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert b'"name": "torchls"' in result.stdout or b'"name":"torchls"' in result.stdout, (
+        result.stdout + result.stderr
+    )
+
+
+@needs_node
+@pytest.mark.skipif(
+    not VSCODE_HARNESS.is_dir() or not Path("/usr/bin/chromium").exists(),
+    reason="code-server or chromium is not installed (run scripts/setup.sh)",
+)
+def test_real_vscode_smoke(vsix: Path) -> None:
+    env = dict(os.environ, TORCHLS_VSIX=str(vsix), TORCHLS_TEST_PYTHON=sys.executable)
+    result = subprocess.run(
+        ["node", "--test", "tests/vscode/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "# fail 0" in result.stdout
+    assert (ROOT / "tests" / "vscode" / "artifacts" / "smoke-status-bar.png").is_file()
