@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -65,6 +66,20 @@ class Session:
         server = self.client._server
         assert server is not None
         return server.pid
+
+
+def lsp_frame(message: dict[str, Any]) -> bytes:
+    """One LSP message with its Content-Length header, for tests that talk raw bytes."""
+    body = json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+INITIALIZE_REQUEST = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"capabilities": {}, "processId": None, "rootUri": None},
+}
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -12,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, lsp_session, process_alive, server_env
+from conftest import INITIALIZE_REQUEST, ROOT, lsp_frame, lsp_session, process_alive, server_env
 from torchls import __version__
 
 
@@ -212,15 +211,7 @@ def test_tcp_transport_for_debugging() -> None:
                     raise
                 time.sleep(0.1)
         with connection:
-            body = json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {"capabilities": {}, "processId": None, "rootUri": None},
-                }
-            ).encode()
-            connection.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            connection.sendall(lsp_frame(INITIALIZE_REQUEST))
             connection.settimeout(30)
             received = b""
             while b'"serverInfo"' not in received:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import INITIALIZE_REQUEST, ROOT, lsp_frame
 
 VSIX = ROOT / "dist" / "torchls.vsix"
 NODE_MODULES = ROOT / "node_modules"
@@ -75,16 +75,7 @@ def test_bundled_server_runs_on_an_interpreter_without_pygls(
     """The user's environment needs torch and friends, never pygls: the .vsix brings it."""
     zipfile.ZipFile(vsix).extractall(tmp_path)
     libs = tmp_path / "extension" / "bundled" / "libs"
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {"capabilities": {}, "processId": None, "rootUri": None},
-        }
-    ).encode()
-    exit_body = json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()
-    stdin = b"".join(b"Content-Length: %d\r\n\r\n" % len(b) + b for b in (body, exit_body))
+    stdin = lsp_frame(INITIALIZE_REQUEST) + lsp_frame({"jsonrpc": "2.0", "method": "exit"})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(libs)
     result = subprocess.run(
