@@ -1,0 +1,613 @@
+"""Recognise a checkpoint's format and read it: torch zip, torch legacy, safetensors, sharded
+indexes and Hugging Face folders. Everything else gets a sentence saying what the file is.
+
+Only metadata is read: the zip directory and `data.pkl`, a legacy file's pickles (not the raw
+storages behind them), a safetensors header. Reading costs grows with the number of tensors, not
+with the size of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from torchls.checkpoint.dtypes import SAFETENSORS_DTYPE
+from torchls.checkpoint.errors import CheckpointError
+from torchls.checkpoint.pickle_vm import Budget, PickleError, RestrictedUnpickler
+from torchls.checkpoint.records import StorageRecord, TensorRecord
+from torchls.checkpoint.safety import WEIGHTS_ONLY_ALLOWED, is_dangerous, weights_only_verdict
+from torchls.checkpoint.structure import Walk, pickled_module_state
+from torchls.checkpoint.summary import CheckpointSummary, GlobalRef, StateDictCandidate
+from torchls.checkpoint.torch_pickle import TORCH_REDUCERS, StorageTable
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+INDEX_SUFFIX = ".index.json"
+# Hugging Face weight files, in the order transformers prefers them.
+HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass(frozen=True)
+class ReadBudget:
+    max_pickle_bytes: int = 512 * 1024 * 1024
+    max_header_bytes: int = 128 * 1024 * 1024  # safetensors header, index.json, config.json
+    max_zip_members: int = 2_000_000
+    pickle: Budget = field(default_factory=Budget)
+
+
+@dataclass
+class _Parsed:
+    """One file's contents before they are summarised."""
+
+    format: str
+    root: Any
+    details: dict[str, Any] = field(default_factory=dict)
+    storages: dict[str, StorageRecord] = field(default_factory=dict)
+    globals_seen: dict[str, int] | None = None  # None: the format has no pickle
+    opcodes: set[int] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    storage_bytes: int = 0
+
+
+def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> CheckpointSummary:
+    """Read what `path` holds; raises CheckpointError with one sentence when it can't."""
+    path = Path(path)
+    budget = budget or ReadBudget()
+    try:
+        if path.is_dir():
+            parsed, size = _read_folder(path, budget), _folder_size(path)
+        else:
+            size = path.stat().st_size
+            parsed = _read_file(path, size, budget)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(path, "is a folder") from None
+    except PermissionError:
+        raise CheckpointError(path, "permission denied") from None
+    except PickleError as exc:
+        raise CheckpointError(path, str(exc)) from None
+    except MemoryError:
+        raise CheckpointError(path, "reading it needs more memory than allowed") from None
+    except (OSError, ValueError, zipfile.BadZipFile, struct.error, UnicodeDecodeError) as exc:
+        raise CheckpointError(path, f"unreadable: {exc}") from None
+    return _summarise(path, size, parsed)
+
+
+def _summarise(path: Path, size: int, parsed: _Parsed) -> CheckpointSummary:
+    walk = Walk(parsed.root)
+    summary = CheckpointSummary(
+        path=str(path),
+        format=parsed.format,
+        file_size=size,
+        details=parsed.details,
+        tree=walk.tree(),
+        candidates=walk.candidates,
+        tensors=walk.tensors,
+        storage_bytes=parsed.storage_bytes,
+        warnings=parsed.warnings + walk.warnings,
+    )
+    module_state = pickled_module_state(parsed.root)
+    if module_state:
+        summary.candidates.insert(0, _module_candidate(module_state))
+        summary.warnings.append(
+            "the whole nn.Module is pickled (torch.save(model)); loading it runs its class's code "
+            "and needs weights_only=False: save model.state_dict() instead"
+        )
+    if parsed.globals_seen is not None:
+        summary.globals = [
+            GlobalRef(name, count, name in WEIGHTS_ONLY_ALLOWED, is_dangerous(name))
+            for name, count in sorted(parsed.globals_seen.items())
+        ]
+        summary.weights_only = weights_only_verdict(list(parsed.globals_seen), parsed.opcodes)
+        if summary.weights_only.dangerous_globals:
+            summary.warnings.insert(
+                0,
+                "torch.load(weights_only=False) would run code from this file: it calls "
+                + ", ".join(summary.weights_only.dangerous_globals),
+            )
+    return summary
+
+
+def _module_candidate(state: dict[str, TensorRecord]) -> StateDictCandidate:
+    dtypes: dict[str, int] = {}
+    for tensor in state.values():
+        dtypes[tensor.dtype] = dtypes.get(tensor.dtype, 0) + 1
+    return StateDictCandidate(
+        path="(pickled module).state_dict()",
+        keys=tuple(state),
+        tensors=len(state),
+        nbytes=sum(tensor.nbytes for tensor in state.values()),
+        dtypes=dtypes,
+    )
+
+
+# -- recognising a file ----------------------------------------------------------------------
+
+
+def _read_file(path: Path, size: int, budget: ReadBudget) -> _Parsed:
+    if path.name.endswith(INDEX_SUFFIX):
+        return _read_index(path, budget)
+    if size == 0:
+        raise CheckpointError(path, "empty file (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return _read_zip(path, budget)
+    if head[:1] == b"\x80":
+        return _read_legacy(path, size, budget)
+    if _looks_like_safetensors(head, size):
+        return _read_safetensors(path, size, budget)
+    raise CheckpointError(path, _describe_unknown(path, head, size))
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack_from("<Q", head)
+    return head[8:9] == b"{" and 0 < length <= size - 8
+
+
+def _describe_unknown(path: Path, head: bytes, size: int) -> str:
+    text = head.lstrip()
+    lowered = text[:64].lower()
+    if text.startswith(b"version https://git-lfs.github.com/spec/"):
+        return "a Git LFS pointer, not the checkpoint itself: run `git lfs pull` to fetch it"
+    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML page saved under a checkpoint's name (a failed download?), not a checkpoint"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array, not a torch checkpoint: load it with numpy.load"
+    if head.startswith(b"GGUF"):
+        return "a GGUF model file (llama.cpp), not a torch checkpoint"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (Keras .h5?), not a torch checkpoint"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return _describe_tar(path)
+    if head[:1] in (b"{", b"["):
+        return "a JSON file, not a checkpoint"
+    if size >= 22 and _has_zip_directory(path, size):
+        return (
+            "data precedes a zip archive: torch.load would read this file as a legacy pickle, "
+            "not as the zip archive, so torchls refuses the ambiguous file"
+        )
+    return f"not a checkpoint format torchls knows (it starts with {head[:8]!r})"
+
+
+def _describe_tar(path: Path) -> str:
+    import tarfile
+
+    try:
+        with tarfile.open(path) as archive:
+            names = set(archive.getnames())
+    except (tarfile.TarError, OSError):
+        return "a tar archive that cannot be read"
+    if {"sys_info", "pickle", "storages", "tensors"} <= names:
+        return (
+            "a checkpoint in torch's old tar format (torch 0.1-0.3): torchls recognises it but "
+            "does not read it; load it with torch.load and save it again to convert it"
+        )
+    return "a tar archive, not a torch checkpoint"
+
+
+def _has_zip_directory(path: Path, size: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 65_557))
+        return b"PK\x05\x06" in handle.read()
+
+
+# -- torch zip format (torch >= 1.6) ---------------------------------------------------------
+
+
+def _safe_member_name(name: str) -> bool:
+    if not name or name.startswith(("/", "\\")) or "\\" in name or ":" in name.split("/")[0]:
+        return False
+    return ".." not in PurePosixPath(name).parts
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path) -> bytes:
+    if info.file_size > limit:
+        raise CheckpointError(
+            path, f"{info.filename} claims {info.file_size:,} bytes, over the {limit:,}-byte limit"
+        )
+    with archive.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:  # a compressed member that inflates past what it claimed
+        raise CheckpointError(path, f"{info.filename} inflates past the {limit:,}-byte limit")
+    return data
+
+
+def _read_zip(path: Path, budget: ReadBudget) -> _Parsed:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(
+            path, f"damaged zip archive ({exc}); the file may be truncated"
+        ) from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > budget.max_zip_members:
+            raise CheckpointError(path, f"zip archive has {len(infos):,} members (limit)")
+        by_name: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            name = info.filename
+            if name in by_name:
+                raise CheckpointError(
+                    path,
+                    f"the zip archive holds two members named {name!r}; torch and Python's "
+                    "zipfile would read different ones, so torchls refuses the ambiguous file",
+                )
+            if not _safe_member_name(name):
+                raise CheckpointError(path, f"zip member name {name!r} escapes the archive")
+            by_name[name] = info
+        prefixes = {name.split("/", 1)[0] for name in by_name if "/" in name}
+        pickles = [n for n in by_name if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise CheckpointError(path, _describe_zip(by_name, pickles))
+        prefix = pickles[0].split("/", 1)[0]
+        if any(f"{prefix}/{marker}" in by_name for marker in ("constants.pkl",)) or any(
+            name.startswith(f"{prefix}/code/") for name in by_name
+        ):
+            raise CheckpointError(
+                path, "a TorchScript archive: load it with torch.jit.load, not torch.load"
+            )
+        details: dict[str, Any] = {"archive_folder": prefix}
+        if len(prefixes) > 1:
+            details["other_folders"] = sorted(prefixes - {prefix})
+
+        def small(name: str) -> str | None:
+            info = by_name.get(f"{prefix}/{name}")
+            if info is None:
+                return None
+            return _read_member(archive, info, 256, path).decode("utf-8", "replace").strip()
+
+        byteorder = small("byteorder")
+        details["byteorder"] = byteorder or "little"
+        for name, key in (
+            ("version", "version"),
+            (".format_version", "format_version"),
+            (".storage_alignment", "storage_alignment"),
+            (".data/serialization_id", "serialization_id"),
+        ):
+            value = small(name)
+            if value is not None:
+                details[key] = value
+        pickle_data = _read_member(archive, by_name[pickles[0]], budget.max_pickle_bytes, path)
+        table = StorageTable()
+        vm = RestrictedUnpickler(
+            pickle_data,
+            budget=budget.pickle,
+            reducers=TORCH_REDUCERS,
+            persistent_load=table.persistent_load,
+        )
+        root = vm.load()
+        details["pickle_protocol"] = vm.protocol
+        storage_bytes = 0
+        for key, storage in table.storages.items():
+            info = by_name.get(f"{prefix}/data/{key}")
+            if info is None:
+                raise CheckpointError(
+                    path, f"storage '{key}' has no record data/{key} in the archive"
+                )
+            if info.file_size != storage.nbytes:
+                raise CheckpointError(
+                    path,
+                    f"record data/{key} holds {info.file_size:,} bytes, but the pickle says "
+                    f"{storage.numel:,} x {storage.dtype} = {storage.nbytes:,} bytes",
+                )
+            storage_bytes += storage.nbytes
+        warnings = []
+        if byteorder not in (None, "little", "big"):
+            raise CheckpointError(path, f"unknown byteorder record {byteorder!r}")
+        if byteorder == "big":
+            warnings.append("tensors are stored big-endian; torch converts them when loading")
+        devices = sorted(
+            {s.location for s in table.storages.values() if not s.location.startswith("cpu")}
+        )
+        if devices:
+            details["devices"] = devices
+        return _Parsed(
+            format="torch-zip",
+            root=root,
+            details=details,
+            storages=table.storages,
+            globals_seen=vm.globals_seen,
+            opcodes=vm.opcodes_seen,
+            warnings=warnings,
+            storage_bytes=storage_bytes,
+        )
+
+
+def _describe_zip(by_name: dict[str, zipfile.ZipInfo], pickles: list[str]) -> str:
+    names = list(by_name)
+    if len(pickles) > 1:
+        return "the zip archive holds several data.pkl records: refusing an ambiguous file"
+    if names and all(name.endswith(".npy") for name in names):
+        return "a NumPy .npz archive, not a torch checkpoint: load it with numpy.load"
+    if "model.json" in names or any(name.endswith("/model.json") for name in names):
+        return "a TorchScript archive in the old format: load it with torch.jit.load"
+    return "a zip archive without a data.pkl record: not a torch checkpoint"
+
+
+# -- torch legacy format (torch < 1.6, or _use_new_zipfile_serialization=False) ---------------
+
+
+def _read_legacy(path: Path, size: int, budget: ReadBudget) -> _Parsed:
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        view: Any = data
+        first = RestrictedUnpickler(view, budget=budget.pickle)
+        magic = first.load()
+        if magic != LEGACY_MAGIC:
+            return _raw_pickle(path, first, magic, size)
+        second = RestrictedUnpickler(view, pos=first.pos, budget=budget.pickle)
+        protocol = second.load()
+        if protocol != LEGACY_PROTOCOL:
+            raise CheckpointError(path, f"legacy torch file with unknown protocol {protocol!r}")
+        third = RestrictedUnpickler(view, pos=second.pos, budget=budget.pickle)
+        sys_info = third.load()
+        table = StorageTable()
+        main = RestrictedUnpickler(
+            view,
+            pos=third.pos,
+            budget=budget.pickle,
+            reducers=TORCH_REDUCERS,
+            persistent_load=table.persistent_load,
+        )
+        root = main.load()
+        keys_vm = RestrictedUnpickler(view, pos=main.pos, budget=budget.pickle)
+        keys = keys_vm.load()
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CheckpointError(path, "legacy file's storage key list is malformed")
+        # Raw storages follow: per key an 8-byte element count, then the bytes. Check the
+        # headers and the total size against what the pickle described, without reading data.
+        offset = keys_vm.pos
+        storage_bytes = 0
+        for key in keys:
+            storage = table.storages.get(key)
+            if storage is None:
+                raise CheckpointError(
+                    path, f"legacy file lists storage '{key}' the pickle never used"
+                )
+            if offset + 8 > size:
+                raise CheckpointError(path, "legacy file ends before its storages (truncated?)")
+            (count,) = struct.unpack_from("<q", data, offset)
+            if count != storage.numel:
+                raise CheckpointError(
+                    path,
+                    f"storage '{key}' holds {count:,} elements, the pickle says {storage.numel:,}",
+                )
+            offset += 8 + storage.nbytes
+            storage_bytes += storage.nbytes
+        if offset > size:
+            raise CheckpointError(
+                path, f"legacy file is {size:,} bytes but its storages need {offset:,} (truncated?)"
+            )
+        globals_seen = dict(main.globals_seen)
+        for vm in (first, second, third, keys_vm):
+            for name, count in vm.globals_seen.items():
+                globals_seen[name] = globals_seen.get(name, 0) + count
+        details: dict[str, Any] = {"legacy_protocol": protocol, "pickle_protocol": main.protocol}
+        if isinstance(sys_info, dict):
+            details["little_endian"] = sys_info.get("little_endian")
+        warnings = []
+        if offset < size:
+            warnings.append(f"{size - offset:,} bytes follow the last storage")
+        return _Parsed(
+            format="torch-legacy",
+            root=root,
+            details=details,
+            storages=table.storages,
+            globals_seen=globals_seen,
+            opcodes=main.opcodes_seen | first.opcodes_seen | keys_vm.opcodes_seen,
+            warnings=warnings,
+            storage_bytes=storage_bytes,
+        )
+
+
+def _raw_pickle(path: Path, vm: RestrictedUnpickler, root: Any, size: int) -> _Parsed:
+    warnings = [
+        "a plain pickle, not a torch checkpoint: torch.load reads it only with "
+        "weights_only=False, which runs whatever code the pickle names"
+    ]
+    if _has_zip_directory(path, size):
+        warnings.append("a zip archive is appended after the pickle: torch.load ignores it")
+    return _Parsed(
+        format="pickle",
+        root=root,
+        details={"pickle_protocol": vm.protocol},
+        globals_seen=vm.globals_seen,
+        opcodes=vm.opcodes_seen | {0},  # torch refuses a file without its magic number anyway
+        warnings=warnings,
+    )
+
+
+# -- safetensors -----------------------------------------------------------------------------
+
+
+def _read_safetensors(path: Path, size: int, budget: ReadBudget) -> _Parsed:
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > budget.max_header_bytes:
+            raise CheckpointError(path, f"safetensors header of {length:,} bytes is over the limit")
+        if 8 + length > size:
+            raise CheckpointError(path, "safetensors header runs past the end of the file")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise CheckpointError(path, f"safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise CheckpointError(path, "safetensors __metadata__ must map strings to strings")
+    data_size = size - 8 - length
+    root: dict[str, TensorRecord] = {}
+    extents: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(path, f"safetensors entry {name!r} is not an object")
+        dtype = SAFETENSORS_DTYPE.get(entry.get("dtype"))  # type: ignore[arg-type]
+        if dtype is None:
+            raise CheckpointError(path, f"tensor {name!r} has unknown dtype {entry.get('dtype')!r}")
+        shape = entry.get("shape")
+        offsets = entry.get("data_offsets")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(path, f"tensor {name!r} has a malformed shape")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CheckpointError(path, f"tensor {name!r} has malformed data_offsets")
+        tensor = TensorRecord(dtype, tuple(shape), None, 0, None)
+        if offsets[1] - offsets[0] != tensor.nbytes:
+            raise CheckpointError(
+                path,
+                f"tensor {name!r} spans {offsets[1] - offsets[0]:,} bytes, but {dtype} "
+                f"x {shape} needs {tensor.nbytes:,}",
+            )
+        if offsets[1] > data_size:
+            raise CheckpointError(
+                path, f"tensor {name!r} lies past the end of the file (truncated?)"
+            )
+        extents.append((offsets[0], offsets[1], name))
+        root[name] = tensor
+    extents.sort()
+    for (_, end, first), (start, _, second) in zip(extents, extents[1:], strict=False):
+        if start < end:
+            raise CheckpointError(path, f"tensors {first!r} and {second!r} overlap in the file")
+    details: dict[str, Any] = {"header_bytes": length}
+    if metadata:
+        details["metadata"] = metadata
+    return _Parsed(
+        format="safetensors",
+        root=root,
+        details=details,
+        storage_bytes=sum(t.nbytes for t in root.values()),
+    )
+
+
+# -- sharded checkpoints and Hugging Face folders --------------------------------------------
+
+
+def _read_json(path: Path, limit: int) -> Any:
+    size = path.stat().st_size
+    if size > limit:
+        raise CheckpointError(path, f"{size:,} bytes of JSON is over the limit")
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise CheckpointError(path, f"not valid JSON ({exc})") from None
+
+
+def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
+    index = _read_json(path, budget.max_header_bytes)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(path, "an index without a weight_map of tensor names to shard files")
+    folder = path.parent.resolve()
+    shards: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        shards.setdefault(shard, []).append(key)
+    root: dict[str, TensorRecord] = {}
+    shard_details = []
+    globals_seen: dict[str, int] | None = None
+    opcodes: set[int] = set()
+    warnings: list[str] = []
+    storage_bytes = 0
+    for shard, keys in shards.items():
+        shard_path = (folder / shard).resolve()
+        if PurePosixPath(shard).is_absolute() or not shard_path.is_relative_to(folder):
+            raise CheckpointError(path, f"shard {shard!r} lies outside the checkpoint's folder")
+        if not shard_path.is_file():
+            raise CheckpointError(path, f"shard {shard!r} listed in the index is missing")
+        parsed = _read_file(shard_path, shard_path.stat().st_size, budget)
+        tensors = _flat_tensors(parsed.root)
+        missing = [key for key in keys if key not in tensors]
+        if missing:
+            raise CheckpointError(
+                path,
+                f"shard {shard!r} lacks {len(missing)} tensors the index puts there, "
+                f"e.g. {missing[0]!r}",
+            )
+        extra = sorted(set(tensors) - set(keys))
+        if extra:
+            warnings.append(f"shard {shard!r} holds {len(extra)} tensors the index does not list")
+        for key in keys:
+            root[key] = tensors[key]
+        shard_details.append({"file": shard, "format": parsed.format, "tensors": len(keys)})
+        storage_bytes += parsed.storage_bytes
+        if parsed.globals_seen is not None:
+            globals_seen = globals_seen or {}
+            for name, count in parsed.globals_seen.items():
+                globals_seen[name] = globals_seen.get(name, 0) + count
+            opcodes |= parsed.opcodes
+        warnings.extend(f"{shard}: {w}" for w in parsed.warnings)
+    details: dict[str, Any] = {"shards": shard_details}
+    metadata = index.get("metadata")
+    if isinstance(metadata, dict):
+        details["metadata"] = metadata
+    return _Parsed(
+        format="sharded",
+        root=root,
+        details=details,
+        globals_seen=globals_seen,
+        opcodes=opcodes,
+        warnings=warnings,
+        storage_bytes=storage_bytes,
+    )
+
+
+def _flat_tensors(root: Any) -> dict[str, TensorRecord]:
+    if isinstance(root, dict):
+        return {k: v for k, v in root.items() if isinstance(k, str) and isinstance(v, TensorRecord)}
+    return {}
+
+
+def _read_folder(path: Path, budget: ReadBudget) -> _Parsed:
+    config_path = path / "config.json"
+    for name in HF_WEIGHTS:
+        weights = path / name
+        if weights.is_file():
+            break
+    else:
+        indexes = sorted(path.glob(f"*{INDEX_SUFFIX}"))
+        if not indexes:
+            found = "a config.json but no weights" if config_path.is_file() else "no checkpoint"
+            raise CheckpointError(
+                path, f"the folder holds {found} (looked for {', '.join(HF_WEIGHTS)})"
+            )
+        weights = indexes[0]
+    parsed = _read_file(weights, weights.stat().st_size, budget)
+    parsed.details = {"weights": weights.name, "weights_format": parsed.format, **parsed.details}
+    if config_path.is_file():
+        config = _read_json(config_path, budget.max_header_bytes)
+        if isinstance(config, dict):
+            parsed.details["config"] = {
+                key: config[key]
+                for key in ("model_type", "architectures", "torch_dtype", "dtype")
+                if key in config
+            }
+        parsed.format = "huggingface"
+    return parsed
+
+
+def _folder_size(path: Path) -> int:
+    return sum(child.stat().st_size for child in path.iterdir() if child.is_file())

@@ -1,0 +1,221 @@
+"""From the unpickled object to what a user wants to know: the container tree, the state-dict
+candidates and the tensors.
+
+Pickles can share objects and even contain cycles, and a hostile one can describe a graph whose
+tree form is exponentially large. Every walk here visits each object once (by identity), is
+iterative, and stops at a depth and a node budget, saying so in a warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchls.checkpoint.pickle_vm import Global, Opaque
+from torchls.checkpoint.records import TensorRecord
+from torchls.checkpoint.summary import ContainerNode, StateDictCandidate, TensorInfo
+
+MAX_DEPTH = 64
+MAX_NODES = 2_000_000
+TREE_DEPTH = 6  # levels of the container tree shown
+TREE_CHILDREN = 40  # children shown per container
+MAX_CANDIDATES = 20
+
+
+def key_text(key: Any) -> str:
+    return key if isinstance(key, str) else repr(key)
+
+
+def subscript(path: str, key: Any) -> str:
+    return f"{path}[{key!r}]" if isinstance(key, (str, int)) else f"{path}[{type(key).__name__}]"
+
+
+def _children(obj: Any) -> list[tuple[Any, Any]]:
+    """(key, value) pairs below a container; empty for leaves."""
+    if isinstance(obj, dict):
+        return list(obj.items())
+    if isinstance(obj, (list, tuple)):
+        return list(enumerate(obj))
+    if isinstance(obj, Opaque):
+        pairs: list[tuple[Any, Any]] = []
+        if isinstance(obj.state, dict):
+            pairs.extend(obj.state.items())
+        elif obj.state is not None:
+            pairs.append(("__state__", obj.state))
+        if obj.entries:
+            pairs.extend(obj.entries.items())
+        if obj.items:
+            pairs.extend(enumerate(obj.items))
+        if obj.args:
+            pairs.append(("__args__", obj.args))
+        return pairs
+    return []
+
+
+def _type_name(obj: Any) -> str:
+    if isinstance(obj, Opaque):
+        return obj.type_name
+    if isinstance(obj, dict):
+        return "OrderedDict" if type(obj).__name__ == "OrderedDictRecord" else "dict"
+    return type(obj).__name__
+
+
+def _is_container(obj: Any) -> bool:
+    return isinstance(obj, (dict, list, tuple, Opaque))
+
+
+class Walk:
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.tensors: list[TensorInfo] = []
+        self.candidates: list[StateDictCandidate] = []
+        self.tensor_counts: dict[int, int] = {}
+        self.warnings: list[str] = []
+        self._run()
+
+    def _run(self) -> None:
+        # Depth-first, each container once. `stack` holds (object, path, depth, via_int_keys).
+        visited: set[int] = set()
+        order: list[Any] = []
+        stack: list[tuple[Any, str, int, bool]] = [(self.root, "", 0, False)]
+        nodes = 0
+        too_deep = False
+        while stack:
+            obj, path, depth, via_int = stack.pop()
+            if id(obj) in visited:
+                continue
+            visited.add(id(obj))
+            nodes += 1
+            if nodes > MAX_NODES:
+                self.warnings.append(f"stopped after {MAX_NODES:,} objects; the rest is not shown")
+                break
+            if depth > MAX_DEPTH:
+                too_deep = True
+                continue
+            order.append(obj)
+            pairs = _children(obj)
+            tensor_pairs = [(k, v) for k, v in pairs if isinstance(v, TensorRecord)]
+            for key, tensor in tensor_pairs:
+                self.tensors.append(_info(path, key, tensor))
+            if tensor_pairs and len(tensor_pairs) == len(pairs) and isinstance(obj, dict):
+                if not via_int:  # optimizer state is keyed by parameter index: not a state dict
+                    self.candidates.append(_candidate(path, tensor_pairs))
+            int_keys = isinstance(obj, dict) and any(isinstance(k, int) for k in obj)
+            for key, value in reversed(pairs):
+                if _is_container(value):
+                    stack.append((value, subscript(path, key), depth + 1, via_int or int_keys))
+        if too_deep:
+            self.warnings.append(f"objects nested deeper than {MAX_DEPTH} levels are not shown")
+        self.candidates.sort(key=lambda c: (-c.nbytes, -c.tensors, c.path))
+        if len(self.candidates) > MAX_CANDIDATES:
+            self.candidates = self.candidates[:MAX_CANDIDATES]
+        self._order = order
+
+    def tree(self) -> ContainerNode | None:
+        if not _is_container(self.root):
+            return None
+        counts = self._count_tensors()
+        return _node(self.root, "", 0, counts, set())
+
+    def _count_tensors(self) -> dict[int, int]:
+        """Tensors anywhere below each container, each container's own counted once."""
+        counts: dict[int, int] = {}
+        for obj in reversed(self._order):  # children come after parents in `order`
+            total = 0
+            for _key, value in _children(obj):
+                if isinstance(value, TensorRecord):
+                    total += 1
+                elif _is_container(value):
+                    total += counts.get(id(value), 0)
+            counts[id(obj)] = total
+        return counts
+
+
+def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int]) -> ContainerNode:
+    seen.add(id(obj))
+    pairs = _children(obj)
+    children: list[ContainerNode] = []
+    truncated = 0
+    if depth < TREE_DEPTH:
+        containers = [(k, v) for k, v in pairs if _is_container(v) and id(v) not in seen]
+        for key, value in containers[:TREE_CHILDREN]:
+            children.append(_node(value, subscript(path, key), depth + 1, counts, seen))
+        truncated = max(0, len(containers) - TREE_CHILDREN)
+    return ContainerNode(
+        path=path or "(root)",
+        type=_type_name(obj),
+        items=len(pairs),
+        tensors=counts.get(id(obj), 0),
+        children=tuple(children),
+        truncated=truncated,
+    )
+
+
+def _info(container: str, key: Any, tensor: TensorRecord) -> TensorInfo:
+    return TensorInfo(
+        container=container,
+        key=key_text(key),
+        dtype=tensor.dtype,
+        shape=tensor.shape,
+        numel=tensor.numel,
+        nbytes=tensor.nbytes,
+        kind=tensor.kind,
+        device=tensor.device,
+        subclass=tensor.subclass,
+    )
+
+
+def _candidate(path: str, pairs: list[tuple[Any, TensorRecord]]) -> StateDictCandidate:
+    dtypes: dict[str, int] = {}
+    nbytes = 0
+    for _key, tensor in pairs:
+        dtypes[tensor.dtype] = dtypes.get(tensor.dtype, 0) + 1
+        nbytes += tensor.nbytes
+    return StateDictCandidate(
+        path=path,
+        keys=tuple(key_text(key) for key, _ in pairs),
+        tensors=len(pairs),
+        nbytes=nbytes,
+        dtypes=dtypes,
+    )
+
+
+def pickled_module_state(root: Any) -> dict[str, TensorRecord] | None:
+    """The state dict of a whole `nn.Module` pickled with `torch.save(model)`, rebuilt from its
+    `_parameters`, `_buffers` and `_modules` without running anything; None if `root` is not one."""
+    if not _is_module(root):
+        return None
+    result: dict[str, TensorRecord] = {}
+    stack: list[tuple[Any, str, int]] = [(root, "", 0)]
+    visited: set[int] = set()
+    while stack:
+        module, prefix, depth = stack.pop()
+        if id(module) in visited or depth > MAX_DEPTH:
+            continue
+        visited.add(id(module))
+        state = module.state
+        non_persistent = state.get("_non_persistent_buffers_set")
+        skip = set(non_persistent) if isinstance(non_persistent, (set, frozenset, list)) else set()
+        for group in ("_parameters", "_buffers"):
+            tensors = state.get(group)
+            if isinstance(tensors, dict):
+                for name, tensor in tensors.items():
+                    if isinstance(tensor, TensorRecord) and not (
+                        group == "_buffers" and name in skip
+                    ):
+                        result[f"{prefix}{name}"] = tensor
+        children = state.get("_modules")
+        if isinstance(children, dict):
+            for name, child in reversed(list(children.items())):
+                if _is_module(child):
+                    stack.append((child, f"{prefix}{name}.", depth + 1))
+    return result
+
+
+def _is_module(obj: Any) -> bool:
+    return (
+        isinstance(obj, Opaque)
+        and isinstance(obj.state, dict)
+        and "_parameters" in obj.state
+        and "_modules" in obj.state
+        and isinstance(obj.target, Global | Opaque)
+    )

@@ -1,0 +1,158 @@
+"""What a checkpoint holds, as plain data: the result of reading one, and its JSON form.
+
+The JSON form (`CheckpointSummary.as_json()`) is the schema `torchls inspect --json` prints;
+README.md documents it. Fields are only ever added within a schema version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchls.checkpoint.safety import WeightsOnlyVerdict
+
+SCHEMA = "torchls.inspect/1"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    container: str  # where the mapping that holds it sits: "" for the root, "['state_dict']"
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    numel: int
+    nbytes: int
+    kind: str = "tensor"  # tensor | parameter | quantized | sparse | meta
+    device: str = "cpu"
+    subclass: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "container": self.container,
+            "key": self.key,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "numel": self.numel,
+            "bytes": self.nbytes,
+            "kind": self.kind,
+            "device": self.device,
+        }
+        if self.subclass:
+            data["subclass"] = self.subclass
+        return data
+
+
+@dataclass(frozen=True)
+class StateDictCandidate:
+    """A mapping whose values are all tensors: something `load_state_dict` could take."""
+
+    path: str  # "" for the root object, "['state_dict']", "['model']['ema']"
+    keys: tuple[str, ...]
+    tensors: int
+    nbytes: int
+    dtypes: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "tensors": self.tensors,
+            "bytes": self.nbytes,
+            "dtypes": self.dtypes,
+        }
+
+
+@dataclass(frozen=True)
+class ContainerNode:
+    path: str
+    type: str
+    items: int
+    tensors: int  # tensors anywhere below
+    children: tuple[ContainerNode, ...] = ()
+    truncated: int = 0  # children not shown
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "path": self.path,
+            "type": self.type,
+            "items": self.items,
+            "tensors": self.tensors,
+            "children": [child.as_json() for child in self.children],
+        }
+        if self.truncated:
+            data["more_children"] = self.truncated
+        return data
+
+
+@dataclass(frozen=True)
+class GlobalRef:
+    name: str
+    count: int
+    weights_only_allowed: bool
+    dangerous: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "count": self.count,
+            "weights_only_allowed": self.weights_only_allowed,
+            "dangerous": self.dangerous,
+        }
+
+
+@dataclass
+class CheckpointSummary:
+    path: str
+    format: str  # torch-zip | torch-legacy | safetensors | sharded | huggingface | pickle
+    file_size: int
+    details: dict[str, Any] = field(default_factory=dict)
+    tree: ContainerNode | None = None
+    candidates: list[StateDictCandidate] = field(default_factory=list)
+    tensors: list[TensorInfo] = field(default_factory=list)
+    storage_bytes: int = 0
+    globals: list[GlobalRef] = field(default_factory=list)
+    weights_only: WeightsOnlyVerdict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, Any]:
+        by_dtype: dict[str, dict[str, int]] = {}
+        elements = 0
+        nbytes = 0
+        for tensor in self.tensors:
+            entry = by_dtype.setdefault(tensor.dtype, {"tensors": 0, "elements": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["elements"] += tensor.numel
+            entry["bytes"] += tensor.nbytes
+            elements += tensor.numel
+            nbytes += tensor.nbytes
+        return {
+            "tensors": len(self.tensors),
+            "elements": elements,
+            "bytes": nbytes,
+            "storage_bytes": self.storage_bytes,
+            "by_dtype": dict(sorted(by_dtype.items(), key=lambda item: -item[1]["bytes"])),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        verdict = self.weights_only
+        return {
+            "schema": SCHEMA,
+            "path": self.path,
+            "format": self.format,
+            "file_size": self.file_size,
+            "details": self.details,
+            "tree": self.tree.as_json() if self.tree else None,
+            "candidates": [candidate.as_json() for candidate in self.candidates],
+            "tensors": [tensor.as_json() for tensor in self.tensors],
+            "totals": self.totals(),
+            "globals": [ref.as_json() for ref in self.globals],
+            "weights_only": None
+            if verdict is None
+            else {
+                "accepted": verdict.accepted,
+                "reason": verdict.reason,
+                "refused_globals": list(verdict.refused_globals),
+                "unsupported_opcodes": list(verdict.unsupported_opcodes),
+                "dangerous_globals": list(verdict.dangerous_globals),
+            },
+            "warnings": self.warnings,
+        }
