@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     assert f"usage: torchls {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["check", "profile", "inspect", "downgrade"])
+@pytest.mark.parametrize("command", ["check", "profile", "downgrade"])
 def test_planned_commands_say_so_instead_of_faking_output(command: str) -> None:
     result = run_cli(command, "examples")
     assert result.returncode == 3
@@ -65,3 +66,64 @@ def test_doctor_on_an_interpreter_without_torch(bare_python: str) -> None:
     result = run_cli("doctor", "--python", bare_python)
     assert result.returncode == 1
     assert f"torch not found in {bare_python}" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import torch
+    from torch import nn
+
+    path = tmp_path_factory.mktemp("ckpt") / "train.ckpt"
+    model = nn.Linear(4, 2)
+    torch.save({"epoch": 1, "state_dict": model.state_dict()}, path)
+    return str(path)
+
+
+def test_inspect_prints_tensors_candidates_and_verdict(training_checkpoint: str) -> None:
+    result = run_cli("inspect", training_checkpoint)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "format        torch zip archive" in out
+    assert "weights_only  accepted" in out
+    assert "state-dict candidates (largest first)\n  ['state_dict']" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
+    assert lines["weight"][1:5] == ["float32", "[2,", "4]", "8"]
+    assert lines["bias"][1:4] == ["float32", "[2]", "2"]
+
+
+def test_inspect_json_schema(training_checkpoint: str) -> None:
+    result = run_cli("inspect", training_checkpoint, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["schema"] == "torchls.inspect/1"
+    assert report["format"] == "torch-zip"
+    assert report["candidates"][0]["path"] == "['state_dict']"
+    weight = next(t for t in report["tensors"] if t["key"] == "weight")
+    assert weight == {
+        "container": "['state_dict']",
+        "key": "weight",
+        "dtype": "float32",
+        "shape": [2, 4],
+        "numel": 8,
+        "bytes": 32,
+        "kind": "tensor",
+        "device": "cpu",
+    }
+    assert report["totals"]["by_dtype"]["float32"] == {"tensors": 2, "elements": 10, "bytes": 40}
+    assert report["weights_only"]["accepted"] is True
+
+
+def test_inspect_unreadable_file_exit_code_1(tmp_path: Path) -> None:
+    path = tmp_path / "page.pt"
+    path.write_text("<html><body>Sign in to download</body></html>")
+    result = run_cli("inspect", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"torchls inspect: {path}: an HTML page saved under a checkpoint's name "
+        "(a failed download?), not a checkpoint"
+    )
+
+
+def test_inspect_usage_error_exit_code_2() -> None:
+    assert run_cli("inspect").returncode == 2

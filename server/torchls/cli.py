@@ -13,7 +13,6 @@ from torchls import __version__
 _PLANNED = {
     "check": "state-dict diagnostics for load_state_dict calls",
     "profile": "parameters, MACs/FLOPs and memory of a model",
-    "inspect": "keys, shapes and dtypes of a checkpoint, read without torch",
     "downgrade": "re-saving a checkpoint in torch's legacy format",
 }
 
@@ -49,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--python", help="the interpreter to check (default: this one)")
     doctor.add_argument("--json", action="store_true", help="print JSON")
 
+    inspect = commands.add_parser(
+        "inspect",
+        help="keys, shapes and dtypes of a checkpoint, read without torch and without running it",
+        description="Read a checkpoint (torch zip or legacy .pt/.pth/.bin/.ckpt, safetensors, "
+        "a sharded *.index.json, or a Hugging Face model folder) without torch and without "
+        "running any of its code. Exit codes: 0 read, 1 not a readable checkpoint, 2 usage.",
+    )
+    inspect.add_argument("path", help="a checkpoint file or a model folder")
+    inspect.add_argument("--json", action="store_true", help="print the torchls.inspect/1 JSON")
+    inspect.add_argument(
+        "--timeout", type=float, default=60.0, help="give up after this many seconds (60)"
+    )
+    inspect.add_argument(
+        "--memory-mb", type=int, default=1024, help="memory limit of the reader process (1024)"
+    )
+
     for name, what in _PLANNED.items():
         sub = commands.add_parser(name, help=f"{what} (not available yet)")
         sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -59,12 +74,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "inspect":
+        return _inspect(args)
     if args.command == "doctor":
         from torchls.doctor import run_doctor
 
         return run_doctor(python=args.python, as_json=args.json)
     print(f"torchls {args.command}: not available yet ({_PLANNED[args.command]}).", file=sys.stderr)
     return 3
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from torchls.checkpoint import CheckpointError
+    from torchls.checkpoint.isolated import read_isolated
+
+    try:
+        summary = read_isolated(args.path, timeout=args.timeout, memory_mb=args.memory_mb)
+    except CheckpointError as exc:
+        print(f"torchls inspect: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    else:
+        from torchls.inspect_report import render_inspect
+
+        sys.stdout.write(render_inspect(summary))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ class PickleError(Exception):
 
 @dataclass(frozen=True)
 class Budget:
-    max_opcodes: int = 50_000_000
+    max_opcodes: int = 50_000_000  # counted per MARK: containers and calls
     max_memo: int = 10_000_000
     max_depth: int = 1_000  # nested MARKs
     max_inline_bytes: int = 64 * 1024  # longer str/bytes payloads are kept as their size only
@@ -35,15 +35,12 @@ class Budget:
 class Global:
     """A `module.name` the pickle refers to. Never imported."""
 
-    __slots__ = ("module", "name")
+    __slots__ = ("fullname", "module", "name")
 
     def __init__(self, module: str, name: str) -> None:
         self.module = module
         self.name = name
-
-    @property
-    def fullname(self) -> str:
-        return f"{self.module}.{self.name}"
+        self.fullname = f"{module}.{name}"
 
     def __repr__(self) -> str:
         return f"<global {self.fullname}>"
@@ -115,8 +112,10 @@ class RestrictedUnpickler:
 
     reducers: `"module.name" -> function(unpickler, args)`, used for REDUCE and NEWOBJ of that
     global. persistent_load: turns a persistent id into a value (torch's storages).
-    After `load()`, `globals_seen` holds every global the pickle named (even ones never called),
-    `opcodes_seen` every opcode byte used, and `pos` the offset just past the STOP opcode.
+    After `load()`, `globals_seen` holds every global the pickle named (even ones never called)
+    with how often it was named, `opcodes_seen` the less common opcodes it used (the common ones,
+    which torch's weights-only unpickler implements, are not tracked), and `pos` the offset just
+    past the STOP opcode.
     """
 
     def __init__(
@@ -142,9 +141,9 @@ class RestrictedUnpickler:
 
     def call(self, target: Any, args: Any) -> Any:
         """What REDUCE does: a registered reducer's result, or an inert record of the call."""
-        if not isinstance(args, tuple):
+        if type(args) is not tuple:
             raise PickleError(f"REDUCE arguments must be a tuple, not {type(args).__name__}")
-        if isinstance(target, Global):
+        if type(target) is Global:
             reducer = self.reducers.get(target.fullname)
             if reducer is not None:
                 try:
@@ -172,8 +171,8 @@ class RestrictedUnpickler:
         found = self._globals.get(key)
         if found is None:
             found = self._globals[key] = Global(module, name)
-            fullname = found.fullname
-            self.globals_seen[fullname] = self.globals_seen.get(fullname, 0) + 1
+        fullname = found.fullname
+        self.globals_seen[fullname] = self.globals_seen.get(fullname, 0) + 1
         return found
 
     def _text(self, start: int, size: int, encoding: str) -> Any:
@@ -216,6 +215,7 @@ class RestrictedUnpickler:
     def _load(self) -> Any:
         data = self.data
         end = len(data)
+        items: list[Any]
         pos = self.pos
         budget = self.budget
         max_opcodes = budget.max_opcodes
@@ -227,28 +227,24 @@ class RestrictedUnpickler:
         metastack: list[list[Any]] = []
         push = stack.append
         count = 0
+        call = self.call
+        persistent_load = self.persistent_load
         while True:
             if pos >= end:
                 raise PickleError("pickle data ended before its STOP opcode (truncated file?)")
             op = data[pos]
             pos += 1
-            count += 1
-            if count > max_opcodes:
-                raise PickleError(f"pickle has more than {max_opcodes:,} opcodes (budget)")
-            seen.add(op)
-            if op == 0x71:  # BINPUT
-                memo[data[pos]] = stack[-1]
-                pos += 1
+            # The branches are ordered by how often torch.save's pickles use each opcode. Only
+            # opcodes that torch's weights-only unpickler does not implement are recorded in
+            # `seen` (the common ones below all are implemented), to keep the hot path short.
+            if op == 0x72:  # LONG_BINPUT
+                if len(memo) >= max_memo:
+                    raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
+                memo[_u4(data, pos)[0]] = stack[-1]
+                pos += 4
             elif op == 0x68:  # BINGET
                 push(memo[data[pos]])
                 pos += 1
-            elif op == 0x58:  # BINUNICODE
-                size = _u4(data, pos)[0]
-                pos += 4
-                if pos + size > end:
-                    raise PickleError("pickle data ended inside a string (truncated file?)")
-                push(self._text(pos, size, "utf-8"))
-                pos += size
             elif op == 0x4B:  # BININT1
                 push(data[pos])
                 pos += 1
@@ -256,21 +252,43 @@ class RestrictedUnpickler:
                 metastack.append(stack)
                 if len(metastack) > max_depth:
                     raise PickleError(f"pickle nests deeper than {max_depth} levels (budget)")
+                # The opcode budget is counted per MARK: every container and call of a torch
+                # pickle opens one, and a pickle without MARKs is bounded by its length.
+                count += 1
+                if count > max_opcodes:
+                    raise PickleError(f"pickle has more than {max_opcodes:,} objects (budget)")
                 stack = []
                 push = stack.append
+            elif op == 0x58:  # BINUNICODE
+                size = _u4(data, pos)[0]
+                pos += 4
+                if pos + size > end:
+                    raise PickleError("pickle data ended inside a string (truncated file?)")
+                push(self._text(pos, size, "utf-8"))
+                pos += size
             elif op == 0x74:  # TUPLE
-                items = tuple(stack)
+                frozen = tuple(stack)
                 stack = metastack.pop()
                 push = stack.append
-                push(items)
-            elif op == 0x52:  # REDUCE
-                args = stack.pop()
-                stack[-1] = self.call(stack[-1], args)
-            elif op == 0x51:  # BINPERSID
-                pid = stack.pop()
-                push(self.persistent_load(pid) if self.persistent_load else PersistentRef(pid))
+                push(frozen)
             elif op == 0x85:  # TUPLE1
                 stack[-1] = (stack[-1],)
+            elif op == 0x52:  # REDUCE
+                args = stack.pop()
+                stack[-1] = call(stack[-1], args)
+            elif op == 0x51:  # BINPERSID
+                pid = stack.pop()
+                push(persistent_load(pid) if persistent_load else PersistentRef(pid))
+            elif op == 0x89:  # NEWFALSE
+                push(False)
+            elif op == 0x29:  # EMPTY_TUPLE
+                push(())
+            elif op == 0x71:  # BINPUT
+                memo[data[pos]] = stack[-1]
+                pos += 1
+            elif op == 0x6A:  # LONG_BINGET
+                push(memo[_u4(data, pos)[0]])
+                pos += 4
             elif op == 0x86:  # TUPLE2
                 second = stack.pop()
                 stack[-1] = (stack[-1], second)
@@ -278,12 +296,8 @@ class RestrictedUnpickler:
                 third = stack.pop()
                 second = stack.pop()
                 stack[-1] = (stack[-1], second, third)
-            elif op == 0x89:  # NEWFALSE
-                push(False)
             elif op == 0x88:  # NEWTRUE
                 push(True)
-            elif op == 0x29:  # EMPTY_TUPLE
-                push(())
             elif op == 0x63:  # GLOBAL
                 module, pos = self._line(pos)
                 name, pos = self._line(pos)
@@ -295,205 +309,203 @@ class RestrictedUnpickler:
                 _set_items(stack[-1], items)
             elif op == 0x7D:  # EMPTY_DICT
                 push({})
-            elif op == 0x72:  # LONG_BINPUT
-                if len(memo) >= max_memo:
-                    raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
-                memo[_u4(data, pos)[0]] = stack[-1]
-                pos += 4
-            elif op == 0x6A:  # LONG_BINGET
-                push(memo[_u4(data, pos)[0]])
-                pos += 4
-            elif op == 0x4D:  # BININT2
-                push(_u2(data, pos)[0])
-                pos += 2
-            elif op == 0x4A:  # BININT
-                push(_i4(data, pos)[0])
-                pos += 4
-            elif op == 0x94:  # MEMOIZE
-                if len(memo) >= max_memo:
-                    raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
-                memo[len(memo)] = stack[-1]
-            elif op == 0x8C:  # SHORT_BINUNICODE
-                size = data[pos]
-                pos += 1
-                if pos + size > end:
-                    raise PickleError("pickle data ended inside a string (truncated file?)")
-                push(self._text(pos, size, "utf-8"))
-                pos += size
-            elif op == 0x93:  # STACK_GLOBAL
-                name = stack.pop()
-                module = stack.pop()
-                if not isinstance(module, str) or not isinstance(name, str):
-                    raise PickleError("STACK_GLOBAL needs two strings")
-                push(self._global(module, name))
-            elif op == 0x95:  # FRAME
-                pos += 8
-            elif op == 0x80:  # PROTO
-                self.protocol = data[pos]
-                pos += 1
-                if self.protocol > 5:
-                    raise PickleError(f"unsupported pickle protocol {self.protocol}")
-            elif op == 0x2E:  # STOP
-                self.pos = pos
-                if metastack:
-                    raise PickleError("malformed pickle: STOP inside an open mark")
-                return stack.pop()
-            elif op == 0x4E:  # NONE
-                push(None)
-            elif op == 0x5D:  # EMPTY_LIST
-                push([])
-            elif op == 0x61:  # APPEND
-                value = stack.pop()
-                _append(stack[-1], [value])
-            elif op == 0x65:  # APPENDS
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                _append(stack[-1], items)
-            elif op == 0x73:  # SETITEM
-                value = stack.pop()
-                key = stack.pop()
-                _set_items(stack[-1], [key, value])
-            elif op == 0x62:  # BUILD
-                state = stack.pop()
-                _build(stack[-1], state)
-            elif op == 0x81:  # NEWOBJ
-                args = stack.pop()
-                stack[-1] = self._new(stack[-1], args)
-            elif op == 0x92:  # NEWOBJ_EX
-                kwargs = stack.pop()
-                args = stack.pop()
-                target = stack.pop()
-                obj = self._new(target, args)
-                if isinstance(obj, Opaque):
-                    obj.state = {"kwargs": kwargs}
-                push(obj)
-            elif op == 0x47:  # BINFLOAT
-                push(_f8(data, pos)[0])
-                pos += 8
-            elif op == 0x8A:  # LONG1
-                size = data[pos]
-                pos += 1
-                push(int.from_bytes(data[pos : pos + size], "little", signed=True))
-                pos += size
-            elif op == 0x8B:  # LONG4
-                size = _i4(data, pos)[0]
-                pos += 4
-                if size < 0 or pos + size > end:
-                    raise PickleError("malformed pickle: bad LONG4 length")
-                push(int.from_bytes(data[pos : pos + size], "little", signed=True))
-                pos += size
-            elif op in (0x42, 0x43, 0x8E, 0x96, 0x54, 0x55, 0x8D):
-                # BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8, BINSTRING, SHORT_BINSTRING,
-                # BINUNICODE8
-                if op in (0x43, 0x55):
-                    size, width = data[pos], 1
-                elif op in (0x8E, 0x96, 0x8D):
-                    size, width = _u8(data, pos)[0], 8
-                elif op == 0x54:
-                    size, width = _i4(data, pos)[0], 4
-                else:
-                    size, width = _u4(data, pos)[0], 4
-                pos += width
-                if size < 0 or pos + size > end:
-                    raise PickleError("pickle data ended inside a byte string (truncated file?)")
-                if op == 0x8D:
-                    push(self._text(pos, size, "utf-8"))
-                elif op in (0x54, 0x55):  # Python 2 str: torch reads them as latin-1 text
-                    push(self._text(pos, size, "latin-1"))
-                else:
-                    push(self._bytes(pos, size, "bytearray" if op == 0x96 else "bytes"))
-                pos += size
-            elif op == 0x8F:  # EMPTY_SET
-                push(set())
-            elif op == 0x90:  # ADDITEMS
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                target = stack[-1]
-                if not isinstance(target, set):
-                    raise PickleError("ADDITEMS on something that is not a set")
-                target.update(items)
-            elif op == 0x91:  # FROZENSET
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                push(frozenset(items))
-            elif op == 0x6C:  # LIST
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                push(items)
-            elif op == 0x64:  # DICT
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                mapping: dict[Any, Any] = {}
-                _set_items(mapping, items)
-                push(mapping)
-            elif op == 0x30:  # POP
-                if stack:
-                    stack.pop()
-                else:
-                    stack = metastack.pop()
-                    push = stack.append
-            elif op == 0x31:  # POP_MARK
-                stack = metastack.pop()
-                push = stack.append
-            elif op == 0x32:  # DUP
-                push(stack[-1])
-            elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4: the copyreg extension registry
-                width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-                code = int.from_bytes(data[pos : pos + width], "little")
-                pos += width
-                push(self._global("copyreg.extension", str(code)))
-            elif op == 0x50:  # PERSID
-                line, pos = self._line(pos)
-                pid = line.decode("ascii")
-                push(self.persistent_load(pid) if self.persistent_load else PersistentRef(pid))
-            elif op in (0x49, 0x4C):  # INT, LONG (text)
-                line, pos = self._line(pos)
-                if op == 0x49 and line in (b"00", b"01"):
-                    push(line == b"01")
-                else:
-                    push(int(line.rstrip(b"L")))
-            elif op == 0x46:  # FLOAT
-                line, pos = self._line(pos)
-                push(float(line))
-            elif op == 0x53:  # STRING
-                line, pos = self._line(pos)
-                if len(line) < 2 or line[0] != line[-1] or line[0] not in b"\"'":
-                    raise PickleError("malformed pickle: bad STRING quoting")
-                push(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
-            elif op == 0x56:  # UNICODE
-                line, pos = self._line(pos)
-                push(line.decode("raw-unicode-escape"))
-            elif op in (0x67, 0x70):  # GET, PUT
-                line, pos = self._line(pos)
-                index = int(line)
-                if op == 0x67:
-                    push(memo[index])
-                else:
+            else:
+                seen.add(op)
+                if op == 0x4D:  # BININT2
+                    push(_u2(data, pos)[0])
+                    pos += 2
+                elif op == 0x4A:  # BININT
+                    push(_i4(data, pos)[0])
+                    pos += 4
+                elif op == 0x94:  # MEMOIZE
                     if len(memo) >= max_memo:
                         raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
-                    memo[index] = stack[-1]
-            elif op == 0x69:  # INST
-                module, pos = self._line(pos)
-                name, pos = self._line(pos)
-                args = tuple(stack)
-                stack = metastack.pop()
-                push = stack.append
-                target = self._global(module.decode("utf-8"), name.decode("utf-8"))
-                push(self._new(target, args))
-            elif op == 0x6F:  # OBJ
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                push(self._new(items[0], tuple(items[1:])))
-            elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
-                raise PickleError("pickle uses out-of-band buffers, which checkpoints never do")
-            else:
-                raise PickleError(f"malformed pickle: unknown opcode 0x{op:02x} at byte {pos - 1}")
+                    memo[len(memo)] = stack[-1]
+                elif op == 0x8C:  # SHORT_BINUNICODE
+                    size = data[pos]
+                    pos += 1
+                    if pos + size > end:
+                        raise PickleError("pickle data ended inside a string (truncated file?)")
+                    push(self._text(pos, size, "utf-8"))
+                    pos += size
+                elif op == 0x93:  # STACK_GLOBAL
+                    name = stack.pop()
+                    module = stack.pop()
+                    if not isinstance(module, str) or not isinstance(name, str):
+                        raise PickleError("STACK_GLOBAL needs two strings")
+                    push(self._global(module, name))
+                elif op == 0x95:  # FRAME
+                    pos += 8
+                elif op == 0x80:  # PROTO
+                    self.protocol = data[pos]
+                    pos += 1
+                    if self.protocol > 5:
+                        raise PickleError(f"unsupported pickle protocol {self.protocol}")
+                elif op == 0x2E:  # STOP
+                    self.pos = pos
+                    if metastack:
+                        raise PickleError("malformed pickle: STOP inside an open mark")
+                    return stack.pop()
+                elif op == 0x4E:  # NONE
+                    push(None)
+                elif op == 0x5D:  # EMPTY_LIST
+                    push([])
+                elif op == 0x61:  # APPEND
+                    value = stack.pop()
+                    _append(stack[-1], [value])
+                elif op == 0x65:  # APPENDS
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    _append(stack[-1], items)
+                elif op == 0x73:  # SETITEM
+                    value = stack.pop()
+                    key = stack.pop()
+                    _set_items(stack[-1], [key, value])
+                elif op == 0x62:  # BUILD
+                    state = stack.pop()
+                    _build(stack[-1], state)
+                elif op == 0x81:  # NEWOBJ
+                    args = stack.pop()
+                    stack[-1] = self._new(stack[-1], args)
+                elif op == 0x92:  # NEWOBJ_EX
+                    kwargs = stack.pop()
+                    args = stack.pop()
+                    target = stack.pop()
+                    obj = self._new(target, args)
+                    if isinstance(obj, Opaque):
+                        obj.state = {"kwargs": kwargs}
+                    push(obj)
+                elif op == 0x47:  # BINFLOAT
+                    push(_f8(data, pos)[0])
+                    pos += 8
+                elif op == 0x8A:  # LONG1
+                    size = data[pos]
+                    pos += 1
+                    push(int.from_bytes(data[pos : pos + size], "little", signed=True))
+                    pos += size
+                elif op == 0x8B:  # LONG4
+                    size = _i4(data, pos)[0]
+                    pos += 4
+                    if size < 0 or pos + size > end:
+                        raise PickleError("malformed pickle: bad LONG4 length")
+                    push(int.from_bytes(data[pos : pos + size], "little", signed=True))
+                    pos += size
+                elif op in (0x42, 0x43, 0x8E, 0x96, 0x54, 0x55, 0x8D):
+                    # BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8, BINSTRING, SHORT_BINSTRING,
+                    # BINUNICODE8
+                    if op in (0x43, 0x55):
+                        size, width = data[pos], 1
+                    elif op in (0x8E, 0x96, 0x8D):
+                        size, width = _u8(data, pos)[0], 8
+                    elif op == 0x54:
+                        size, width = _i4(data, pos)[0], 4
+                    else:
+                        size, width = _u4(data, pos)[0], 4
+                    pos += width
+                    if size < 0 or pos + size > end:
+                        raise PickleError(
+                            "pickle data ended inside a byte string (truncated file?)"
+                        )
+                    if op == 0x8D:
+                        push(self._text(pos, size, "utf-8"))
+                    elif op in (0x54, 0x55):  # Python 2 str: torch reads them as latin-1 text
+                        push(self._text(pos, size, "latin-1"))
+                    else:
+                        push(self._bytes(pos, size, "bytearray" if op == 0x96 else "bytes"))
+                    pos += size
+                elif op == 0x8F:  # EMPTY_SET
+                    push(set())
+                elif op == 0x90:  # ADDITEMS
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    target = stack[-1]
+                    if not isinstance(target, set):
+                        raise PickleError("ADDITEMS on something that is not a set")
+                    target.update(items)
+                elif op == 0x91:  # FROZENSET
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(frozenset(items))
+                elif op == 0x6C:  # LIST
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(items)
+                elif op == 0x64:  # DICT
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    mapping: dict[Any, Any] = {}
+                    _set_items(mapping, items)
+                    push(mapping)
+                elif op == 0x30:  # POP
+                    if stack:
+                        stack.pop()
+                    else:
+                        stack = metastack.pop()
+                        push = stack.append
+                elif op == 0x31:  # POP_MARK
+                    stack = metastack.pop()
+                    push = stack.append
+                elif op == 0x32:  # DUP
+                    push(stack[-1])
+                elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4: the copyreg extension registry
+                    width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+                    code = int.from_bytes(data[pos : pos + width], "little")
+                    pos += width
+                    push(self._global("copyreg.extension", str(code)))
+                elif op == 0x50:  # PERSID
+                    line, pos = self._line(pos)
+                    pid = line.decode("ascii")
+                    push(self.persistent_load(pid) if self.persistent_load else PersistentRef(pid))
+                elif op in (0x49, 0x4C):  # INT, LONG (text)
+                    line, pos = self._line(pos)
+                    if op == 0x49 and line in (b"00", b"01"):
+                        push(line == b"01")
+                    else:
+                        push(int(line.rstrip(b"L")))
+                elif op == 0x46:  # FLOAT
+                    line, pos = self._line(pos)
+                    push(float(line))
+                elif op == 0x53:  # STRING
+                    line, pos = self._line(pos)
+                    if len(line) < 2 or line[0] != line[-1] or line[0] not in b"\"'":
+                        raise PickleError("malformed pickle: bad STRING quoting")
+                    push(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
+                elif op == 0x56:  # UNICODE
+                    line, pos = self._line(pos)
+                    push(line.decode("raw-unicode-escape"))
+                elif op in (0x67, 0x70):  # GET, PUT
+                    line, pos = self._line(pos)
+                    index = int(line)
+                    if op == 0x67:
+                        push(memo[index])
+                    else:
+                        if len(memo) >= max_memo:
+                            raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
+                        memo[index] = stack[-1]
+                elif op == 0x69:  # INST
+                    module, pos = self._line(pos)
+                    name, pos = self._line(pos)
+                    args = tuple(stack)
+                    stack = metastack.pop()
+                    push = stack.append
+                    target = self._global(module.decode("utf-8"), name.decode("utf-8"))
+                    push(self._new(target, args))
+                elif op == 0x6F:  # OBJ
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(self._new(items[0], tuple(items[1:])))
+                elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
+                    raise PickleError("pickle uses out-of-band buffers, which checkpoints never do")
+                else:
+                    raise PickleError(
+                        f"malformed pickle: unknown opcode 0x{op:02x} at byte {pos - 1}"
+                    )
 
 
 def _append(target: Any, items: list[Any]) -> None:

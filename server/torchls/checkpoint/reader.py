@@ -8,6 +8,8 @@ with the size of the file.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import mmap
 import struct
@@ -39,7 +41,7 @@ HF_WEIGHTS = (
 
 @dataclass(frozen=True)
 class ReadBudget:
-    max_pickle_bytes: int = 512 * 1024 * 1024
+    max_pickle_bytes: int = 256 * 1024 * 1024
     max_header_bytes: int = 128 * 1024 * 1024  # safetensors header, index.json, config.json
     max_zip_members: int = 2_000_000
     pickle: Budget = field(default_factory=Budget)
@@ -146,11 +148,21 @@ def _read_file(path: Path, size: int, budget: ReadBudget) -> _Parsed:
         head = handle.read(512)
     if head.startswith(b"PK\x03\x04"):
         return _read_zip(path, budget)
-    if head[:1] == b"\x80":
-        return _read_legacy(path, size, budget)
+    # Before pickles: a safetensors header length can begin with the byte 0x80 too.
     if _looks_like_safetensors(head, size):
         return _read_safetensors(path, size, budget)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return _read_legacy(path, size, budget)
+    if head[:1] in _OLD_PICKLE_STARTS:  # protocol 0/1 pickles have no PROTO opcode
+        try:
+            return _read_legacy(path, size, budget)
+        except PickleError:
+            pass
     raise CheckpointError(path, _describe_unknown(path, head, size))
+
+
+# Opcodes a protocol 0 or 1 pickle of a container or a call usually starts with.
+_OLD_PICKLE_STARTS = frozenset(b"(]}cl"[i : i + 1] for i in range(5))
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -295,15 +307,15 @@ def _read_zip(path: Path, budget: ReadBudget) -> _Parsed:
         details["pickle_protocol"] = vm.protocol
         storage_bytes = 0
         for key, storage in table.storages.items():
-            info = by_name.get(f"{prefix}/data/{key}")
-            if info is None:
+            record = by_name.get(f"{prefix}/data/{key}")
+            if record is None:
                 raise CheckpointError(
                     path, f"storage '{key}' has no record data/{key} in the archive"
                 )
-            if info.file_size != storage.nbytes:
+            if record.file_size != storage.nbytes:
                 raise CheckpointError(
                     path,
-                    f"record data/{key} holds {info.file_size:,} bytes, but the pickle says "
+                    f"record data/{key} holds {record.file_size:,} bytes, but the pickle says "
                     f"{storage.numel:,} x {storage.dtype} = {storage.nbytes:,} bytes",
                 )
             storage_bytes += storage.nbytes
@@ -344,35 +356,87 @@ def _describe_zip(by_name: dict[str, zipfile.ZipInfo], pickles: list[str]) -> st
 
 
 def _read_legacy(path: Path, size: int, budget: ReadBudget) -> _Parsed:
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        view: Any = data
-        first = RestrictedUnpickler(view, budget=budget.pickle)
-        magic = first.load()
-        if magic != LEGACY_MAGIC:
-            return _raw_pickle(path, first, magic, size)
-        second = RestrictedUnpickler(view, pos=first.pos, budget=budget.pickle)
-        protocol = second.load()
-        if protocol != LEGACY_PROTOCOL:
-            raise CheckpointError(path, f"legacy torch file with unknown protocol {protocol!r}")
-        third = RestrictedUnpickler(view, pos=second.pos, budget=budget.pickle)
-        sys_info = third.load()
-        table = StorageTable()
-        main = RestrictedUnpickler(
-            view,
-            pos=third.pos,
-            budget=budget.pickle,
-            reducers=TORCH_REDUCERS,
-            persistent_load=table.persistent_load,
-        )
-        root = main.load()
-        keys_vm = RestrictedUnpickler(view, pos=main.pos, budget=budget.pickle)
-        keys = keys_vm.load()
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise CheckpointError(path, "legacy file's storage key list is malformed")
-        # Raw storages follow: per key an 8-byte element count, then the bytes. Check the
-        # headers and the total size against what the pickle described, without reading data.
-        offset = keys_vm.pos
-        storage_bytes = 0
+    # Map only the head of the file where the pickles live: the raw storages behind them are
+    # never touched, and a mapping of a whole multi-GB file would count against the reader's
+    # address-space limit.
+    mapped = min(size, budget.max_pickle_bytes)
+    with open(path, "rb") as handle:
+        try:
+            data = mmap.mmap(handle.fileno(), mapped, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            if exc.errno == errno.ENOMEM:
+                raise MemoryError from None
+            raise
+    try:
+        return _parse_legacy(path, size, data, budget)
+    except PickleError as exc:
+        if mapped < size and "ended" in str(exc):
+            raise CheckpointError(
+                path, f"its pickles run past the first {mapped:,} bytes (limit)"
+            ) from None
+        raise
+    finally:
+        data.close()
+
+
+def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) -> _Parsed:
+    view: Any = data
+    first = RestrictedUnpickler(view, budget=budget.pickle)
+    magic = first.load()
+    if magic != LEGACY_MAGIC:
+        return _raw_pickle(path, first, magic, size)
+    second = RestrictedUnpickler(view, pos=first.pos, budget=budget.pickle)
+    protocol = second.load()
+    if protocol != LEGACY_PROTOCOL:
+        raise CheckpointError(path, f"legacy torch file with unknown protocol {protocol!r}")
+    third = RestrictedUnpickler(view, pos=second.pos, budget=budget.pickle)
+    sys_info = third.load()
+    table = StorageTable()
+    main = RestrictedUnpickler(
+        view,
+        pos=third.pos,
+        budget=budget.pickle,
+        reducers=TORCH_REDUCERS,
+        persistent_load=table.persistent_load,
+    )
+    root = main.load()
+    keys_vm = RestrictedUnpickler(view, pos=main.pos, budget=budget.pickle)
+    keys = keys_vm.load()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CheckpointError(path, "legacy file's storage key list is malformed")
+    offset, storage_bytes = _check_legacy_storages(path, size, keys_vm.pos, keys, table)
+    globals_seen: dict[str, int] = {}
+    for vm in (first, second, third, main, keys_vm):
+        for name, count in vm.globals_seen.items():
+            globals_seen[name] = globals_seen.get(name, 0) + count
+    details: dict[str, Any] = {"legacy_protocol": protocol, "pickle_protocol": main.protocol}
+    if isinstance(sys_info, dict):
+        details["little_endian"] = sys_info.get("little_endian")
+    warnings = []
+    if offset < size:
+        warnings.append(f"{size - offset:,} bytes follow the last storage")
+    opcodes: set[int] = set()
+    for vm in (first, second, third, main, keys_vm):
+        opcodes |= vm.opcodes_seen
+    return _Parsed(
+        format="torch-legacy",
+        root=root,
+        details=details,
+        storages=table.storages,
+        globals_seen=globals_seen,
+        opcodes=opcodes,
+        warnings=warnings,
+        storage_bytes=storage_bytes,
+    )
+
+
+def _check_legacy_storages(
+    path: Path, size: int, offset: int, keys: list[str], table: StorageTable
+) -> tuple[int, int]:
+    """Raw storages follow the pickles: per key an 8-byte element count, then the bytes. Check
+    each header and the total size against the pickle, reading 8 bytes per storage."""
+    storage_bytes = 0
+    with open(path, "rb") as handle:
         for key in keys:
             storage = table.storages.get(key)
             if storage is None:
@@ -381,38 +445,20 @@ def _read_legacy(path: Path, size: int, budget: ReadBudget) -> _Parsed:
                 )
             if offset + 8 > size:
                 raise CheckpointError(path, "legacy file ends before its storages (truncated?)")
-            (count,) = struct.unpack_from("<q", data, offset)
+            handle.seek(offset)
+            (count,) = struct.unpack("<q", handle.read(8))
             if count != storage.numel:
                 raise CheckpointError(
                     path,
-                    f"storage '{key}' holds {count:,} elements, the pickle says {storage.numel:,}",
+                    f"storage '{key}' holds {count:,} elements; the pickle says {storage.numel:,}",
                 )
             offset += 8 + storage.nbytes
             storage_bytes += storage.nbytes
-        if offset > size:
-            raise CheckpointError(
-                path, f"legacy file is {size:,} bytes but its storages need {offset:,} (truncated?)"
-            )
-        globals_seen = dict(main.globals_seen)
-        for vm in (first, second, third, keys_vm):
-            for name, count in vm.globals_seen.items():
-                globals_seen[name] = globals_seen.get(name, 0) + count
-        details: dict[str, Any] = {"legacy_protocol": protocol, "pickle_protocol": main.protocol}
-        if isinstance(sys_info, dict):
-            details["little_endian"] = sys_info.get("little_endian")
-        warnings = []
-        if offset < size:
-            warnings.append(f"{size - offset:,} bytes follow the last storage")
-        return _Parsed(
-            format="torch-legacy",
-            root=root,
-            details=details,
-            storages=table.storages,
-            globals_seen=globals_seen,
-            opcodes=main.opcodes_seen | first.opcodes_seen | keys_vm.opcodes_seen,
-            warnings=warnings,
-            storage_bytes=storage_bytes,
+    if offset > size:
+        raise CheckpointError(
+            path, f"legacy file is {size:,} bytes but its storages need {offset:,} (truncated?)"
         )
+    return offset, storage_bytes
 
 
 def _raw_pickle(path: Path, vm: RestrictedUnpickler, root: Any, size: int) -> _Parsed:
@@ -488,7 +534,7 @@ def _read_safetensors(path: Path, size: int, budget: ReadBudget) -> _Parsed:
         extents.append((offsets[0], offsets[1], name))
         root[name] = tensor
     extents.sort()
-    for (_, end, first), (start, _, second) in zip(extents, extents[1:], strict=False):
+    for (_, end, first), (start, _, second) in itertools.pairwise(extents):
         if start < end:
             raise CheckpointError(path, f"tensors {first!r} and {second!r} overlap in the file")
     details: dict[str, Any] = {"header_bytes": length}

@@ -96,9 +96,10 @@ class Walk:
             tensor_pairs = [(k, v) for k, v in pairs if isinstance(v, TensorRecord)]
             for key, tensor in tensor_pairs:
                 self.tensors.append(_info(path, key, tensor))
-            if tensor_pairs and len(tensor_pairs) == len(pairs) and isinstance(obj, dict):
-                if not via_int:  # optimizer state is keyed by parameter index: not a state dict
-                    self.candidates.append(_candidate(path, tensor_pairs))
+            # Optimizer state is keyed by parameter index (via_int): not a state dict.
+            all_tensors = tensor_pairs and len(tensor_pairs) == len(pairs)
+            if all_tensors and isinstance(obj, dict) and not via_int:
+                self.candidates.append(_candidate(path, tensor_pairs))
             int_keys = isinstance(obj, dict) and any(isinstance(k, int) for k in obj)
             for key, value in reversed(pairs):
                 if _is_container(value):

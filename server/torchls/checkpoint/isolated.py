@@ -1,0 +1,88 @@
+"""Read a checkpoint in a child process with a memory limit and a time limit.
+
+A hostile or broken file can at worst exhaust the child's budget: the caller gets a one-line
+CheckpointError. The child is run by path with `-I -S` (no site-packages, no PYTHON* variables,
+no current directory on sys.path): it needs only the standard library, so it starts in
+milliseconds, and nothing in the user's workspace can be imported into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from torchls.checkpoint.errors import CheckpointError
+
+CHILD_SCRIPT = str(Path(__file__).with_name("child.py"))
+DEFAULT_TIMEOUT = 20.0
+DEFAULT_MEMORY_MB = 1024
+
+
+def _command(path: str, memory_mb: int, python: str | None) -> list[str]:
+    return [python or sys.executable, "-I", "-S", CHILD_SCRIPT, str(memory_mb), path]
+
+
+def _result(path: str, returncode: int | None, stdout: bytes, stderr: bytes, memory_mb: int) -> Any:
+    try:
+        message = json.loads(stdout) if stdout else None
+    except ValueError:
+        message = None
+    if isinstance(message, dict) and "summary" in message:
+        return message["summary"]
+    if isinstance(message, dict) and "error" in message:
+        raise CheckpointError(path, str(message["error"]))
+    if (returncode is not None and returncode < 0) or b"MemoryError" in stderr:
+        raise CheckpointError(path, f"reading it needs more than {memory_mb} MB (limit)")
+    detail = stderr.decode("utf-8", "replace").strip().splitlines()
+    raise CheckpointError(path, f"the reader failed ({detail[-1] if detail else returncode})")
+
+
+def read_isolated(
+    path: str | Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    python: str | None = None,
+) -> dict[str, Any]:
+    """The summary JSON (see CheckpointSummary.as_json) of `path`, read in a child process."""
+    path = str(path)
+    try:
+        done = subprocess.run(
+            _command(path, memory_mb, python), capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise CheckpointError(path, f"reading it took longer than {timeout:g} s (limit)") from None
+    result: dict[str, Any] = _result(path, done.returncode, done.stdout, done.stderr, memory_mb)
+    return result
+
+
+async def read_isolated_async(
+    path: str | Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    python: str | None = None,
+) -> dict[str, Any]:
+    """As read_isolated, for the language server's event loop."""
+    path = str(path)
+    proc = await asyncio.create_subprocess_exec(
+        *_command(path, memory_mb, python),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CheckpointError(path, f"reading it took longer than {timeout:g} s (limit)") from None
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
+    result: dict[str, Any] = _result(path, proc.returncode, stdout, stderr, memory_mb)
+    return result
