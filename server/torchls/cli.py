@@ -85,23 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    import json
+    from torchls.checkpoint.isolated import print_isolated
 
-    from torchls.checkpoint import CheckpointError
-    from torchls.checkpoint.isolated import read_isolated
-
-    try:
-        summary = read_isolated(args.path, timeout=args.timeout, memory_mb=args.memory_mb)
-    except CheckpointError as exc:
-        print(f"torchls inspect: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
-    else:
-        from torchls.inspect_report import render_inspect
-
-        sys.stdout.write(render_inspect(summary))
-    return 0
+    mode = "json" if args.json else "text"
+    return print_isolated(args.path, mode, timeout=args.timeout, memory_mb=args.memory_mb)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,6 +1,9 @@
-"""The checkpoint-reading child process: `python -I -S child.py MEMORY_MB PATH`.
+"""The checkpoint-reading child process: `python -I -S child.py MEMORY_MB PATH [MODE]`.
 
-Prints one JSON object: {"summary": {...}} or {"error": "one sentence"}.
+MODE "message" (default) prints one JSON object, {"summary": {...}} or {"error": "..."}, for a
+caller that wants the data. MODE "json" or "text" prints `torchls inspect`'s final output itself
+(so that a large summary is not encoded, decoded and encoded again), or the error on stderr with
+exit code 1.
 """
 
 import json
@@ -16,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 def main() -> int:
     memory_mb = int(sys.argv[1])
     path = sys.argv[2]
+    mode = sys.argv[3] if len(sys.argv) > 3 else "message"
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -25,8 +29,22 @@ def main() -> int:
     try:
         summary = read_checkpoint(path)
     except CheckpointError as exc:
+        if mode != "message":
+            sys.stderr.write(f"torchls inspect: {exc}\n")
+            return 1
         message = {"error": exc.reason}
     else:
+        if mode == "json":
+            # Indented only for a person at a terminal: json's indenting encoder is pure Python
+            # and takes seconds for 50,000 tensors; the compact one is C.
+            indent = 1 if sys.stdout.isatty() else None
+            sys.stdout.write(json.dumps(summary.as_json(), indent=indent) + "\n")
+            return 0
+        if mode == "text":
+            from torchls.inspect_report import render_inspect
+
+            sys.stdout.write(render_inspect(summary.as_json()))
+            return 0
         message = {"summary": summary.as_json()}
     sys.stdout.write(json.dumps(message, separators=(",", ":")))
     sys.stdout.flush()

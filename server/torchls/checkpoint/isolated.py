@@ -22,8 +22,8 @@ DEFAULT_TIMEOUT = 20.0
 DEFAULT_MEMORY_MB = 1024
 
 
-def _command(path: str, memory_mb: int, python: str | None) -> list[str]:
-    return [python or sys.executable, "-I", "-S", CHILD_SCRIPT, str(memory_mb), path]
+def _command(path: str, memory_mb: int, python: str | None, mode: str = "message") -> list[str]:
+    return [python or sys.executable, "-I", "-S", CHILD_SCRIPT, str(memory_mb), path, mode]
 
 
 def _result(path: str, returncode: int | None, stdout: bytes, stderr: bytes, memory_mb: int) -> Any:
@@ -86,3 +86,38 @@ async def read_isolated_async(
         raise
     result: dict[str, Any] = _result(path, proc.returncode, stdout, stderr, memory_mb)
     return result
+
+
+def print_isolated(path: str, mode: str, *, timeout: float, memory_mb: int) -> int:
+    """`torchls inspect`: the child prints the report (mode "json" or "text") straight to this
+    process's stdout. Returns the exit code: 0 read, 1 not a readable checkpoint."""
+    sys.stdout.flush()
+    try:
+        done = subprocess.run(
+            _command(path, memory_mb, None, mode),
+            timeout=timeout,
+            check=False,
+            stderr=subprocess.PIPE,
+        )
+    except subprocess.TimeoutExpired:
+        print(
+            f"torchls inspect: {path}: reading it took longer than {timeout:g} s (limit)",
+            file=sys.stderr,
+        )
+        return 1
+    if done.returncode == 0:
+        return 0
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    if done.returncode == 1 and lines and lines[-1].startswith("torchls inspect: "):
+        print(lines[-1], file=sys.stderr)
+    elif done.returncode < 0 or any("MemoryError" in line for line in lines):
+        print(
+            f"torchls inspect: {path}: reading it needs more than {memory_mb} MB (limit)",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"torchls inspect: {path}: the reader failed ({lines[-1] if lines else done.returncode})",
+            file=sys.stderr,
+        )
+    return 1

@@ -26,7 +26,7 @@ class PickleError(Exception):
 
 @dataclass(frozen=True)
 class Budget:
-    max_opcodes: int = 50_000_000  # counted per MARK: containers and calls
+    max_objects: int = 20_000_000  # objects on the stack, plus open marks
     max_memo: int = 10_000_000
     max_depth: int = 1_000  # nested MARKs
     max_inline_bytes: int = 64 * 1024  # longer str/bytes payloads are kept as their size only
@@ -35,12 +35,13 @@ class Budget:
 class Global:
     """A `module.name` the pickle refers to. Never imported."""
 
-    __slots__ = ("fullname", "module", "name")
+    __slots__ = ("fullname", "module", "name", "reducer")
 
-    def __init__(self, module: str, name: str) -> None:
+    def __init__(self, module: str, name: str, reducer: Reducer | None = None) -> None:
         self.module = module
         self.name = name
         self.fullname = f"{module}.{name}"
+        self.reducer = reducer  # ours, registered for this name; never anything from the file
 
     def __repr__(self) -> str:
         return f"<global {self.fullname}>"
@@ -100,6 +101,7 @@ class PersistentRef:
 
 Reducer = Callable[["RestrictedUnpickler", tuple[Any, ...]], Any]
 
+_CHECK_EVERY = 64 * 1024
 _u8 = struct.Struct("<Q").unpack_from
 _u4 = struct.Struct("<I").unpack_from
 _i4 = struct.Struct("<i").unpack_from
@@ -144,7 +146,7 @@ class RestrictedUnpickler:
         if type(args) is not tuple:
             raise PickleError(f"REDUCE arguments must be a tuple, not {type(args).__name__}")
         if type(target) is Global:
-            reducer = self.reducers.get(target.fullname)
+            reducer = target.reducer
             if reducer is not None:
                 try:
                     return reducer(self, args)
@@ -171,6 +173,7 @@ class RestrictedUnpickler:
         found = self._globals.get(key)
         if found is None:
             found = self._globals[key] = Global(module, name)
+            found.reducer = self.reducers.get(found.fullname)
         fullname = found.fullname
         self.globals_seen[fullname] = self.globals_seen.get(fullname, 0) + 1
         return found
@@ -218,28 +221,36 @@ class RestrictedUnpickler:
         items: list[Any]
         pos = self.pos
         budget = self.budget
-        max_opcodes = budget.max_opcodes
         max_depth = budget.max_depth
         max_memo = budget.max_memo
+        max_inline = budget.max_inline_bytes
         seen = self.opcodes_seen
         memo: dict[int, Any] = {}
         stack: list[Any] = []
         metastack: list[list[Any]] = []
         push = stack.append
-        count = 0
         call = self.call
         persistent_load = self.persistent_load
+        # Budgets other than nesting are checked every _CHECK_EVERY bytes, not per opcode: the
+        # loop's one bounds test (`pos >= limit`) serves both the end of data and the checks.
+        limit = min(end, pos + _CHECK_EVERY)
         while True:
-            if pos >= end:
-                raise PickleError("pickle data ended before its STOP opcode (truncated file?)")
+            if pos >= limit:
+                if pos >= end:
+                    raise PickleError("pickle data ended before its STOP opcode (truncated file?)")
+                if len(memo) > max_memo:
+                    raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
+                if len(stack) + len(metastack) > budget.max_objects:
+                    raise PickleError(
+                        f"pickle holds more than {budget.max_objects:,} objects (budget)"
+                    )
+                limit = min(end, pos + _CHECK_EVERY)
             op = data[pos]
             pos += 1
             # The branches are ordered by how often torch.save's pickles use each opcode. Only
             # opcodes that torch's weights-only unpickler does not implement are recorded in
             # `seen` (the common ones below all are implemented), to keep the hot path short.
             if op == 0x72:  # LONG_BINPUT
-                if len(memo) >= max_memo:
-                    raise PickleError(f"pickle memo exceeds {max_memo:,} entries (budget)")
                 memo[_u4(data, pos)[0]] = stack[-1]
                 pos += 4
             elif op == 0x68:  # BINGET
@@ -252,11 +263,6 @@ class RestrictedUnpickler:
                 metastack.append(stack)
                 if len(metastack) > max_depth:
                     raise PickleError(f"pickle nests deeper than {max_depth} levels (budget)")
-                # The opcode budget is counted per MARK: every container and call of a torch
-                # pickle opens one, and a pickle without MARKs is bounded by its length.
-                count += 1
-                if count > max_opcodes:
-                    raise PickleError(f"pickle has more than {max_opcodes:,} objects (budget)")
                 stack = []
                 push = stack.append
             elif op == 0x58:  # BINUNICODE
@@ -264,7 +270,10 @@ class RestrictedUnpickler:
                 pos += 4
                 if pos + size > end:
                     raise PickleError("pickle data ended inside a string (truncated file?)")
-                push(self._text(pos, size, "utf-8"))
+                if size <= max_inline:
+                    push(str(data[pos : pos + size], "utf-8", "surrogatepass"))
+                else:
+                    push(LargePayload("text", size))
                 pos += size
             elif op == 0x74:  # TUPLE
                 frozen = tuple(stack)
@@ -275,7 +284,15 @@ class RestrictedUnpickler:
                 stack[-1] = (stack[-1],)
             elif op == 0x52:  # REDUCE
                 args = stack.pop()
-                stack[-1] = call(stack[-1], args)
+                target = stack[-1]
+                # The common case inline: a registered reducer of ours for a torch global.
+                if type(target) is Global and target.reducer is not None and type(args) is tuple:
+                    try:  # free in Python 3.11+ unless it raises
+                        stack[-1] = target.reducer(self, args)
+                    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+                        raise PickleError(f"bad arguments for {target.fullname}: {exc}") from None
+                else:
+                    stack[-1] = call(target, args)
             elif op == 0x51:  # BINPERSID
                 pid = stack.pop()
                 push(persistent_load(pid) if persistent_load else PersistentRef(pid))

@@ -13,11 +13,11 @@ import itertools
 import json
 import mmap
 import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from torchls.checkpoint import zipdir
 from torchls.checkpoint.dtypes import SAFETENSORS_DTYPE
 from torchls.checkpoint.errors import CheckpointError
 from torchls.checkpoint.pickle_vm import Budget, PickleError, RestrictedUnpickler
@@ -41,7 +41,7 @@ HF_WEIGHTS = (
 
 @dataclass(frozen=True)
 class ReadBudget:
-    max_pickle_bytes: int = 256 * 1024 * 1024
+    max_pickle_bytes: int = 128 * 1024 * 1024
     max_header_bytes: int = 128 * 1024 * 1024  # safetensors header, index.json, config.json
     max_zip_members: int = 2_000_000
     pickle: Budget = field(default_factory=Budget)
@@ -83,7 +83,7 @@ def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> Check
         raise CheckpointError(path, str(exc)) from None
     except MemoryError:
         raise CheckpointError(path, "reading it needs more memory than allowed") from None
-    except (OSError, ValueError, zipfile.BadZipFile, struct.error, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise CheckpointError(path, f"unreadable: {exc}") from None
     return _summarise(path, size, parsed)
 
@@ -147,7 +147,7 @@ def _read_file(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     with open(path, "rb") as handle:
         head = handle.read(512)
     if head.startswith(b"PK\x03\x04"):
-        return _read_zip(path, budget)
+        return _read_zip(path, size, budget)
     # Before pickles: a safetensors header length can begin with the byte 0x80 too.
     if _looks_like_safetensors(head, size):
         return _read_safetensors(path, size, budget)
@@ -223,37 +223,22 @@ def _has_zip_directory(path: Path, size: int) -> bool:
 
 
 def _safe_member_name(name: str) -> bool:
-    if not name or name.startswith(("/", "\\")) or "\\" in name or ":" in name.split("/")[0]:
+    if not name or name[0] == "/" or "\\" in name or ":" in name.split("/", 1)[0]:
         return False
-    return ".." not in PurePosixPath(name).parts
+    return ".." not in name or ".." not in name.split("/")
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path) -> bytes:
-    if info.file_size > limit:
-        raise CheckpointError(
-            path, f"{info.filename} claims {info.file_size:,} bytes, over the {limit:,}-byte limit"
-        )
-    with archive.open(info) as member:
-        data = member.read(limit + 1)
-    if len(data) > limit:  # a compressed member that inflates past what it claimed
-        raise CheckpointError(path, f"{info.filename} inflates past the {limit:,}-byte limit")
-    return data
-
-
-def _read_zip(path: Path, budget: ReadBudget) -> _Parsed:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(
-            path, f"damaged zip archive ({exc}); the file may be truncated"
-        ) from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > budget.max_zip_members:
-            raise CheckpointError(path, f"zip archive has {len(infos):,} members (limit)")
-        by_name: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename
+def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
+    with open(path, "rb") as handle:
+        try:
+            members, _ = zipdir.read_directory(handle, size)
+        except zipdir.ZipError as exc:
+            raise CheckpointError(path, f"damaged zip archive: {exc}") from None
+        if len(members) > budget.max_zip_members:
+            raise CheckpointError(path, f"zip archive has {len(members):,} members (limit)")
+        by_name: dict[str, zipdir.Member] = {}
+        for member in members:
+            name = member.name
             if name in by_name:
                 raise CheckpointError(
                     path,
@@ -262,87 +247,79 @@ def _read_zip(path: Path, budget: ReadBudget) -> _Parsed:
                 )
             if not _safe_member_name(name):
                 raise CheckpointError(path, f"zip member name {name!r} escapes the archive")
-            by_name[name] = info
-        prefixes = {name.split("/", 1)[0] for name in by_name if "/" in name}
+            by_name[name] = member
         pickles = [n for n in by_name if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise CheckpointError(path, _describe_zip(by_name, pickles))
+            raise CheckpointError(path, _describe_zip(list(by_name), pickles))
         prefix = pickles[0].split("/", 1)[0]
-        if any(f"{prefix}/{marker}" in by_name for marker in ("constants.pkl",)) or any(
+        if f"{prefix}/constants.pkl" in by_name or any(
             name.startswith(f"{prefix}/code/") for name in by_name
         ):
             raise CheckpointError(
                 path, "a TorchScript archive: load it with torch.jit.load, not torch.load"
             )
+
+        def read(name: str, limit: int) -> bytes:
+            try:
+                return zipdir.read_member(handle, by_name[name], limit)
+            except zipdir.ZipError as exc:
+                raise CheckpointError(path, str(exc)) from None
+
         details: dict[str, Any] = {"archive_folder": prefix}
-        if len(prefixes) > 1:
-            details["other_folders"] = sorted(prefixes - {prefix})
-
-        def small(name: str) -> str | None:
-            info = by_name.get(f"{prefix}/{name}")
-            if info is None:
-                return None
-            return _read_member(archive, info, 256, path).decode("utf-8", "replace").strip()
-
-        byteorder = small("byteorder")
-        details["byteorder"] = byteorder or "little"
-        for name, key in (
+        for record, key in (
+            ("byteorder", "byteorder"),
             ("version", "version"),
             (".format_version", "format_version"),
             (".storage_alignment", "storage_alignment"),
             (".data/serialization_id", "serialization_id"),
         ):
-            value = small(name)
-            if value is not None:
-                details[key] = value
-        pickle_data = _read_member(archive, by_name[pickles[0]], budget.max_pickle_bytes, path)
-        table = StorageTable()
-        vm = RestrictedUnpickler(
-            pickle_data,
-            budget=budget.pickle,
-            reducers=TORCH_REDUCERS,
-            persistent_load=table.persistent_load,
-        )
-        root = vm.load()
-        details["pickle_protocol"] = vm.protocol
-        storage_bytes = 0
-        for key, storage in table.storages.items():
-            record = by_name.get(f"{prefix}/data/{key}")
-            if record is None:
-                raise CheckpointError(
-                    path, f"storage '{key}' has no record data/{key} in the archive"
-                )
-            if record.file_size != storage.nbytes:
-                raise CheckpointError(
-                    path,
-                    f"record data/{key} holds {record.file_size:,} bytes, but the pickle says "
-                    f"{storage.numel:,} x {storage.dtype} = {storage.nbytes:,} bytes",
-                )
-            storage_bytes += storage.nbytes
-        warnings = []
-        if byteorder not in (None, "little", "big"):
+            if f"{prefix}/{record}" in by_name:
+                text = read(f"{prefix}/{record}", 256).decode("utf-8", "replace").strip()
+                details[key] = text
+        byteorder = details.setdefault("byteorder", "little")
+        if byteorder not in ("little", "big"):
             raise CheckpointError(path, f"unknown byteorder record {byteorder!r}")
-        if byteorder == "big":
-            warnings.append("tensors are stored big-endian; torch converts them when loading")
-        devices = sorted(
-            {s.location for s in table.storages.values() if not s.location.startswith("cpu")}
-        )
-        if devices:
-            details["devices"] = devices
-        return _Parsed(
-            format="torch-zip",
-            root=root,
-            details=details,
-            storages=table.storages,
-            globals_seen=vm.globals_seen,
-            opcodes=vm.opcodes_seen,
-            warnings=warnings,
-            storage_bytes=storage_bytes,
-        )
+        pickle_data = read(pickles[0], budget.max_pickle_bytes)
+    table = StorageTable()
+    vm = RestrictedUnpickler(
+        pickle_data,
+        budget=budget.pickle,
+        reducers=TORCH_REDUCERS,
+        persistent_load=table.persistent_load,
+    )
+    root = vm.load()
+    details["pickle_protocol"] = vm.protocol
+    storage_bytes = 0
+    for key, storage in table.storages.items():
+        record = by_name.get(f"{prefix}/data/{key}")
+        if record is None:
+            raise CheckpointError(path, f"storage '{key}' has no record data/{key} in the archive")
+        if record.file_size != storage.nbytes:
+            raise CheckpointError(
+                path,
+                f"record data/{key} holds {record.file_size:,} bytes, but the pickle says "
+                f"{storage.numel:,} x {storage.dtype} = {storage.nbytes:,} bytes",
+            )
+        storage_bytes += storage.nbytes
+    warnings = []
+    if byteorder == "big":
+        warnings.append("tensors are stored big-endian; torch converts them when loading")
+    devices = sorted({s.location for s in table.storages.values()} - {"cpu"})
+    if devices:
+        details["devices"] = devices
+    return _Parsed(
+        format="torch-zip",
+        root=root,
+        details=details,
+        storages=table.storages,
+        globals_seen=vm.globals_seen,
+        opcodes=vm.opcodes_seen,
+        warnings=warnings,
+        storage_bytes=storage_bytes,
+    )
 
 
-def _describe_zip(by_name: dict[str, zipfile.ZipInfo], pickles: list[str]) -> str:
-    names = list(by_name)
+def _describe_zip(names: list[str], pickles: list[str]) -> str:
     if len(pickles) > 1:
         return "the zip archive holds several data.pkl records: refusing an ambiguous file"
     if names and all(name.endswith(".npy") for name in names):

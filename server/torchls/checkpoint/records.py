@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 from torchls.checkpoint.dtypes import ITEMSIZE
@@ -27,8 +28,8 @@ class TensorRecord:
     """A tensor as a checkpoint describes it: dtype, shape, strides, storage; no data."""
 
     __slots__ = (
-        "device", "dtype", "kind", "offset", "requires_grad", "shape", "storage", "stride",
-        "subclass",
+        "device", "dtype", "kind", "numel", "offset", "requires_grad", "shape", "storage",
+        "stride", "subclass",
     )  # fmt: skip
 
     def __init__(
@@ -51,13 +52,7 @@ class TensorRecord:
         self.kind = kind  # tensor | parameter | quantized | sparse | meta | nested
         self.subclass: str | None = None  # e.g. "mylib.QuantTensor" for tensor subclasses
         self.device = device or (storage.location if storage is not None else "cpu")
-
-    @property
-    def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        self.numel = prod(shape)
 
     @property
     def nbytes(self) -> int:

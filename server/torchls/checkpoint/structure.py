@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torchls.checkpoint.dtypes import ITEMSIZE
 from torchls.checkpoint.pickle_vm import Global, Opaque
 from torchls.checkpoint.records import TensorRecord
 from torchls.checkpoint.summary import ContainerNode, StateDictCandidate, TensorInfo
@@ -93,17 +94,27 @@ class Walk:
                 continue
             order.append(obj)
             pairs = _children(obj)
-            tensor_pairs = [(k, v) for k, v in pairs if isinstance(v, TensorRecord)]
+            tensor_pairs = []
+            containers = []
+            int_keys = False
+            for pair in pairs:
+                value = pair[1]
+                if type(value) is TensorRecord:
+                    tensor_pairs.append(pair)
+                elif _is_container(value):
+                    containers.append(pair)
+                if type(pair[0]) is int:
+                    int_keys = True
+            tensors = self.tensors
             for key, tensor in tensor_pairs:
-                self.tensors.append(_info(path, key, tensor))
+                tensors.append(_info(path, key, tensor))
             # Optimizer state is keyed by parameter index (via_int): not a state dict.
             all_tensors = tensor_pairs and len(tensor_pairs) == len(pairs)
             if all_tensors and isinstance(obj, dict) and not via_int:
                 self.candidates.append(_candidate(path, tensor_pairs))
-            int_keys = isinstance(obj, dict) and any(isinstance(k, int) for k in obj)
-            for key, value in reversed(pairs):
-                if _is_container(value):
-                    stack.append((value, subscript(path, key), depth + 1, via_int or int_keys))
+            int_keys = int_keys and isinstance(obj, dict)
+            for key, value in reversed(containers):
+                stack.append((value, subscript(path, key), depth + 1, via_int or int_keys))
         if too_deep:
             self.warnings.append(f"objects nested deeper than {MAX_DEPTH} levels are not shown")
         self.candidates.sort(key=lambda c: (-c.nbytes, -c.tensors, c.path))
@@ -153,15 +164,15 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
 
 def _info(container: str, key: Any, tensor: TensorRecord) -> TensorInfo:
     return TensorInfo(
-        container=container,
-        key=key_text(key),
-        dtype=tensor.dtype,
-        shape=tensor.shape,
-        numel=tensor.numel,
-        nbytes=tensor.nbytes,
-        kind=tensor.kind,
-        device=tensor.device,
-        subclass=tensor.subclass,
+        container,
+        key if type(key) is str else repr(key),
+        tensor.dtype,
+        tensor.shape,
+        tensor.numel,
+        tensor.numel * ITEMSIZE[tensor.dtype],
+        tensor.kind,
+        tensor.device,
+        tensor.subclass,
     )
 
 

@@ -15,8 +15,11 @@ from torchls.checkpoint.records import DeviceRecord, OrderedDictRecord, StorageR
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or not all(type(item) is int and item >= 0 for item in value):
+    if type(value) is not tuple:
         raise PickleError(f"a tensor's {what} must be a tuple of non-negative integers")
+    for item in value:
+        if type(item) is not int or item < 0:
+            raise PickleError(f"a tensor's {what} must be a tuple of non-negative integers")
     return value
 
 
@@ -38,11 +41,11 @@ def check_extent(tensor: TensorRecord) -> None:
     stride = tensor.stride or ()
     if len(stride) != len(shape):
         raise PickleError(f"tensor has {len(shape)} dimensions but {len(stride)} strides")
-    if 0 in shape:
+    if tensor.numel == 0:
         return
     last = tensor.offset
-    for size, step in zip(shape, stride, strict=True):
-        last += (size - 1) * step
+    for index in range(len(shape)):
+        last += (shape[index] - 1) * stride[index]
     available = storage.nbytes // ITEMSIZE[tensor.dtype]
     if last >= available:
         raise PickleError(
@@ -51,24 +54,24 @@ def check_extent(tensor: TensorRecord) -> None:
         )
 
 
-def _storage(value: Any) -> StorageRecord:
-    if not isinstance(value, StorageRecord):
-        raise PickleError("a tensor's storage is not a storage record")
-    return value
-
-
 def _tensor_v2(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> TensorRecord:
-    storage = _storage(args[0])
+    # (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
+    storage = args[0]
+    if type(storage) is not StorageRecord:
+        raise PickleError("a tensor's storage is not a storage record")
     offset = args[1]
     if type(offset) is not int or offset < 0:
         raise PickleError("a tensor's storage offset must be a non-negative integer")
+    if storage.view_of is not None:
+        offset += storage.view_offset
+        storage = storage.view_of
     tensor = TensorRecord(
-        dtype=storage.dtype,
-        shape=_ints(args[2], "shape"),
-        stride=_ints(args[3], "stride"),
-        offset=offset + (storage.view_offset if storage.view_of else 0),
-        storage=storage.view_of or storage,
-        requires_grad=bool(args[4]) if len(args) > 4 else False,
+        storage.dtype,
+        _ints(args[2], "shape"),
+        _ints(args[3], "stride"),
+        offset,
+        storage,
+        len(args) > 4 and args[4] is True,
     )
     check_extent(tensor)
     return tensor
