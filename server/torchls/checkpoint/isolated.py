@@ -116,8 +116,6 @@ def print_isolated(path: str, mode: str, *, timeout: float, memory_mb: int) -> i
             file=sys.stderr,
         )
     else:
-        print(
-            f"torchls inspect: {path}: the reader failed ({lines[-1] if lines else done.returncode})",
-            file=sys.stderr,
-        )
+        reason = lines[-1] if lines else f"exit code {done.returncode}"
+        print(f"torchls inspect: {path}: the reader failed ({reason})", file=sys.stderr)
     return 1

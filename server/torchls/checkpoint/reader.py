@@ -291,13 +291,13 @@ def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     details["pickle_protocol"] = vm.protocol
     storage_bytes = 0
     for key, storage in table.storages.items():
-        record = by_name.get(f"{prefix}/data/{key}")
-        if record is None:
+        member = by_name.get(f"{prefix}/data/{key}")
+        if member is None:
             raise CheckpointError(path, f"storage '{key}' has no record data/{key} in the archive")
-        if record.file_size != storage.nbytes:
+        if member.file_size != storage.nbytes:
             raise CheckpointError(
                 path,
-                f"record data/{key} holds {record.file_size:,} bytes, but the pickle says "
+                f"record data/{key} holds {member.file_size:,} bytes, but the pickle says "
                 f"{storage.numel:,} x {storage.dtype} = {storage.nbytes:,} bytes",
             )
         storage_bytes += storage.nbytes
