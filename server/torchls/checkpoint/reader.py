@@ -291,13 +291,13 @@ def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     details["pickle_protocol"] = vm.protocol
     storage_bytes = 0
     for key, storage in table.storages.items():
-        member = by_name.get(f"{prefix}/data/{key}")
-        if member is None:
+        entry = by_name.get(f"{prefix}/data/{key}")
+        if entry is None:
             raise CheckpointError(path, f"storage '{key}' has no record data/{key} in the archive")
-        if member.file_size != storage.nbytes:
+        if entry.file_size != storage.nbytes:
             raise CheckpointError(
                 path,
-                f"record data/{key} holds {member.file_size:,} bytes, but the pickle says "
+                f"record data/{key} holds {entry.file_size:,} bytes, but the pickle says "
                 f"{storage.numel:,} x {storage.dtype} = {storage.nbytes:,} bytes",
             )
         storage_bytes += storage.nbytes
