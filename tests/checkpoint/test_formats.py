@@ -411,3 +411,20 @@ def test_safetensors_size_must_match_shape(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}
     with pytest.raises(CheckpointError, match="needs 12"):
         read_checkpoint(_safetensors_with_header(tmp_path / "s.safetensors", header, b"\x00" * 8))
+
+
+def test_opcode_names_match_pickletools() -> None:
+    import pickletools
+
+    from torchls.checkpoint.safety import _OPCODE_NAMES
+
+    assert {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes} == _OPCODE_NAMES
+
+
+def test_fast_json_matches_json_dumps(tmp_path: Path) -> None:
+    from torchls.checkpoint.summary import summary_json
+
+    tagged = torch.ones(2).as_subclass(TaggedTensor)
+    state = {'a\u00e9"\\': torch.ones(2, 3), "t": tagged, 3: torch.zeros(1, dtype=torch.int8)}
+    summary = read_checkpoint(save(state, tmp_path / "j.pt"))
+    assert json.loads(summary_json(summary)) == json.loads(json.dumps(summary.as_json()))

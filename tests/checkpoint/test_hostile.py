@@ -292,3 +292,28 @@ def test_memory_limit_of_the_reader_process(tmp_path: Path) -> None:
     path.write_bytes(body)
     with pytest.raises(CheckpointError, match=r"needs more than 128 MB|more memory|opcodes"):
         read_isolated(path, timeout=60, memory_mb=128)
+
+
+def test_time_limit_of_the_reader_process(tmp_path: Path) -> None:
+    body = b"\x80\x02]q\x00" + b"]h\x00aq\x00" * 5_000_000 + b"h\x00."
+    path = tmp_path / "slow.pt"
+    path.write_bytes(body)
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"took longer than 0\.5 s \(limit\)"):
+        read_isolated(path, timeout=0.5, memory_mb=2048)
+    assert time.monotonic() - started < 5
+
+
+async def test_async_reader_for_the_language_server(tmp_path: Path, sentinel: Path) -> None:
+    from torchls.checkpoint.isolated import read_isolated_async
+
+    good = save({"w": torch.ones(3)}, tmp_path / "good.pt")
+    summary = await read_isolated_async(good)
+    assert summary["tensors"][0]["shape"] == [3]
+    evil = save({"x": payloads(sentinel)["os.system"]}, tmp_path / "evil.pt")
+    assert (await read_isolated_async(evil))["weights_only"]["accepted"] is False
+    assert not sentinel.exists()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(CheckpointError, match="damaged zip archive"):
+        await read_isolated_async(broken)

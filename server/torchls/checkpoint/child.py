@@ -37,8 +37,12 @@ def main() -> int:
         if mode == "json":
             # Indented only for a person at a terminal: json's indenting encoder is pure Python
             # and takes seconds for 50,000 tensors; the compact one is C.
-            indent = 1 if sys.stdout.isatty() else None
-            sys.stdout.write(json.dumps(summary.as_json(), indent=indent) + "\n")
+            if sys.stdout.isatty():
+                sys.stdout.write(json.dumps(summary.as_json(), indent=1) + "\n")
+            else:
+                from torchls.checkpoint.summary import summary_json
+
+                sys.stdout.write(summary_json(summary) + "\n")
             return 0
         if mode == "text":
             from torchls.inspect_report import render_inspect

@@ -8,7 +8,6 @@ milliseconds, and nothing in the user's workspace can be imported into it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -68,6 +67,8 @@ async def read_isolated_async(
     python: str | None = None,
 ) -> dict[str, Any]:
     """As read_isolated, for the language server's event loop."""
+    import asyncio  # here, not at the top: the CLI imports this module and needs no asyncio
+
     path = str(path)
     proc = await asyncio.create_subprocess_exec(
         *_command(path, memory_mb, python),

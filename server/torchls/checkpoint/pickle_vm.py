@@ -271,28 +271,41 @@ class RestrictedUnpickler:
                 if pos + size > end:
                     raise PickleError("pickle data ended inside a string (truncated file?)")
                 if size <= max_inline:
-                    push(str(data[pos : pos + size], "utf-8", "surrogatepass"))
+                    text = str(data[pos : pos + size], "utf-8", "surrogatepass")
                 else:
-                    push(LargePayload("text", size))
+                    text = LargePayload("text", size)
+                push(text)
                 pos += size
+                if pos < end and data[pos] == 0x72:  # fused: LONG_BINPUT of the value just made
+                    memo[_u4(data, pos + 1)[0]] = text
+                    pos += 5
             elif op == 0x74:  # TUPLE
                 frozen = tuple(stack)
                 stack = metastack.pop()
                 push = stack.append
                 push(frozen)
+                if pos < end and data[pos] == 0x72:  # fused LONG_BINPUT
+                    memo[_u4(data, pos + 1)[0]] = frozen
+                    pos += 5
             elif op == 0x85:  # TUPLE1
-                stack[-1] = (stack[-1],)
+                frozen = stack[-1] = (stack[-1],)
+                if pos < end and data[pos] == 0x72:  # fused LONG_BINPUT
+                    memo[_u4(data, pos + 1)[0]] = frozen
+                    pos += 5
             elif op == 0x52:  # REDUCE
                 args = stack.pop()
                 target = stack[-1]
                 # The common case inline: a registered reducer of ours for a torch global.
                 if type(target) is Global and target.reducer is not None and type(args) is tuple:
                     try:  # free in Python 3.11+ unless it raises
-                        stack[-1] = target.reducer(self, args)
+                        result = stack[-1] = target.reducer(self, args)
                     except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
                         raise PickleError(f"bad arguments for {target.fullname}: {exc}") from None
                 else:
-                    stack[-1] = call(target, args)
+                    result = stack[-1] = call(target, args)
+                if pos < end and data[pos] == 0x72:  # fused LONG_BINPUT
+                    memo[_u4(data, pos + 1)[0]] = result
+                    pos += 5
             elif op == 0x51:  # BINPERSID
                 pid = stack.pop()
                 push(persistent_load(pid) if persistent_load else PersistentRef(pid))
