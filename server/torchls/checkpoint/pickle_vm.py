@@ -270,6 +270,7 @@ class RestrictedUnpickler:
                 pos += 4
                 if pos + size > end:
                     raise PickleError("pickle data ended inside a string (truncated file?)")
+                text: Any
                 if size <= max_inline:
                     text = str(data[pos : pos + size], "utf-8", "surrogatepass")
                 else:
