@@ -66,7 +66,7 @@ def payloads(sentinel: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("protocol", [2, 4])
 @pytest.mark.parametrize(
-    "name", ["os.system", "eval", "subprocess.Popen", "exec", "nested pickle.loads"]
+    "name", ["os.system", "eval", "subprocess.Popen", "exec", "importlib", "nested pickle.loads"]
 )
 def test_reduce_payload_inside_a_zip_checkpoint(
     tmp_path: Path, sentinel: Path, name: str, protocol: int
