@@ -150,6 +150,7 @@ def test_pickle_protocol_4(tmp_path: Path) -> None:
     assert tensors_by_key(summary)["w"].shape == (2,)
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 def test_quantized_and_sparse_tensors(tmp_path: Path) -> None:
     state = {
         "q": torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8),
@@ -246,6 +247,7 @@ def test_truncated_legacy_file(tmp_path: Path) -> None:
         read_checkpoint(path)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_archive_is_recognised(tmp_path: Path) -> None:
     path = tmp_path / "scripted.pt"
     torch.jit.script(nn.Linear(2, 2)).save(str(path))
