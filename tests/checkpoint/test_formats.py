@@ -430,3 +430,35 @@ def test_fast_json_matches_json_dumps(tmp_path: Path) -> None:
     state = {'a\u00e9"\\': torch.ones(2, 3), "t": tagged, 3: torch.zeros(1, dtype=torch.int8)}
     summary = read_checkpoint(save(state, tmp_path / "j.pt"))
     assert json.loads(summary_json(summary)) == json.loads(json.dumps(summary.as_json()))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_cuda_storage_locations_are_reported(tmp_path: Path, legacy: bool) -> None:
+    """A checkpoint saved on a GPU names `cuda:0` as its storages' location; no GPU is needed
+    to write one: the location string is what torch.save records."""
+    path = save(
+        {"w": torch.ones(2)}, tmp_path / "cpu.pt", _use_new_zipfile_serialization=not legacy
+    )
+    data = path.read_bytes()
+    # 'cpu' is pickled as BINUNICODE len 3; make it the 6-character 'cuda:0'
+    patched = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0", 1)
+    assert patched != data
+    if legacy:
+        cuda = tmp_path / "cuda.pt"
+        cuda.write_bytes(patched)
+    else:
+        folder = zip_folder(path)
+        with zipfile.ZipFile(path) as archive:
+            pickle_data = archive.read(f"{folder}/data.pkl")
+        cuda = rewrite_zip(
+            path,
+            tmp_path / "cuda.pt",
+            {
+                f"{folder}/data.pkl": pickle_data.replace(
+                    b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0", 1
+                )
+            },
+        )
+    summary = read_checkpoint(cuda)
+    assert summary.details["devices"] == ["cuda:0"]
+    assert summary.tensors[0].device == "cuda:0"

@@ -304,9 +304,7 @@ def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     warnings = []
     if byteorder == "big":
         warnings.append("tensors are stored big-endian; torch converts them when loading")
-    devices = sorted({s.location for s in table.storages.values()} - {"cpu"})
-    if devices:
-        details["devices"] = devices
+    _note_devices(details, table)
     return _Parsed(
         format="torch-zip",
         root=root,
@@ -317,6 +315,13 @@ def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
         warnings=warnings,
         storage_bytes=storage_bytes,
     )
+
+
+def _note_devices(details: dict[str, Any], table: StorageTable) -> None:
+    """Storage locations other than the CPU (`cuda:0`, ...): loading needs map_location there."""
+    devices = sorted({s.location for s in table.storages.values()} - {"cpu"})
+    if devices:
+        details["devices"] = devices
 
 
 def _describe_zip(names: list[str], pickles: list[str]) -> str:
@@ -389,6 +394,7 @@ def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) ->
     details: dict[str, Any] = {"legacy_protocol": protocol, "pickle_protocol": main.protocol}
     if isinstance(sys_info, dict):
         details["little_endian"] = sys_info.get("little_endian")
+    _note_devices(details, table)
     warnings = []
     if offset < size:
         warnings.append(f"{size - offset:,} bytes follow the last storage")
