@@ -63,6 +63,9 @@ def _rss_mb(pid: int) -> float:
 def one_run(warm_wait: float | None) -> tuple[float, float]:
     """(seconds until the initialize answer, server RSS in MB right after it)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "server"))
+    # As on a user's machine, let Python cache bytecode (this sandbox sets the variable, which
+    # would recompile torchls's modules at every start).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "torchls", "serve", "--stdio"],
