@@ -9,6 +9,7 @@ milliseconds, and nothing in the user's workspace can be imported into it.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,10 @@ def _result(path: str, returncode: int | None, stdout: bytes, stderr: bytes, mem
         return message["summary"]
     if isinstance(message, dict) and "error" in message:
         raise CheckpointError(path, str(message["error"]))
-    if (returncode is not None and returncode < 0) or b"MemoryError" in stderr:
+    if b"MemoryError" in stderr or returncode == -signal.SIGKILL:
         raise CheckpointError(path, f"reading it needs more than {memory_mb} MB (limit)")
+    if returncode is not None and returncode < 0:
+        raise CheckpointError(path, f"the reader crashed ({_signal_name(returncode)})")
     detail = stderr.decode("utf-8", "replace").strip().splitlines()
     raise CheckpointError(path, f"the reader failed ({detail[-1] if detail else returncode})")
 
@@ -111,12 +114,22 @@ def print_isolated(path: str, mode: str, *, timeout: float, memory_mb: int) -> i
     lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
     if done.returncode == 1 and lines and lines[-1].startswith("torchls inspect: "):
         print(lines[-1], file=sys.stderr)
-    elif done.returncode < 0 or any("MemoryError" in line for line in lines):
+    elif done.returncode == -signal.SIGKILL or any("MemoryError" in line for line in lines):
         print(
             f"torchls inspect: {path}: reading it needs more than {memory_mb} MB (limit)",
             file=sys.stderr,
         )
     else:
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
+        if done.returncode < 0:
+            reason = f"crashed with {_signal_name(done.returncode)}"
+        else:
+            reason = lines[-1] if lines else f"exit code {done.returncode}"
         print(f"torchls inspect: {path}: the reader failed ({reason})", file=sys.stderr)
     return 1
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"

@@ -66,12 +66,16 @@ class Opaque:
 
     @property
     def type_name(self) -> str:
+        # Iterative: a hostile pickle can call the result of a call of a call ... thousands deep.
         target = self.target
-        if isinstance(target, Global):
-            return target.fullname
+        calls = 0
+        while isinstance(target, Opaque) and calls < 8:
+            target = target.target
+            calls += 1
         if isinstance(target, Opaque):
-            return f"{target.type_name}(...)"
-        return type(target).__name__
+            return "<call>(...)" * calls
+        name = target.fullname if isinstance(target, Global) else type(target).__name__
+        return name + "(...)" * calls
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.type_name}>"
@@ -454,12 +458,12 @@ class RestrictedUnpickler:
                     target = stack[-1]
                     if not isinstance(target, set):
                         raise PickleError("ADDITEMS on something that is not a set")
-                    target.update(items)
+                    target.update(check_hashable(item) for item in items)
                 elif op == 0x91:  # FROZENSET
                     items = stack
                     stack = metastack.pop()
                     push = stack.append
-                    push(frozenset(items))
+                    push(frozenset(check_hashable(item) for item in items))
                 elif op == 0x6C:  # LIST
                     items = stack
                     stack = metastack.pop()
@@ -550,17 +554,56 @@ def _append(target: Any, items: list[Any]) -> None:
         raise PickleError(f"malformed pickle: APPEND to a {type(target).__name__}")
 
 
+_MAX_KEY_NODES = 10_000
+
+
+def check_hashable(value: Any) -> Any:
+    """`value`, once it is known to be cheap to hash.
+
+    Hashing a tuple (or frozenset) walks it recursively in C: one nested a million levels deep
+    overflows the C stack (a segfault), and one that shares sub-tuples exponentially takes
+    forever. Keys and set members are checked before they are hashed: at most 10,000 nodes as a
+    tree, counted with each shared node's size memoised.
+    """
+    if type(value) is not tuple and type(value) is not frozenset:
+        return value
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not expanded:
+            stack.append((node, True))
+            if len(stack) > _MAX_KEY_NODES:
+                raise PickleError("malformed pickle: a dict key or set member nested too deeply")
+            for child in node:
+                if (type(child) is tuple or type(child) is frozenset) and id(child) not in sizes:
+                    stack.append((child, False))
+            continue
+        total = 1
+        for child in node:
+            total += sizes.get(id(child), 1)
+        if total > _MAX_KEY_NODES:
+            raise PickleError("malformed pickle: a dict key or set member is too large to hash")
+        sizes[id(node)] = total
+    return value
+
+
 def _set_items(target: Any, flat: list[Any]) -> None:
     if len(flat) % 2:
         raise PickleError("malformed pickle: SETITEMS with an odd number of items")
     if isinstance(target, dict):
         for index in range(0, len(flat), 2):
-            target[flat[index]] = flat[index + 1]
+            key = flat[index]
+            if type(key) is tuple or type(key) is frozenset:
+                check_hashable(key)
+            target[key] = flat[index + 1]
     elif isinstance(target, Opaque):
         if target.entries is None:
             target.entries = {}
         for index in range(0, len(flat), 2):
-            target.entries[flat[index]] = flat[index + 1]
+            target.entries[check_hashable(flat[index])] = flat[index + 1]
     else:
         raise PickleError(f"malformed pickle: SETITEM on a {type(target).__name__}")
 

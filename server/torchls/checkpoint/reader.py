@@ -13,6 +13,7 @@ import itertools
 import json
 import mmap
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,10 +23,10 @@ from torchls.checkpoint.dtypes import SAFETENSORS_DTYPE
 from torchls.checkpoint.errors import CheckpointError
 from torchls.checkpoint.pickle_vm import Budget, PickleError, RestrictedUnpickler
 from torchls.checkpoint.records import StorageRecord, TensorRecord
-from torchls.checkpoint.safety import WEIGHTS_ONLY_ALLOWED, is_dangerous, weights_only_verdict
+from torchls.checkpoint.safety import is_dangerous, weights_only_allows, weights_only_verdict
 from torchls.checkpoint.structure import Walk, pickled_module_state
 from torchls.checkpoint.summary import CheckpointSummary, GlobalRef, StateDictCandidate
-from torchls.checkpoint.torch_pickle import TORCH_REDUCERS, StorageTable
+from torchls.checkpoint.torch_pickle import INT64_LIMIT, MAX_DIMS, TORCH_REDUCERS, StorageTable
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -59,6 +60,7 @@ class _Parsed:
     opcodes: set[int] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     storage_bytes: int = 0
+    unloadable: str | None = None  # why torch.load fails on it whatever its arguments
 
 
 def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> CheckpointSummary:
@@ -71,6 +73,7 @@ def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> Check
         else:
             size = path.stat().st_size
             parsed = _read_file(path, size, budget)
+        return _summarise(path, size, parsed)
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -83,9 +86,17 @@ def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> Check
         raise CheckpointError(path, str(exc)) from None
     except MemoryError:
         raise CheckpointError(path, "reading it needs more memory than allowed") from None
-    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise CheckpointError(path, f"unreadable: {exc}") from None
-    return _summarise(path, size, parsed)
+    except RecursionError:
+        raise CheckpointError(path, "its structure is nested too deeply to read") from None
+    except (OSError, ValueError, struct.error, UnicodeDecodeError, zlib.error) as exc:
+        raise CheckpointError(path, f"unreadable: {_short(exc)}") from None
+    except Exception as exc:  # a reader bug must still end in one line, never a traceback
+        raise CheckpointError(path, f"unreadable ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _summarise(path: Path, size: int, parsed: _Parsed) -> CheckpointSummary:
@@ -110,10 +121,14 @@ def _summarise(path: Path, size: int, parsed: _Parsed) -> CheckpointSummary:
         )
     if parsed.globals_seen is not None:
         summary.globals = [
-            GlobalRef(name, count, name in WEIGHTS_ONLY_ALLOWED, is_dangerous(name))
+            GlobalRef(name, count, weights_only_allows(name), is_dangerous(name))
             for name, count in sorted(parsed.globals_seen.items())
         ]
-        summary.weights_only = weights_only_verdict(list(parsed.globals_seen), parsed.opcodes)
+        summary.weights_only = weights_only_verdict(
+            list(parsed.globals_seen), parsed.opcodes, parsed.unloadable
+        )
+        if parsed.unloadable:
+            summary.warnings.insert(0, f"torch.load cannot load this file: {parsed.unloadable}")
         if summary.weights_only.dangerous_globals:
             summary.warnings.insert(
                 0,
@@ -231,27 +246,38 @@ def _safe_member_name(name: str) -> bool:
 def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     with open(path, "rb") as handle:
         try:
-            members, _ = zipdir.read_directory(handle, size)
+            members, directory_offset = zipdir.read_directory(handle, size)
         except zipdir.ZipError as exc:
             raise CheckpointError(path, f"damaged zip archive: {exc}") from None
         if len(members) > budget.max_zip_members:
             raise CheckpointError(path, f"zip archive has {len(members):,} members (limit)")
         by_name: dict[str, zipdir.Member] = {}
+        folded: set[str] = set()
         for member in members:
             name = member.name
-            if name in by_name:
+            # torch's zip reader matches names without regard to case: two members whose names
+            # differ only in case would let torch load another data.pkl than the one we read.
+            if name.lower() in folded:
                 raise CheckpointError(
                     path,
-                    f"the zip archive holds two members named {name!r}; torch and Python's "
-                    "zipfile would read different ones, so torchls refuses the ambiguous file",
+                    f"the zip archive holds two members named {name!r} (ignoring case); torch "
+                    "and torchls could read different ones, so torchls refuses the ambiguous file",
                 )
             if not _safe_member_name(name):
                 raise CheckpointError(path, f"zip member name {name!r} escapes the archive")
+            folded.add(name.lower())
             by_name[name] = member
+        if not members:
+            raise CheckpointError(path, "an empty zip archive")
+        # torch takes the archive's folder from its first member, as torch.save writes it.
+        prefix = members[0].name.split("/", 1)[0]
         pickles = [n for n in by_name if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pickles) != 1:
+        if pickles != [f"{prefix}/data.pkl"]:
             raise CheckpointError(path, _describe_zip(list(by_name), pickles))
-        prefix = pickles[0].split("/", 1)[0]
+        if f"{prefix}/version" not in by_name and f"{prefix}/.data/version" not in by_name:
+            raise CheckpointError(
+                path, "the zip archive has no version record: torch.load refuses it"
+            )
         if f"{prefix}/constants.pkl" in by_name or any(
             name.startswith(f"{prefix}/code/") for name in by_name
         ):
@@ -294,6 +320,8 @@ def _read_zip(path: Path, size: int, budget: ReadBudget) -> _Parsed:
         entry = by_name.get(f"{prefix}/data/{key}")
         if entry is None:
             raise CheckpointError(path, f"storage '{key}' has no record data/{key} in the archive")
+        if entry.header_offset + entry.compressed_size > directory_offset:
+            raise CheckpointError(path, f"record data/{key} lies outside the archive (truncated?)")
         if entry.file_size != storage.nbytes:
             raise CheckpointError(
                 path,
@@ -325,6 +353,8 @@ def _note_devices(details: dict[str, Any], table: StorageTable) -> None:
 
 
 def _describe_zip(names: list[str], pickles: list[str]) -> str:
+    if len(pickles) == 1:
+        return "data.pkl is not in the folder of the archive's first member, where torch looks"
     if len(pickles) > 1:
         return "the zip archive holds several data.pkl records: refusing an ambiguous file"
     if names and all(name.endswith(".npy") for name in names):
@@ -370,7 +400,10 @@ def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) ->
     second = RestrictedUnpickler(view, pos=first.pos, budget=budget.pickle)
     protocol = second.load()
     if protocol != LEGACY_PROTOCOL:
-        raise CheckpointError(path, f"legacy torch file with unknown protocol {protocol!r}")
+        shown = (
+            protocol if type(protocol) is int and abs(protocol) < 10**9 else type(protocol).__name__
+        )
+        raise CheckpointError(path, f"legacy torch file with unknown protocol {shown}")
     third = RestrictedUnpickler(view, pos=second.pos, budget=budget.pickle)
     sys_info = third.load()
     table = StorageTable()
@@ -387,6 +420,12 @@ def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) ->
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointError(path, "legacy file's storage key list is malformed")
     offset, storage_bytes = _check_legacy_storages(path, size, keys_vm.pos, keys, table)
+    unloadable = None
+    if table.untyped:
+        unloadable = (
+            "it holds untyped storages (tensors of dtypes such as uint16/32/64, float8 or "
+            "complex32), which torch's legacy format can write but not read back"
+        )
     globals_seen: dict[str, int] = {}
     for vm in (first, second, third, main, keys_vm):
         for name, count in vm.globals_seen.items():
@@ -410,6 +449,7 @@ def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) ->
         opcodes=opcodes,
         warnings=warnings,
         storage_bytes=storage_bytes,
+        unloadable=unloadable,
     )
 
 
@@ -489,12 +529,18 @@ def _read_safetensors(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     for name, entry in header.items():
         if not isinstance(entry, dict):
             raise CheckpointError(path, f"safetensors entry {name!r} is not an object")
-        dtype = SAFETENSORS_DTYPE.get(entry.get("dtype"))  # type: ignore[arg-type]
+        code = entry.get("dtype")
+        dtype = SAFETENSORS_DTYPE.get(code) if isinstance(code, str) else None
         if dtype is None:
-            raise CheckpointError(path, f"tensor {name!r} has unknown dtype {entry.get('dtype')!r}")
+            shown = code if isinstance(code, str) else type(code).__name__
+            raise CheckpointError(path, f"tensor {name!r} has unknown dtype {shown[:40]!r}")
         shape = entry.get("shape")
         offsets = entry.get("data_offsets")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_DIMS
+            or not all(type(d) is int and 0 <= d < INT64_LIMIT for d in shape)
+        ):
             raise CheckpointError(path, f"tensor {name!r} has a malformed shape")
         if (
             not isinstance(offsets, list)
@@ -504,6 +550,8 @@ def _read_safetensors(path: Path, size: int, budget: ReadBudget) -> _Parsed:
         ):
             raise CheckpointError(path, f"tensor {name!r} has malformed data_offsets")
         tensor = TensorRecord(dtype, tuple(shape), None, 0, None)
+        if tensor.numel >= INT64_LIMIT:
+            raise CheckpointError(path, f"tensor {name!r} has more elements than torch can address")
         if offsets[1] - offsets[0] != tensor.nbytes:
             raise CheckpointError(
                 path,
@@ -520,6 +568,15 @@ def _read_safetensors(path: Path, size: int, budget: ReadBudget) -> _Parsed:
     for (_, end, first), (start, _, second) in itertools.pairwise(extents):
         if start < end:
             raise CheckpointError(path, f"tensors {first!r} and {second!r} overlap in the file")
+        if start > end:
+            raise CheckpointError(
+                path, f"a gap lies between tensors {first!r} and {second!r}; safetensors refuses it"
+            )
+    covered = extents[-1][1] if extents else 0
+    if (extents and extents[0][0] != 0) or covered != data_size:
+        raise CheckpointError(
+            path, "the tensors do not cover the file's data exactly; safetensors refuses it"
+        )
     details: dict[str, Any] = {"header_bytes": length}
     if metadata:
         details["metadata"] = metadata
@@ -551,7 +608,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CheckpointError(path, "an index without a weight_map of tensor names to shard files")
-    folder = path.parent.resolve()
+    folder = path.parent
     shards: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
         shards.setdefault(shard, []).append(key)
@@ -562,9 +619,14 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
     warnings: list[str] = []
     storage_bytes = 0
     for shard, keys in shards.items():
-        shard_path = (folder / shard).resolve()
-        if PurePosixPath(shard).is_absolute() or not shard_path.is_relative_to(folder):
+        # Checked by name, not by resolving symlinks: the Hugging Face cache keeps each shard as
+        # a symlink into ../../blobs, which is where the cache put it, not where a name points.
+        parts = PurePosixPath(shard).parts
+        if not parts or PurePosixPath(shard).is_absolute() or ".." in parts or "\\" in shard:
             raise CheckpointError(path, f"shard {shard!r} lies outside the checkpoint's folder")
+        if shard.endswith(INDEX_SUFFIX):
+            raise CheckpointError(path, f"shard {shard!r} is itself an index")
+        shard_path = folder / shard
         if not shard_path.is_file():
             raise CheckpointError(path, f"shard {shard!r} listed in the index is missing")
         parsed = _read_file(shard_path, shard_path.stat().st_size, budget)

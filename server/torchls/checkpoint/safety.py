@@ -7,6 +7,7 @@ compares it with the installed torch, so an update to torch that changes it fail
 
 from __future__ import annotations
 
+import _compat_pickle
 from dataclasses import dataclass
 
 WEIGHTS_ONLY_ALLOWED: frozenset[str] = frozenset(
@@ -260,9 +261,13 @@ class WeightsOnlyVerdict:
     refused_globals: tuple[str, ...]
     unsupported_opcodes: tuple[str, ...]
     dangerous_globals: tuple[str, ...]
+    # A reason torch.load fails on the file whatever its arguments (set by the format reader).
+    unloadable: str | None = None
 
     @property
     def reason(self) -> str:
+        if self.unloadable:
+            return f"torch.load cannot load this file: {self.unloadable}"
         if self.accepted:
             return "torch.load(weights_only=True) accepts this file"
         parts = []
@@ -283,14 +288,26 @@ def is_dangerous(name: str) -> bool:
     return name.startswith(_DANGEROUS_PREFIXES)
 
 
-def weights_only_verdict(globals_seen: list[str], opcodes: set[int]) -> WeightsOnlyVerdict:
-    refused = tuple(
-        sorted(
-            name
-            for name in globals_seen
-            if name not in WEIGHTS_ONLY_ALLOWED or name.split(".", 1)[0] in BLOCKED_MODULES
-        )
-    )
+def _as_torch_reads_it(name: str) -> str:
+    """torch's weights-only unpickler maps Python 2 names (`__builtin__.set`) at any protocol."""
+    module, _, attr = name.rpartition(".")
+    if (module, attr) in _compat_pickle.NAME_MAPPING:
+        module, attr = _compat_pickle.NAME_MAPPING[(module, attr)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{attr}"
+
+
+def weights_only_allows(name: str) -> bool:
+    torch_name = _as_torch_reads_it(name)
+    return torch_name in WEIGHTS_ONLY_ALLOWED and torch_name.split(".", 1)[0] not in BLOCKED_MODULES
+
+
+def weights_only_verdict(
+    globals_seen: list[str], opcodes: set[int], unloadable: str | None = None
+) -> WeightsOnlyVerdict:
+    refused = tuple(sorted(name for name in globals_seen if not weights_only_allows(name)))
     unsupported = tuple(name for name in opcode_names(opcodes) if name not in WEIGHTS_ONLY_OPCODES)
     dangerous = tuple(sorted(name for name in globals_seen if is_dangerous(name)))
-    return WeightsOnlyVerdict(not refused and not unsupported, refused, unsupported, dangerous)
+    accepted = not refused and not unsupported and unloadable is None
+    return WeightsOnlyVerdict(accepted, refused, unsupported, dangerous, unloadable)

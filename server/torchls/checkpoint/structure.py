@@ -22,12 +22,36 @@ TREE_CHILDREN = 40  # children shown per container
 MAX_CANDIDATES = 20
 
 
+MAX_KEY_TEXT = 200  # characters of one key shown in a path
+MAX_PATH_TEXT = 1_000  # characters of a whole path
+
+
 def key_text(key: Any) -> str:
-    return key if isinstance(key, str) else repr(key)
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool) and key.bit_length() > 256:
+        return f"<int of {key.bit_length()} bits>"
+    if isinstance(key, (int, float, bool, type(None), bytes)):
+        return _clip(repr(key), MAX_KEY_TEXT)
+    return f"<{type(key).__name__}>"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def subscript(path: str, key: Any) -> str:
-    return f"{path}[{key!r}]" if isinstance(key, (str, int)) else f"{path}[{type(key).__name__}]"
+    """`path['key']`, with long keys and long paths clipped so that a hostile file whose keys are
+    64 KB strings nested 64 deep cannot make every path a megabyte."""
+    if len(path) >= MAX_PATH_TEXT:
+        return path
+    if isinstance(key, str):
+        part = repr(_clip(key, MAX_KEY_TEXT))
+    elif isinstance(key, int) and not isinstance(key, bool):
+        part = key_text(key)
+    else:
+        part = type(key).__name__
+    return _clip(f"{path}[{part}]", MAX_PATH_TEXT)
 
 
 def _children(obj: Any) -> list[tuple[Any, Any]]:
@@ -165,7 +189,7 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
 def _info(container: str, key: Any, tensor: TensorRecord) -> TensorInfo:
     return TensorInfo(
         container,
-        key if type(key) is str else repr(key),
+        key if type(key) is str else key_text(key),
         tensor.dtype,
         tensor.shape,
         tensor.numel,
@@ -206,7 +230,11 @@ def pickled_module_state(root: Any) -> dict[str, TensorRecord] | None:
         visited.add(id(module))
         state = module.state
         non_persistent = state.get("_non_persistent_buffers_set")
-        skip = set(non_persistent) if isinstance(non_persistent, (set, frozenset, list)) else set()
+        skip = (
+            {name for name in non_persistent if isinstance(name, str)}
+            if isinstance(non_persistent, (set, frozenset, list))
+            else set()
+        )
         for group in ("_parameters", "_buffers"):
             tensors = state.get(group)
             if isinstance(tensors, dict):

@@ -10,17 +10,35 @@ from __future__ import annotations
 from typing import Any
 
 from torchls.checkpoint.dtypes import ITEMSIZE, dtype_from_global, storage_dtype
-from torchls.checkpoint.pickle_vm import Global, Opaque, PickleError, Reducer, RestrictedUnpickler
+from torchls.checkpoint.pickle_vm import (
+    Global,
+    Opaque,
+    PickleError,
+    Reducer,
+    RestrictedUnpickler,
+    check_hashable,
+)
 from torchls.checkpoint.records import DeviceRecord, OrderedDictRecord, StorageRecord, TensorRecord
+
+MAX_DIMS = 1024
+INT64_LIMIT = 1 << 63
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if type(value) is not tuple:
-        raise PickleError(f"a tensor's {what} must be a tuple of non-negative integers")
+    """A shape or stride: a tuple of integers in torch's int64 range."""
+    if type(value) is not tuple or len(value) > MAX_DIMS:
+        raise PickleError(f"a tensor's {what} must be a tuple of at most {MAX_DIMS} integers")
     for item in value:
-        if type(item) is not int or item < 0:
-            raise PickleError(f"a tensor's {what} must be a tuple of non-negative integers")
+        if type(item) is not int or not 0 <= item < INT64_LIMIT:
+            raise PickleError(f"a tensor's {what} must hold integers from 0 to 2**63-1")
     return value
+
+
+def check_numel(tensor: TensorRecord) -> None:
+    if tensor.numel >= INT64_LIMIT:
+        raise PickleError(
+            f"a tensor of {len(tensor.shape)} dimensions has more elements than torch can address"
+        )
 
 
 def _dtype(value: Any) -> str:
@@ -60,11 +78,8 @@ def _tensor_v2(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> TensorRecord:
     if type(storage) is not StorageRecord:
         raise PickleError("a tensor's storage is not a storage record")
     offset = args[1]
-    if type(offset) is not int or offset < 0:
+    if type(offset) is not int or not 0 <= offset < INT64_LIMIT:
         raise PickleError("a tensor's storage offset must be a non-negative integer")
-    if storage.view_of is not None:
-        offset += storage.view_offset
-        storage = storage.view_of
     tensor = TensorRecord(
         storage.dtype,
         _ints(args[2], "shape"),
@@ -73,7 +88,11 @@ def _tensor_v2(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> TensorRecord:
         storage,
         len(args) > 4 and args[4] is True,
     )
-    check_extent(tensor)
+    check_numel(tensor)
+    check_extent(tensor)  # against the view, for a legacy view of a larger storage
+    if storage.view_of is not None:
+        tensor.offset += storage.view_offset
+        tensor.storage = storage.view_of
     return tensor
 
 
@@ -112,16 +131,19 @@ def _from_type_v2(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> Any:
 
 def _meta_tensor(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> TensorRecord:
     # (dtype, size, stride, requires_grad)
-    return TensorRecord(
+    size, stride = args[1], args[2]
+    tensor = TensorRecord(
         dtype=_dtype(args[0]),
-        shape=_ints(tuple(args[1]), "shape"),
-        stride=_ints(tuple(args[2]), "stride"),
+        shape=_ints(tuple(size) if isinstance(size, list) else size, "shape"),
+        stride=_ints(tuple(stride) if isinstance(stride, list) else stride, "stride"),
         offset=0,
         storage=None,
         requires_grad=bool(args[3]),
         kind="meta",
         device="meta",
     )
+    check_numel(tensor)
+    return tensor
 
 
 def _qtensor(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> TensorRecord:
@@ -138,6 +160,7 @@ def _sparse(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> Any:
         size = data[2]
         shape = tuple(size) if isinstance(size, (tuple, list)) else values.shape
         tensor = TensorRecord(values.dtype, _ints(shape, "shape"), None, 0, None, kind="sparse")
+        check_numel(tensor)
         tensor.device = values.device
         return tensor
     return Opaque(Global("torch._utils", "_rebuild_sparse_tensor"), (layout, data), "call")
@@ -158,7 +181,7 @@ def _ordered_dict(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> OrderedDict
         items = args[0]
         pairs = items.items() if isinstance(items, dict) else items
         for key, value in pairs:
-            record[key] = value
+            record[check_hashable(key)] = value
     return record
 
 
@@ -181,7 +204,7 @@ def _codecs_encode(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> Any:
 
 
 def _set(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> Any:
-    return set(args[0]) if args else set()
+    return {check_hashable(item) for item in args[0]} if args else set()
 
 
 def _layout(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> Any:
@@ -215,6 +238,7 @@ class StorageTable:
 
     def __init__(self) -> None:
         self.storages: dict[str, StorageRecord] = {}
+        self.untyped = False  # an UntypedStorage was referenced
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
@@ -227,6 +251,8 @@ class StorageTable:
         if not isinstance(storage_type, Global):
             raise PickleError("a storage whose type is not a global")
         dtype = storage_dtype(storage_type.module, storage_type.name)
+        if storage_type.name == "UntypedStorage":
+            self.untyped = True
         if dtype is None:
             raise PickleError(f"unknown storage type {storage_type.fullname}")
         if not isinstance(key, str) or type(numel) is not int or numel < 0:
@@ -240,8 +266,12 @@ class StorageTable:
             raise PickleError(f"storage '{key}' is described twice, differently")
         view = pid[5] if len(pid) > 5 else None
         if view is not None:  # legacy: (view_key, offset, view_size)
+            if not isinstance(view, tuple) or len(view) != 3:
+                raise PickleError(f"storage '{key}' has a malformed view")
             view_key, view_offset, view_size = view
-            if view_offset + view_size > storage.numel:
+            if type(view_offset) is not int or type(view_size) is not int:
+                raise PickleError(f"storage '{key}' has a malformed view")
+            if view_offset < 0 or view_size < 0 or view_offset + view_size > storage.numel:
                 raise PickleError(f"storage view '{view_key}' lies outside storage '{key}'")
             record = StorageRecord(str(view_key), dtype, location, view_size)
             record.view_of = storage

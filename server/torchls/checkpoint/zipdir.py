@@ -45,7 +45,8 @@ def _zip64_extra(extra: bytes, sizes: list[int]) -> list[int]:
 
 
 def read_directory(handle: BinaryIO, size: int) -> tuple[list[Member], int]:
-    """The members of the archive and the offset of the first local header's archive start."""
+    """The members of the archive, and where its central directory starts (every member's data
+    must lie before it)."""
     start = max(0, size - _SEARCH)
     handle.seek(start)
     tail = handle.read()
@@ -115,7 +116,12 @@ def read_member(handle: BinaryIO, member: Member, limit: int) -> bytes:
             raise ZipError(f"{member.name}: the file ends inside it (truncated?)")
     elif member.method == 8:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        data = inflater.decompress(handle.read(min(member.compressed_size, limit + 1)), limit + 1)
+        try:
+            data = inflater.decompress(
+                handle.read(min(member.compressed_size, limit + 1)), limit + 1
+            )
+        except zlib.error as exc:
+            raise ZipError(f"{member.name}: damaged compressed data ({exc})") from None
     else:
         raise ZipError(f"{member.name}: compression method {member.method} is not supported")
     if len(data) > limit:
