@@ -29,8 +29,10 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
     if type(value) is not tuple or len(value) > MAX_DIMS:
         raise PickleError(f"a tensor's {what} must be a tuple of at most {MAX_DIMS} integers")
     for item in value:
-        if type(item) is not int or not 0 <= item < INT64_LIMIT:
+        if type(item) is not int:
             raise PickleError(f"a tensor's {what} must hold integers from 0 to 2**63-1")
+    if value and (min(value) < 0 or max(value) >= INT64_LIMIT):
+        raise PickleError(f"a tensor's {what} must hold integers from 0 to 2**63-1")
     return value
 
 
@@ -88,7 +90,8 @@ def _tensor_v2(vm: RestrictedUnpickler, args: tuple[Any, ...]) -> TensorRecord:
         storage,
         len(args) > 4 and args[4] is True,
     )
-    check_numel(tensor)
+    if tensor.numel >= INT64_LIMIT:
+        check_numel(tensor)
     check_extent(tensor)  # against the view, for a legacy view of a larger storage
     if storage.view_of is not None:
         tensor.offset += storage.view_offset
