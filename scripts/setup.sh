@@ -49,6 +49,7 @@ ls -l dist/torchls.vsix
 step "torchls on the example workspace"
 .venv/bin/python examples/make_checkpoints.py
 (cd examples && "$ROOT/.venv/bin/torchls" doctor)
+"$ROOT/.venv/bin/torchls" inspect examples/checkpoints/training.ckpt
 
 cat <<'DONE'
 
