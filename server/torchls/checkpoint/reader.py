@@ -485,10 +485,7 @@ def _check_legacy_storages(
 
 
 def _raw_pickle(path: Path, vm: RestrictedUnpickler, root: Any, size: int) -> _Parsed:
-    warnings = [
-        "a plain pickle, not a torch checkpoint: torch.load reads it only with "
-        "weights_only=False, which runs whatever code the pickle names"
-    ]
+    warnings = []
     if _has_zip_directory(path, size):
         warnings.append("a zip archive is appended after the pickle: torch.load ignores it")
     return _Parsed(
@@ -496,7 +493,11 @@ def _raw_pickle(path: Path, vm: RestrictedUnpickler, root: Any, size: int) -> _P
         root=root,
         details={"pickle_protocol": vm.protocol},
         globals_seen=vm.globals_seen,
-        opcodes=vm.opcodes_seen | {0},  # torch refuses a file without its magic number anyway
+        opcodes=vm.opcodes_seen,
+        # torch.load unpickles it (running what it names, under weights_only=False) and only
+        # then finds torch's magic number missing.
+        unloadable="it is a plain pickle, not a torch checkpoint (no magic number); with "
+        "weights_only=False torch.load runs whatever the pickle names before it fails",
         warnings=warnings,
     )
 
