@@ -140,6 +140,12 @@ async def lsp_session(
         yield session
         await client.shutdown_session()
     finally:
+        # After a failed assertion the session was not shut down; pygls' client would then wait
+        # for the server to exit on its own, forever.
+        server = client._server
+        if server is not None and server.returncode is None and not client._stop_event.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                server.terminate()
         await client.stop()
 
 

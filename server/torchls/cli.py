@@ -12,7 +12,6 @@ from torchls import __version__
 # Subcommands whose features later work fills in. They fail loudly rather than print fake output.
 _PLANNED = {
     "check": "state-dict diagnostics for load_state_dict calls",
-    "profile": "parameters, MACs/FLOPs and memory of a model",
     "downgrade": "re-saving a checkpoint in torch's legacy format",
 }
 
@@ -64,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-mb", type=int, default=1024, help="memory limit of the reader process (1024)"
     )
 
+    profile = commands.add_parser(
+        "profile",
+        help="parameters, MACs and FLOPs, memory and the heaviest layers of a model",
+        description="Build a model on the meta device in a worker process and count its "
+        "parameters and the MACs/FLOPs of one forward pass (1 MAC = 2 FLOPs), with thop's "
+        "figure beside it where thop is installed. Runs the definitions of FILE (not its "
+        "script statements). Exit codes: 0 counted, 1 the model could not be profiled, 2 usage.",
+    )
+    from torchls.cost.command import add_arguments
+
+    add_arguments(profile)
+
     for name, what in _PLANNED.items():
         sub = commands.add_parser(name, help=f"{what} (not available yet)")
         sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -76,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "inspect":
         return _inspect(args)
+    if args.command == "profile":
+        from torchls.cost.command import run as run_profile
+
+        return run_profile(args)
     if args.command == "doctor":
         from torchls.doctor import run_doctor
 

@@ -28,6 +28,9 @@ class InitOptions:
     # The user's own switch: never run workspace code, even in a trusted workspace.
     allow_user_code: bool = True
     worker: WorkerOptions = field(default_factory=WorkerOptions)
+    # Input shapes by model name ("SmallConvNet", "resnet50", or "*" for any), in the
+    # `# torchls: input=` syntax; used when the source states none.
+    default_input_shapes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def user_code_allowed(self) -> bool:
@@ -80,6 +83,27 @@ def _read_interpreter(value: Any, warnings: list[str]) -> tuple[str, ...]:
     return ()
 
 
+def _read_shapes(value: Any, warnings: list[str]) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        warnings.append(
+            "initializationOptions.defaultInputShapes must be an object like "
+            '{"resnet50": "(1, 3, 224, 224)"}; ignored'
+        )
+        return {}
+    shapes: dict[str, str] = {}
+    for name, shape in value.items():
+        if isinstance(name, str) and isinstance(shape, str):
+            shapes[name] = shape
+        else:
+            warnings.append(
+                f"initializationOptions.defaultInputShapes[{name!r}] must be a shape string "
+                f'like "(1, 3, 224, 224)", not {shape!r}; ignored'
+            )
+    return shapes
+
+
 def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
     """Read `initializationOptions`; returns the options and one warning per bad field."""
     warnings: list[str] = []
@@ -113,7 +137,7 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
             )
         ),
     )
-    known = {"trusted", "allowUserCode", "worker"}
+    known = {"trusted", "allowUserCode", "worker", "defaultInputShapes"}
     for key in raw:
         if key not in known:
             warnings.append(f"initializationOptions.{key} is not a torchls option; ignored")
@@ -122,6 +146,7 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
             trusted=_read_bool(raw, "trusted", True, warnings),
             allow_user_code=_read_bool(raw, "allowUserCode", True, warnings),
             worker=worker,
+            default_input_shapes=_read_shapes(raw.get("defaultInputShapes"), warnings),
         ),
         warnings,
     )

@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 
 from torchls import __version__, status
 from torchls.config import InitOptions, parse_init_options
+from torchls.lsp.model_cost import ModelCost
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
 from torchls.worker.protocol import test_jobs_enabled
 
@@ -46,6 +47,7 @@ class TorchLanguageServer(LanguageServer):
         self.current_status = status.ServerStatus(status.STARTING, "torchls is starting")
         self._recent_exits: deque[float] = deque(maxlen=_CRASHES_BEFORE_BACKOFF)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.model_cost = ModelCost(self)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -153,15 +155,40 @@ def create_server() -> TorchLanguageServer:
         # and the first real request finds torch already imported.
         ls.spawn(ls.probe_environment())
 
+    @server.feature(types.TEXT_DOCUMENT_HOVER)
+    async def hover(ls: TorchLanguageServer, params: types.HoverParams) -> types.Hover | None:
+        try:
+            return await ls.model_cost.hover(params)
+        except Exception:  # a hover must never take the server down
+            log.exception("hover failed at %s", params.position)
+            return None
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: TorchLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.model_cost.warm(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: TorchLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.model_cost.warm(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: TorchLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.model_cost.forget(params.text_document.uri)
+
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TorchLanguageServer, params: None) -> None:
+        ls.model_cost.close()
         if ls.worker is not None:
             await ls.worker.stop()
 
     @server.command(CMD_STATUS)
     def server_status(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
         loaded = [name for name in HEAVY_MODULES if name in sys.modules]
-        return {**ls.current_status.as_json(), "heavy_modules_loaded": loaded}
+        return {
+            **ls.current_status.as_json(),
+            "heavy_modules_loaded": loaded,
+            "profiles_cached": ls.model_cost.cache.size,
+        }
 
     @server.command(CMD_RESTART_WORKER)
     async def restart_worker(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:

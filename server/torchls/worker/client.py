@@ -100,6 +100,7 @@ class WorkerClient:
         self._next_id = 0
         self.starts = 0
         self.last_exit: str | None = None
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -124,6 +125,14 @@ class WorkerClient:
             await self._kill()
 
     async def stop(self) -> None:
+        """End the worker now, even in the middle of a job (which then fails as cancelled);
+        jobs asked for afterwards fail at once instead of starting a new worker."""
+        self._closed = True
+        current = self._current
+        if self._lock.locked() and current is not None and current.proc.returncode is None:
+            current.intentional_exit = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(current.proc.pid, signal.SIGKILL)
         async with self._lock:
             current = self._current
             if current is None:
@@ -143,6 +152,10 @@ class WorkerClient:
     ) -> JobResult:
         async with self._lock:
             started = time.monotonic()
+            if self._closed:
+                return JobResult(
+                    False, error_kind=protocol.ERROR_CANCELLED, message="the worker was stopped"
+                )
             try:
                 current = await self._ensure_started()
             except WorkerStartError as exc:
@@ -266,6 +279,10 @@ class WorkerClient:
             self._on_exit(description)
 
     async def _crashed(self, current: _Process, job: str, started: float) -> JobResult:
+        if self._closed:
+            return JobResult(
+                False, error_kind=protocol.ERROR_CANCELLED, message="the worker was stopped"
+            )
         returncode: int | None
         try:
             returncode = await asyncio.wait_for(current.proc.wait(), 5.0)

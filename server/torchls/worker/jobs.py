@@ -123,7 +123,14 @@ def _test_echo(context: JobContext, params: Params) -> Params:
     return params
 
 
-_JOBS: dict[str, Job] = {"environment": environment}
+def profile(context: JobContext, params: Params) -> Any:
+    """Parameters, MACs/FLOPs and the heaviest layers of a model (worker/profiling.py)."""
+    from torchls.worker.profiling import profile as profile_model
+
+    return profile_model(context, params)
+
+
+_JOBS: dict[str, Job] = {"environment": environment, "profile": profile}
 _TEST_JOBS: dict[str, Job] = {
     "test.sleep": _test_sleep,
     "test.crash": _test_crash,

@@ -1,0 +1,1 @@
+"""What a model costs: preparing profile jobs, caching their results, rendering them."""

@@ -1,0 +1,89 @@
+"""Profile results by key, with in-flight sharing and the last answer per target.
+
+A hover and a background warm-up asking for the same key share one worker job. Failures the
+user can fix by editing (constructor errors, time-outs) are cached like results, since the same
+input would fail the same way; failures of the machinery (a crash, a worker that would not
+start) are not, so the next hover tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from torchls.cost.request import PreparedProfile
+from torchls.worker import protocol
+from torchls.worker.client import JobResult
+
+Runner = Callable[[dict[str, Any]], Awaitable[JobResult]]
+_NOT_CACHED = {
+    protocol.ERROR_CRASH,
+    protocol.ERROR_START,
+    protocol.ERROR_CANCELLED,
+    protocol.ERROR_INTERNAL,
+    protocol.ERROR_MEMORY,
+}
+
+
+class ProfileCache:
+    def __init__(self, run: Runner, max_entries: int = 256) -> None:
+        self._run = run
+        self._max_entries = max_entries
+        self._results: OrderedDict[str, JobResult] = OrderedDict()
+        self._latest: dict[str, tuple[str, JobResult]] = {}
+        self._inflight: dict[str, asyncio.Future[JobResult]] = {}
+
+    def peek(self, prepared: PreparedProfile) -> JobResult | None:
+        result = self._results.get(prepared.key)
+        if result is not None:
+            self._results.move_to_end(prepared.key)
+        return result
+
+    def previous(self, prepared: PreparedProfile) -> JobResult | None:
+        """The last answer for the same target computed from other source text, if any."""
+        entry = self._latest.get(prepared.identity)
+        if entry is None or entry[0] == prepared.key or not entry[1].ok:
+            return None
+        return entry[1]
+
+    def is_running(self, prepared: PreparedProfile) -> bool:
+        return prepared.key in self._inflight
+
+    def get(self, prepared: PreparedProfile) -> asyncio.Future[JobResult]:
+        """A future for the result: done at once when cached, else shared with any running job.
+
+        The job runs to the end even when every caller stops waiting (a cancelled hover still
+        warms the cache for the next one)."""
+        cached = self.peek(prepared)
+        if cached is not None:
+            done: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+            done.set_result(cached)
+            return done
+        running = self._inflight.get(prepared.key)
+        if running is None:
+            running = asyncio.ensure_future(self._compute(prepared))
+            self._inflight[prepared.key] = running
+        return running
+
+    async def _compute(self, prepared: PreparedProfile) -> JobResult:
+        try:
+            result = await self._run(prepared.params)
+        finally:
+            self._inflight.pop(prepared.key, None)
+        if result.ok or result.error_kind not in _NOT_CACHED:
+            self._results[prepared.key] = result
+            while len(self._results) > self._max_entries:
+                self._results.popitem(last=False)
+        if result.ok:
+            self._latest[prepared.identity] = (prepared.key, result)
+        return result
+
+    @property
+    def size(self) -> int:
+        return len(self._results)
+
+    def clear(self) -> None:
+        self._results.clear()
+        self._latest.clear()

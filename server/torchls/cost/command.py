@@ -1,0 +1,192 @@
+"""`torchls profile FILE::Name`: the hover's report in a terminal, or as JSON.
+
+The target is a model class (or a function that returns a model) defined at the top level of
+FILE, or `package.module::name` for an installed library's constructor. The model is built and
+counted by the same worker job as the hover, started with this interpreter or `--python`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from torchls.cost import report
+from torchls.cost.request import prepare
+from torchls.source.models import FileModels, ModelTarget
+from torchls.source.project import Project
+from torchls.source.spec import InputSpec, SpecError, parse_shapes
+from torchls.source.text import Span
+from torchls.worker.client import WorkerClient, WorkerSettings
+
+SCHEMA = "torchls.profile/1"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        help="FILE::Name (a model class or a function returning a model, at the top level of "
+        "FILE) or package.module::name (an installed library's constructor)",
+    )
+    parser.add_argument(
+        "--input",
+        help="input shape(s), e.g. 1,3,224,224 or '(1, 128):long' or '(1, 3, 32, 32), (1, 10)'",
+    )
+    parser.add_argument("--args", help="constructor arguments, e.g. '(10, width=64)'")
+    parser.add_argument("--json", action="store_true", help=f"print the {SCHEMA} JSON")
+    parser.add_argument("--python", help="the interpreter that has torch (default: this one)")
+    parser.add_argument(
+        "--workspace", help="the folder your code imports from (default: the current one)"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds (120)")
+    parser.add_argument("--memory-mb", type=int, default=8192, help="worker memory limit (8192)")
+    parser.add_argument("--no-thop", action="store_true", help="skip the comparison with thop")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        target, project, document = _target(args)
+        override = _input_override(args.input)
+    except UsageError as exc:
+        print(f"torchls profile: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    prepared = prepare(target, project, document, input_override=override)
+    params = dict(prepared.params)
+    params["thop"] = not args.no_thop
+    workspace = str(Path(args.workspace or ".").resolve())
+    settings = WorkerSettings(
+        command=(args.python or sys.executable,),
+        workspace=workspace,
+        allow_user_code=True,  # the user asked for this file by name
+        timeout_seconds=args.timeout,
+        memory_limit_mb=args.memory_mb,
+    )
+    result = asyncio.run(_run_job(settings, params))
+    context = report.ReportContext(
+        call=target.call_text(),
+        args_source=target.args_source,
+        kind=target.kind,
+        problems=list(prepared.problems),
+    )
+    if args.json:
+        payload: dict[str, Any] = {"schema": SCHEMA, "target": args.target, "ok": result.ok}
+        if result.ok:
+            payload["result"] = result.value
+            payload["memory"] = report.memory(result.value)
+        else:
+            payload["error"] = {"kind": result.error_kind, "message": result.message}
+        payload["problems"] = list(prepared.problems)
+        print(json.dumps(payload, indent=2))
+    elif result.ok:
+        print(report.text(result.value, context))
+    else:
+        print(f"torchls profile: {target.name}: {result.message}", file=sys.stderr)
+        for problem in prepared.problems:
+            print(f"  note: {problem}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _run_job(settings: WorkerSettings, params: dict[str, Any]) -> Any:
+    worker = WorkerClient(settings)
+    try:
+        return await worker.run("profile", params)
+    finally:
+        await worker.stop()
+
+
+def _input_override(text: str | None) -> InputSpec | None:
+    if text is None:
+        return None
+    try:
+        return InputSpec(parse_shapes(text), "--input")
+    except SpecError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _target(args: argparse.Namespace) -> tuple[ModelTarget, Project, str]:
+    where, separator, name = str(args.target).rpartition("::")
+    if not separator or not where or not name.isidentifier():
+        raise UsageError(
+            f"expected FILE::Name or package.module::name, not {args.target!r} "
+            "(e.g. examples/model.py::SmallConvNet)"
+        )
+    project = Project(str(Path(args.workspace or ".").resolve()))
+    file = Path(where)
+    if not file.is_file():
+        if where.endswith(".py") or "/" in where:
+            raise UsageError(f"{where} is not a file")
+        target = ModelTarget(
+            kind="construction",
+            name=name,
+            span=Span(0, 0, 0, 0),
+            line=0,
+            ref={"import": f"{where}.{name}"},
+            setting_key=name,
+        )
+        _apply_args(target, args.args, None)
+        return target, project, where
+    module = project.module_file(str(file.resolve()))
+    if module is None:
+        raise UsageError(f"cannot read {where}")
+    models = FileModels(project, module)
+    if models.tree is None:
+        raise UsageError(f"{where} is not valid Python")
+    defined = {
+        node.name: node
+        for node in models.tree.body
+        if hasattr(node, "name") and hasattr(node, "body")
+    }
+    if name not in defined:
+        raise UsageError(f"{where} defines no class or function {name!r} at the top level")
+    if name in models.classes:
+        target = models.class_target(models.classes[name])
+    else:
+        target = ModelTarget(
+            kind="class",
+            name=name,
+            span=Span(0, 0, 0, 0),
+            line=defined[name].lineno,  # type: ignore[attr-defined]
+            ref=models._file_ref(module, name),
+            defining_file=module,
+            setting_key=name,
+        )
+    _apply_args(target, args.args, models)
+    return target, project, module.path
+
+
+def _apply_args(target: ModelTarget, text: str | None, models: FileModels | None) -> None:
+    if text is None:
+        return
+    import ast
+
+    from torchls.source.values import read_value
+
+    try:
+        call = ast.parse(f"f{text.strip()}", mode="eval").body
+    except SyntaxError:
+        call = None
+    if not isinstance(call, ast.Call):
+        raise UsageError(f"--args must be an argument list like '(10, width=64)', not {text!r}")
+
+    def no_refs(node: ast.expr) -> Any:
+        return None
+
+    resolve = models._resolve_ref if models is not None else no_refs
+    target.args = [read_value(arg, resolve, lambda name, line: None) for arg in call.args]
+    target.kwargs = {
+        str(k.arg): read_value(k.value, resolve, lambda name, line: None)
+        for k in call.keywords
+        if k.arg
+    }
+    unknown = [v for v in [*target.args, *target.kwargs.values()] if "unknown" in v]
+    if unknown:
+        raise UsageError(f"--args takes literal values only; cannot read {unknown[0]['unknown']}")
+    target.args_source = "--args"

@@ -1,0 +1,81 @@
+"""From a target in the source to a worker job: inputs settled, sources attached, a cache key.
+
+The key covers everything the answer depends on: the job (what to build, with which arguments
+and inputs), the text of the file that defines the model and of every workspace module it
+imports, and the torch version. An edit anywhere in that set makes a new key, so a cached
+result can be stale (the hover says so) but never silently wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torchls.source.inputs import from_setting
+from torchls.source.models import ModelTarget
+from torchls.source.project import Project
+from torchls.source.spec import InputSpec
+
+
+@dataclass(frozen=True)
+class PreparedProfile:
+    target: ModelTarget
+    params: dict[str, Any]  # the worker's `profile` job parameters
+    key: str  # same key, same answer
+    identity: str  # the same target across edits: where a stale answer may be shown
+    problems: tuple[str, ...]
+
+
+def prepare(
+    target: ModelTarget,
+    project: Project,
+    document_path: str,
+    default_shapes: Mapping[str, str] | None = None,
+    torch_version: str | None = None,
+    input_override: InputSpec | None = None,
+    occurrence: int = 0,
+) -> PreparedProfile:
+    problems = list(target.problems)
+    inputs = input_override or target.inputs
+    if inputs is None and default_shapes:
+        for key in (target.setting_key, target.name, "*"):
+            if key in default_shapes:
+                inputs, problem = from_setting(key, default_shapes[key])
+                if problem:
+                    problems.append(problem)
+                break
+    params = target.request()
+    params["inputs"] = inputs.as_json() if inputs else None
+    sources: dict[str, str] = {}
+    digest = hashlib.sha256()
+    for ref in _file_refs(params):
+        module = project.module_file(str(ref["file"]))
+        if module is None:
+            continue
+        sources[module.path] = module.text
+        digest.update(project.fingerprint(module).encode())
+    params["sources"] = sources
+    digest.update(
+        json.dumps({k: v for k, v in params.items() if k != "sources"}, sort_keys=True).encode()
+    )
+    digest.update((torch_version or "").encode())
+    identity = f"{document_path}::{target.kind}:{target.name}#{occurrence}"
+    return PreparedProfile(target, params, digest.hexdigest(), identity, tuple(problems))
+
+
+def _file_refs(value: Any) -> list[dict[str, Any]]:
+    """Every reference to a workspace file inside the job: the model's and its arguments'."""
+    found: list[dict[str, Any]] = []
+    if isinstance(value, dict):
+        if "file" in value and "qualname" in value:
+            found.append(value)
+        for item in value.values():
+            if item is not value:
+                found += _file_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _file_refs(item)
+    return found

@@ -1,0 +1,211 @@
+"""Hover on a model: find the target under the cursor, get its profile, render it.
+
+Glue between the LSP documents, `source/` (what is under the cursor), `cost/` (job, cache,
+report) and the worker. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+
+from torchls import status
+from torchls.cost import report
+from torchls.cost.cache import ProfileCache
+from torchls.cost.request import PreparedProfile, prepare
+from torchls.source.models import FileModels, ModelTarget
+from torchls.source.project import ModuleFile, Project
+from torchls.worker import protocol
+from torchls.worker.client import JobResult
+
+if TYPE_CHECKING:
+    from torchls.lsp.server import TorchLanguageServer
+
+log = logging.getLogger(__name__)
+
+# How long a hover waits for a fresh result before showing the previous one, marked stale.
+STALE_AFTER_SECONDS = 1.5
+# Targets warmed per opened or saved file; the rest are computed on first hover.
+WARM_LIMIT = 12
+
+
+class ModelCost:
+    def __init__(self, server: TorchLanguageServer) -> None:
+        self.server = server
+        self.cache = ProfileCache(self._run)
+        self._parsed: dict[str, tuple[int | None, str, FileModels]] = {}
+        self._warming: dict[str, asyncio.Task[None]] = {}
+
+    async def _run(self, params: dict[str, Any]) -> JobResult:
+        worker = self.server.worker
+        assert worker is not None
+        return await worker.run("profile", params)
+
+    # -- documents -----------------------------------------------------------------------------
+
+    def project(self) -> Project:
+        documents = self.server.workspace.text_documents
+
+        def open_text(path: str) -> str | None:
+            for document in documents.values():
+                if document.path == path:
+                    return str(document.source)
+            return None
+
+        return Project(self.server.workspace_root, open_text)
+
+    def models(self, uri: str) -> FileModels | None:
+        document = self.server.workspace.get_text_document(uri)
+        if not document.path.endswith((".py", ".pyi")):
+            return None
+        source = document.source
+        cached = self._parsed.get(uri)
+        if cached is not None and cached[0] == document.version and cached[1] == source:
+            return cached[2]
+        project = self.project()
+        module_name, is_package, _ = project.module_name(document.path)
+        module = ModuleFile(document.path, module_name, is_package, source)
+        models = FileModels(project, module)
+        self._parsed[uri] = (document.version, source, models)
+        return models
+
+    def forget(self, uri: str) -> None:
+        self._parsed.pop(uri, None)
+        task = self._warming.pop(uri, None)
+        if task is not None:
+            task.cancel()
+
+    def close(self) -> None:
+        for task in self._warming.values():
+            task.cancel()
+        self._warming.clear()
+
+    def _prepare(self, models: FileModels, target: ModelTarget) -> PreparedProfile:
+        same = [
+            t
+            for t in models.targets()
+            if t.kind == target.kind and t.name == target.name and t.line < target.line
+        ]
+        return prepare(
+            target,
+            models.project,
+            models.module.path,
+            self.server.options.default_input_shapes,
+            self.server.current_status.torch,
+            occurrence=len(same),
+        )
+
+    def blocker(self) -> str | None:
+        """Why no model can be profiled right now, in a sentence, or None."""
+        options = self.server.options
+        if not options.trusted:
+            return (
+                "This workspace is not trusted, so torchls runs none of its code. Trust the "
+                "workspace (Workspaces: Manage Workspace Trust) to see what its models cost."
+            )
+        if not options.allow_user_code:
+            return (
+                "The setting `torchls.allowUserCode` is off, so torchls runs none of your code. "
+                "Turn it on to see what your models cost."
+            )
+        current = self.server.current_status
+        if current.state == status.MISSING_TORCH:
+            return (
+                f"torch is not installed in `{current.python}`. Install it there, or point "
+                "`torchls.worker.interpreter` at the environment that has it."
+            )
+        if current.state == status.BROKEN_TORCH:
+            return f"{current.message}."
+        return None
+
+    # -- hover ---------------------------------------------------------------------------------
+
+    async def hover(self, params: types.HoverParams) -> types.Hover | None:
+        models = self.models(params.text_document.uri)
+        if models is None:
+            return None
+        target = models.target_at(params.position.line, params.position.character)
+        if target is None:
+            return None
+        span = target.span
+        hover_range = types.Range(
+            start=types.Position(line=span.start_line, character=span.start_char),
+            end=types.Position(line=span.end_line, character=span.end_char),
+        )
+        blocker = self.blocker()
+        if blocker is not None:
+            return _hover(report.blocked_markdown(target.name, blocker), hover_range)
+        prepared = self._prepare(models, target)
+        future = self.cache.get(prepared)
+        previous = self.cache.previous(prepared)
+        stale = False
+        if not future.done() and previous is not None:
+            try:
+                result = await asyncio.wait_for(asyncio.shield(future), STALE_AFTER_SECONDS)
+            except asyncio.TimeoutError:
+                result, stale = previous, True
+        else:
+            result = await asyncio.shield(future)
+        return _hover(render(prepared, result, stale), hover_range)
+
+    # -- warming -------------------------------------------------------------------------------
+
+    def warm(self, uri: str) -> None:
+        """Profile the file's models in the background, so that the first hover is instant."""
+        if self.blocker() is not None:
+            return
+        previous = self._warming.pop(uri, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.ensure_future(self._warm(uri))
+        self._warming[uri] = task
+        task.add_done_callback(
+            lambda _: self._warming.pop(uri, None) if self._warming.get(uri) is task else None
+        )
+
+    async def _warm(self, uri: str) -> None:
+        models = self.models(uri)
+        if models is None:
+            return
+        for target in models.targets()[:WARM_LIMIT]:
+            prepared = self._prepare(models, target)
+            if self.cache.peek(prepared) is not None:
+                continue
+            with contextlib.suppress(Exception):
+                # One job at a time: a hover waits behind one warm-up job at most.
+                await asyncio.shield(self.cache.get(prepared))
+
+
+def render(prepared: PreparedProfile, result: JobResult, stale: bool = False) -> str:
+    target = prepared.target
+    context = report.ReportContext(
+        call=target.call_text(),
+        args_source=target.args_source,
+        kind=target.kind,
+        problems=list(prepared.problems),
+        stale=stale,
+    )
+    if result.ok:
+        return report.markdown(result.value, context)
+    return report.failure_markdown(target.name, _failure_sentence(result), context)
+
+
+def _failure_sentence(result: JobResult) -> str:
+    message = result.message.rstrip(".")
+    sentence = f"{message[:1].upper()}{message[1:]}."
+    if result.error_kind == protocol.ERROR_TIMEOUT:
+        sentence += " If the model needs longer, raise `torchls.worker.timeoutSeconds`."
+    elif result.error_kind == protocol.ERROR_MEMORY:
+        sentence += " Raise `torchls.worker.memoryLimitMB` if the model needs more."
+    return sentence
+
+
+def _hover(markdown: str, hover_range: types.Range) -> types.Hover:
+    return types.Hover(
+        contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=markdown),
+        range=hover_range,
+    )

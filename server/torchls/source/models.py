@@ -1,0 +1,583 @@
+"""Find the models in a file, without running it: model classes and the calls that build models.
+
+A model class is a class whose bases lead (through the file's imports, other classes of the file
+and other files of the workspace) to `torch.nn.Module`, a Lightning module or a Hugging Face
+`PreTrainedModel`. A construction is a call to such a class, or to an installed library's model
+constructor (`resnet50()`, `AutoModel.from_config(cfg)`, `AutoModel.from_pretrained('./dir')`).
+Each becomes a `ModelTarget`: what to build, with which arguments, and which inputs to feed it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchls.source import inputs as inputs_module
+from torchls.source.imports import ImportTable, dotted_name
+from torchls.source.project import ModuleFile, Project
+from torchls.source.spec import InputSpec
+from torchls.source.text import Lines, Span
+from torchls.source.values import Value, describe, is_unknown, read_value
+
+_MODULE_BASES = {
+    "torch.nn.Module",
+    "torch.nn.modules.module.Module",
+    "lightning.LightningModule",
+    "lightning.pytorch.LightningModule",
+    "lightning.pytorch.core.LightningModule",
+    "pytorch_lightning.LightningModule",
+    "pytorch_lightning.core.LightningModule",
+}
+# torch.nn classes that are not modules, so subclassing them does not make a model.
+_NOT_MODULES = {"Parameter", "UninitializedParameter", "Buffer", "UninitializedBuffer"}
+_STDLIB = set(getattr(sys, "stdlib_module_names", ())) | {"builtins", "__future__"}
+# Libraries whose callables build models; a call into one of these is worth profiling.
+_MODEL_LIBRARIES = {"torchvision", "timm", "torchaudio", "segmentation_models_pytorch"}
+_MODEL_SEGMENTS = {"models", "model", "modeling", "architectures", "networks", "nets", "zoo"}
+# How a variable is used when it holds a model.
+_MODEL_METHODS = {
+    "parameters",
+    "named_parameters",
+    "eval",
+    "train",
+    "modules",
+    "named_modules",
+    "cuda",
+    "forward",
+    "requires_grad_",
+}
+_CHAIN_METHODS = {"to", "cuda", "cpu", "eval", "train", "float", "half", "bfloat16", "double"}
+# torch's own non-model namespaces: optimizers, schedulers, data loaders.
+_NOT_MODEL_PACKAGES = ("torch.optim.", "torch.utils.", "torch.distributed.", "torch.cuda.")
+_HF_FACTORIES = {"from_config", "from_pretrained"}
+_MAX_BASE_DEPTH = 8
+
+
+@dataclass
+class ModelTarget:
+    """One thing in the file that builds a model, and everything needed to profile it."""
+
+    kind: str  # "class" or "construction"
+    name: str  # what the user sees: "SmallConvNet", "resnet50", "AutoModel.from_pretrained"
+    span: Span  # where a hover shows it
+    line: int  # 1-based line of the class or call
+    ref: dict[str, Any]  # {"import": dotted} or {"file": path, "module", "sys_path", "qualname"}
+    args: list[Value] = field(default_factory=list)
+    kwargs: dict[str, Value] = field(default_factory=dict)
+    args_source: str = "defaults"
+    inputs: InputSpec | None = None
+    problems: list[str] = field(default_factory=list)
+    defining_file: ModuleFile | None = None
+    setting_key: str = ""  # the key the torchls.defaultInputShapes setting is looked up by
+
+    def request(self) -> dict[str, Any]:
+        """The worker's `profile` job parameters (without input defaults from settings)."""
+        return {
+            "name": self.name,
+            "ref": self.ref,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "args_source": self.args_source,
+            "inputs": self.inputs.as_json() if self.inputs else None,
+        }
+
+    def call_text(self) -> str:
+        parts = [describe(value) for value in self.args]
+        parts += [f"{key}={describe(value)}" for key, value in self.kwargs.items()]
+        return f"{self.name}({', '.join(parts)})"
+
+
+class FileModels:
+    """The models of one file. Cheap to build; parse once per document version."""
+
+    def __init__(self, project: Project, module: ModuleFile) -> None:
+        self.project = project
+        self.module = module
+        self.tree = module.tree()
+        self.lines = Lines(module.text)
+        self.imports = module.imports() if self.tree is not None else ImportTable()
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.parents: dict[ast.AST, ast.AST] = {}
+        if self.tree is not None:
+            for node in ast.walk(self.tree):
+                for child in ast.iter_child_nodes(node):
+                    self.parents[child] = node
+            self.classes = {
+                node.name: node for node in self.tree.body if isinstance(node, ast.ClassDef)
+            }
+        self._model_class_cache: dict[str, bool] = {}
+        self._model_vars: set[str] | None = None
+
+    # -- model classes -------------------------------------------------------------------------
+
+    def is_model_class(self, name: str, depth: int = 0) -> bool:
+        if name in self._model_class_cache:
+            return self._model_class_cache[name]
+        self._model_class_cache[name] = False  # a cycle in the bases is not a model
+        node = self.classes.get(name)
+        result = node is not None and any(self._is_model_base(base, depth) for base in node.bases)
+        self._model_class_cache[name] = result
+        return result
+
+    def _is_model_base(self, base: ast.expr, depth: int) -> bool:
+        if depth > _MAX_BASE_DEPTH:
+            return False
+        if isinstance(base, ast.Subscript):  # Generic[T]-style bases
+            base = base.value
+        if isinstance(base, ast.Name) and base.id in self.classes:
+            return self.is_model_class(base.id, depth + 1)
+        dotted = self.imports.resolve(base)
+        if dotted is None:
+            return False
+        if is_model_base_name(dotted):
+            return True
+        local = self.project.resolve_symbol(dotted, self.module.path)
+        if local is not None:
+            module, qualname = local
+            if "." not in qualname:
+                return FileModels(self.project, module).is_model_class(qualname, depth + 1)
+        return False
+
+    def model_classes(self) -> list[str]:
+        return [name for name in self.classes if self.is_model_class(name)]
+
+    # -- targets -------------------------------------------------------------------------------
+
+    def targets(self) -> list[ModelTarget]:
+        """Every model class and model construction in the file, in source order."""
+        if self.tree is None:
+            return []
+        found: list[ModelTarget] = []
+        for name in self.model_classes():
+            found.append(self.class_target(self.classes[name]))
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Call):
+                target = self.construction_target(node)
+                if target is not None:
+                    found.append(target)
+        found.sort(key=lambda target: (target.span.start_line, target.span.start_char))
+        return found
+
+    def target_at(self, line: int, character: int) -> ModelTarget | None:
+        """The target whose name is under the cursor (0-based line, UTF-16 character)."""
+        if self.tree is None:
+            return None
+        for name, class_node in self.classes.items():
+            if self._class_name_span(class_node).contains(line, character):
+                return self.class_target(class_node) if self.is_model_class(name) else None
+        best: ast.Call | None = None
+        for node in ast.walk(self.tree):
+            # The innermost call whose callee is under the cursor: `Net(...)` in `f(Net())`.
+            if (
+                isinstance(node, ast.Call)
+                and self._span(node.func).contains(line, character)
+                and (best is None or _is_inside(node, best))
+            ):
+                best = node
+        return self.construction_target(best) if best is not None else None
+
+    def _class_name_span(self, node: ast.ClassDef) -> Span:
+        line = self.lines.get(node.lineno - 1)
+        match = re.search(rf"\bclass\s+({re.escape(node.name)})\b", line)
+        if match is None:
+            return self._span(node)
+        start = len(line[: match.start()].encode("utf-8"))  # `class Name`, keyword included
+        end = len(line[: match.end(1)].encode("utf-8"))
+        return self.lines.span(node.lineno, start, node.lineno, end)
+
+    def _span(self, node: ast.AST) -> Span:
+        return self.lines.span(
+            node.lineno,  # type: ignore[attr-defined]
+            node.col_offset,  # type: ignore[attr-defined]
+            node.end_lineno or node.lineno,  # type: ignore[attr-defined]
+            node.end_col_offset or 0,  # type: ignore[attr-defined]
+        )
+
+    def _file_ref(self, module: ModuleFile, qualname: str) -> dict[str, Any]:
+        module_name, _, sys_path = self.project.module_name(module.path)
+        return {
+            "file": module.path,
+            "module": module_name,
+            "sys_path": sys_path,
+            "qualname": qualname,
+        }
+
+    def class_target(self, node: ast.ClassDef) -> ModelTarget:
+        target = ModelTarget(
+            kind="class",
+            name=node.name,
+            span=self._class_name_span(node),
+            line=node.lineno,
+            ref=self._file_ref(self.module, node.name),
+            defining_file=self.module,
+            setting_key=node.name,
+        )
+        first_line = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        directives = read_directives(self.lines, first_line, node.lineno)
+        if not self._apply_args_directive(target, directives):
+            # No args comment: use the first construction of the class in this file, if any.
+            for call in self._calls_to_local_class(node.name):
+                args, kwargs, problems = self._call_arguments(call)
+                if not problems:
+                    target.args, target.kwargs = args, kwargs
+                    target.args_source = f"the call on line {call.lineno}"
+                    break
+        target.inputs = self._inputs_from_directive(target, directives) or self.find_inputs(
+            node.name, node
+        )
+        return target
+
+    def construction_target(self, call: ast.Call) -> ModelTarget | None:
+        resolved = self._resolve_callee(call)
+        if resolved is None:
+            return None
+        ref, name, defining, method, class_node = resolved
+        target = ModelTarget(
+            kind="construction",
+            name=name,
+            span=self._span(call.func),
+            line=call.lineno,
+            ref=ref,
+            defining_file=defining,
+            setting_key=name.split(".")[0],
+        )
+        statement = self._statement_of(call)
+        directives = read_directives(self.lines, statement.lineno, statement.lineno)
+        if not self._apply_args_directive(target, directives):
+            target.args, target.kwargs, target.problems = self._call_arguments(call)
+            target.args_source = "the call"
+        inputs = self._inputs_from_directive(target, directives)
+        if inputs is None and class_node is not None and defining is not None:
+            # The class's own comment and example_input_array apply to every construction.
+            first = min([class_node.lineno, *(d.lineno for d in class_node.decorator_list)])
+            class_lines = Lines(defining.text)
+            inputs = self._inputs_from_directive(
+                target, read_directives(class_lines, first, class_node.lineno)
+            )
+            if inputs is None:
+                inputs = inputs_module.example_input_array(class_node, class_lines, defining.path)
+        if inputs is None:
+            inputs = self._literal_call_inputs(self._variables_bound_to(call))
+        target.inputs = inputs
+        if method:
+            target.ref = {**ref, "method": method}
+        return target
+
+    # -- callee resolution ---------------------------------------------------------------------
+
+    def _resolve_callee(
+        self, call: ast.Call
+    ) -> tuple[dict[str, Any], str, ModuleFile | None, str, ast.ClassDef | None] | None:
+        func = call.func
+        written = dotted_name(func)
+        if written is None:
+            return None
+        # A class of this file.
+        if isinstance(func, ast.Name) and func.id in self.classes:
+            if not self.is_model_class(func.id):
+                return None
+            node = self.classes[func.id]
+            return self._file_ref(self.module, func.id), func.id, self.module, "", node
+        dotted = self.imports.resolve(func)
+        if dotted is None:
+            return None
+        # A class of another workspace file.
+        local = self.project.resolve_symbol(dotted, self.module.path)
+        if local is not None:
+            module, qualname = local
+            other = FileModels(self.project, module)
+            if "." in qualname or not other.is_model_class(qualname):
+                return None
+            return (
+                self._file_ref(module, qualname),
+                written,
+                module,
+                "",
+                other.classes.get(qualname),
+            )
+        top = dotted.split(".")[0]
+        if top in _STDLIB or dotted.startswith(_NOT_MODEL_PACKAGES):
+            return None
+        parts = dotted.split(".")
+        method = parts[-1] if parts[-1] in _HF_FACTORIES else ""
+        if top == "transformers":
+            if not _is_hf_model_name(parts[-2] if method else parts[-1]):
+                return None
+        elif not (
+            (top in _MODEL_LIBRARIES and top != "torch")
+            or (top != "torch" and _MODEL_SEGMENTS & set(parts[:-1]))
+            or self._assigned_to_model_variable(call)
+        ):
+            return None
+        return {"import": dotted}, written, None, method, None
+
+    def _assigned_to_model_variable(self, call: ast.Call) -> bool:
+        return bool(self._variables_bound_to(call) & self.model_variables())
+
+    def model_variables(self) -> set[str]:
+        """Names the file uses as models: `x.parameters()`, `x.load_state_dict(...)`, ..."""
+        if self._model_vars is not None:
+            return self._model_vars
+        names: set[str] = set()
+        if self.tree is not None:
+            for node in ast.walk(self.tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr in _MODEL_METHODS
+                    and isinstance(func.value, ast.Name)
+                ):
+                    names.add(func.value.id)
+                callee = dotted_name(func) or ""
+                if callee.rsplit(".", 1)[-1] in {"profile", "summary"} and node.args:
+                    first = node.args[0]
+                    if isinstance(first, ast.Name):
+                        names.add(first.id)
+        self._model_vars = names
+        return names
+
+    def _variables_bound_to(self, call: ast.Call) -> set[str]:
+        """Names assigned the call's result: `model = Net()`, `model = Net().to(device)`."""
+        node: ast.AST = call
+        parent = self.parents.get(node)
+        while (
+            isinstance(parent, ast.Attribute)
+            and parent.attr in _CHAIN_METHODS
+            and isinstance(self.parents.get(parent), ast.Call)
+        ):
+            node = self.parents[parent]
+            parent = self.parents.get(node)
+        names: set[str] = set()
+        if isinstance(parent, (ast.Assign, ast.AnnAssign)) and parent.value is node:
+            targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    names.add(target.id)
+                elif isinstance(target, ast.Attribute):  # self.model = Net()
+                    names.add(target.attr)
+        return names
+
+    def _calls_to_local_class(self, name: str) -> list[ast.Call]:
+        if self.tree is None:
+            return []
+        return [
+            node
+            for node in ast.walk(self.tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == name
+        ]
+
+    def _statement_of(self, node: ast.AST) -> ast.stmt:
+        current: ast.AST = node
+        while not isinstance(current, ast.stmt):
+            current = self.parents[current]
+        return current
+
+    # -- arguments -----------------------------------------------------------------------------
+
+    def _resolve_ref(self, node: ast.expr) -> Value | None:
+        if isinstance(node, ast.Name) and node.id in self.classes:
+            return {"ref": self._file_ref(self.module, node.id)}
+        if isinstance(node, ast.Name) and self.tree is not None:
+            for statement in self.tree.body:
+                if (
+                    isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and statement.name == node.id
+                ):
+                    return {"ref": self._file_ref(self.module, node.id)}
+        dotted = self.imports.resolve(node)
+        if dotted is None:
+            return None
+        local = self.project.resolve_symbol(dotted, self.module.path)
+        if local is not None:
+            module, qualname = local
+            return {"ref": self._file_ref(module, qualname)}
+        return {"ref": {"import": dotted}}
+
+    def _lookup(self, name: str, before_line: int) -> ast.expr | None:
+        """The value last assigned to `name` at module level before `before_line`."""
+        if self.tree is None:
+            return None
+        found: ast.expr | None = None
+        for statement in self.tree.body:
+            if statement.lineno >= before_line:
+                break
+            value = _assigned_value(statement, name)
+            if value is not None:
+                found = value
+        return found
+
+    def _call_arguments(self, call: ast.Call) -> tuple[list[Value], dict[str, Value], list[str]]:
+        args: list[Value] = []
+        kwargs: dict[str, Value] = {}
+        problems: list[str] = []
+        local = _function_scope(self, call)
+        lookup = self._scoped_lookup(local)
+        for arg in call.args:
+            if isinstance(arg, ast.Starred):
+                problems.append(f"`*{ast.unparse(arg.value)}` is passed; torchls cannot see it")
+                continue
+            args.append(read_value(arg, self._resolve_ref, lookup))
+        for keyword in call.keywords:
+            if keyword.arg is None:
+                problems.append(
+                    f"`**{ast.unparse(keyword.value)}` is passed; torchls cannot see it"
+                )
+                continue
+            kwargs[keyword.arg] = read_value(keyword.value, self._resolve_ref, lookup)
+        for value in [*args, *kwargs.values()]:
+            if is_unknown(value):
+                problems.append(f"`{value['unknown']}` is {value['why'] or 'not a literal'}")
+        return args, kwargs, problems
+
+    def _scoped_lookup(self, function: ast.AST | None) -> Any:
+        def lookup(name: str, before_line: int) -> ast.expr | None:
+            if function is not None:
+                found: ast.expr | None = None
+                for statement in ast.walk(function):
+                    if isinstance(statement, ast.stmt) and statement.lineno < before_line:
+                        value = _assigned_value(statement, name)
+                        if value is not None:
+                            found = value
+                if found is not None:
+                    return found
+            return self._lookup(name, before_line)
+
+        return lookup
+
+    def _apply_args_directive(self, target: ModelTarget, directives: dict[str, Directive]) -> bool:
+        directive = directives.get("args")
+        if directive is None:
+            return False
+        try:
+            call = ast.parse(f"f{directive.value.strip()}", mode="eval").body
+        except SyntaxError:
+            call = None
+        if not isinstance(call, ast.Call):
+            target.problems.append(
+                f"the `# torchls: args=` comment on line {directive.line} is not an argument "
+                "list; write it like `# torchls: args=(10, width=64)`"
+            )
+            return False
+        target.args, target.kwargs, problems = self._call_arguments(call)
+        target.problems += problems
+        target.args_source = f"`# torchls: args=` on line {directive.line}"
+        return True
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _inputs_from_directive(
+        self, target: ModelTarget, directives: dict[str, Directive]
+    ) -> InputSpec | None:
+        directive = directives.get("input")
+        if directive is None:
+            return None
+        spec, problem = inputs_module.from_directive(directive.value, directive.line)
+        if problem:
+            target.problems.append(problem)
+        return spec
+
+    def find_inputs(self, class_name: str, node: ast.ClassDef) -> InputSpec | None:
+        """Inputs for a model class: Lightning's example_input_array, then a literal call."""
+        spec = inputs_module.example_input_array(node, self.lines, self.module.path)
+        if spec is not None:
+            return spec
+        variables: set[str] = set()
+        for call in self._calls_to_local_class(class_name):
+            variables |= self._variables_bound_to(call)
+        return self._literal_call_inputs(variables)
+
+    def _literal_call_inputs(self, variables: set[str]) -> InputSpec | None:
+        if self.tree is None or not variables:
+            return None
+        for node in ast.walk(self.tree):
+            if not isinstance(node, ast.Call):
+                continue
+            lookup = self._scoped_lookup(_function_scope(self, node))
+            spec = inputs_module.from_call_site(node, variables, self.imports, lookup)
+            if spec is not None:
+                return spec
+        return None
+
+
+@dataclass(frozen=True)
+class Directive:
+    value: str
+    line: int  # 1-based
+
+
+_DIRECTIVE = re.compile(r"#\s*torchls:\s*([A-Za-z_]+)\s*=\s*(.*?)\s*$")
+
+
+def read_directives(lines: Lines, first_line: int, statement_line: int) -> dict[str, Directive]:
+    """`# torchls: key=value` comments attached to a statement: on its first line (trailing),
+    or in the block of comment lines right above it (lines are 1-based)."""
+    found: dict[str, Directive] = {}
+    candidates = [statement_line]
+    index = first_line - 1
+    while index >= 1 and lines.get(index - 1).lstrip().startswith("#"):
+        candidates.append(index)
+        index -= 1
+    for line in candidates:
+        text = lines.get(line - 1)
+        at = text.find("# torchls:")
+        if at < 0:
+            at = text.find("#torchls:")
+        if at < 0:
+            continue
+        match = _DIRECTIVE.search(text[at:])
+        if match and match.group(1) not in found:
+            found[match.group(1)] = Directive(match.group(2), line)
+    return found
+
+
+def is_model_base_name(dotted: str) -> bool:
+    if dotted in _MODULE_BASES:
+        return True
+    parts = dotted.split(".")
+    if parts[:2] == ["torch", "nn"] and parts[-1][:1].isupper():
+        return parts[-1] not in _NOT_MODULES
+    if parts[0] in {"lightning", "pytorch_lightning"} and parts[-1] == "LightningModule":
+        return True
+    return parts[0] == "transformers" and parts[-1].endswith(("PreTrainedModel", "Model"))
+
+
+def _is_hf_model_name(name: str) -> bool:
+    """`AutoModel`, `AutoModelForCausalLM`, `BertModel`, `GPT2LMHeadModel`, `ViTForImage...`."""
+    if name.startswith("AutoModel") or name.startswith("TFAutoModel"):
+        return not name.startswith("TF")
+    return name.endswith("Model") or ("For" in name and name[:1].isupper())
+
+
+def _is_inside(inner: ast.AST, outer: ast.AST) -> bool:
+    return any(node is inner for node in ast.walk(outer))
+
+
+def _assigned_value(statement: ast.stmt, name: str) -> ast.expr | None:
+    if isinstance(statement, ast.Assign):
+        for target in statement.targets:
+            if isinstance(target, ast.Name) and target.id == name:
+                return statement.value
+    if (
+        isinstance(statement, ast.AnnAssign)
+        and isinstance(statement.target, ast.Name)
+        and statement.target.id == name
+        and statement.value is not None
+    ):
+        return statement.value
+    return None
+
+
+def _function_scope(models: FileModels, node: ast.AST) -> ast.AST | None:
+    current: ast.AST | None = node
+    while current is not None:
+        if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return current
+        current = models.parents.get(current)
+    return None

@@ -1,0 +1,141 @@
+"""The workspace as a set of Python modules: which dotted names are the user's own files.
+
+Reads files (preferring the editor's unsaved text) and never imports or runs them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from torchls.source.imports import ImportTable, read_imports
+
+# Text of an open document, by absolute path, or None to read the file from disk.
+TextSource = Callable[[str], "str | None"]
+MAX_LOCAL_MODULES = 200
+MAX_FILE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    path: str
+    module: str  # dotted name the file is imported under
+    is_package: bool
+    text: str
+
+    def tree(self) -> ast.Module | None:
+        return _parse(self.text, self.path)
+
+    def imports(self) -> ImportTable:
+        tree = self.tree()
+        if tree is None:
+            return ImportTable()
+        return read_imports(tree, self.module, self.is_package)
+
+
+@lru_cache(maxsize=64)
+def _parse(text: str, path: str) -> ast.Module | None:
+    try:
+        return ast.parse(text, filename=path)
+    except (SyntaxError, ValueError):
+        return None
+
+
+class Project:
+    """Maps dotted module names to workspace files and back. `root` may be None (no workspace)."""
+
+    def __init__(self, root: str | None, open_text: TextSource | None = None) -> None:
+        self.root = Path(root).resolve() if root else None
+        self._open_text = open_text
+
+    def read(self, path: str) -> str | None:
+        if self._open_text is not None:
+            text = self._open_text(path)
+            if text is not None:
+                return text
+        try:
+            file = Path(path)
+            if file.stat().st_size > MAX_FILE_BYTES:
+                return None
+            return file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+
+    def module_name(self, path: str) -> tuple[str, bool, str]:
+        """(dotted name, is a package, the folder to put on sys.path) for a workspace file.
+
+        A file inside folders with `__init__.py` gets its package name up to the first folder
+        without one; any other file is a top-level module named after its stem.
+        """
+        file = Path(path).resolve()
+        is_package = file.name == "__init__.py"
+        parts = [] if is_package else [file.stem]
+        folder = file.parent
+        while (folder / "__init__.py").exists() and folder.parent != folder:
+            parts.insert(0, folder.name)
+            folder = folder.parent
+        if not parts:
+            parts = [file.parent.name]
+        return ".".join(parts), is_package, str(folder)
+
+    def module_file(self, path: str) -> ModuleFile | None:
+        text = self.read(path)
+        if text is None:
+            return None
+        module, is_package, _ = self.module_name(path)
+        return ModuleFile(str(Path(path).resolve()), module, is_package, text)
+
+    def find_module(self, dotted: str, near: str | None = None) -> ModuleFile | None:
+        """The workspace file a dotted module name imports, looked up next to `near` and at the
+        workspace root, the way `python script.py` run from either would find it."""
+        roots: list[Path] = []
+        if near is not None:
+            roots.append(Path(self.module_name(near)[2]))
+        if self.root is not None and self.root not in roots:
+            roots.append(self.root)
+        relative = Path(*dotted.split("."))
+        for base in roots:
+            for candidate in (base / relative.with_suffix(".py"), base / relative / "__init__.py"):
+                if candidate.is_file():
+                    return self.module_file(str(candidate))
+        return None
+
+    def resolve_symbol(self, dotted: str, near: str | None = None) -> tuple[ModuleFile, str] | None:
+        """`model.SmallConvNet` -> (the workspace file model.py, "SmallConvNet"), if local."""
+        parts = dotted.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = self.find_module(".".join(parts[:cut]), near)
+            if module is not None:
+                return module, ".".join(parts[cut:])
+        return None
+
+    def local_closure(self, start: ModuleFile) -> list[ModuleFile]:
+        """`start` and every workspace module it imports, directly or not (bounded)."""
+        seen: dict[str, ModuleFile] = {start.path: start}
+        queue = [start]
+        while queue and len(seen) < MAX_LOCAL_MODULES:
+            current = queue.pop()
+            for target in set(current.imports().names.values()):
+                parts = target.split(".")
+                for cut in range(len(parts), 0, -1):
+                    found = self.find_module(".".join(parts[:cut]), current.path)
+                    if found is not None:
+                        if found.path not in seen:
+                            seen[found.path] = found
+                            queue.append(found)
+                        break
+        return list(seen.values())
+
+    def fingerprint(self, start: ModuleFile) -> str:
+        """A digest of `start` and its local imports: any edit to any of them changes it."""
+        digest = hashlib.sha256()
+        for module in sorted(self.local_closure(start), key=lambda m: m.path):
+            digest.update(module.path.encode())
+            digest.update(b"\0")
+            digest.update(module.text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        return digest.hexdigest()

@@ -1,0 +1,177 @@
+"""Constructor arguments as data the worker can rebuild: literals, references and simple calls.
+
+The server reads a call like `Net(num_classes=NUM_CLASSES, config=BertConfig(hidden_size=256))`
+and turns each argument into a small JSON expression. It never evaluates anything itself; the
+worker (in a trusted workspace only) imports the referenced names and makes the calls.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Value = dict[str, Any]
+# Resolves a name or dotted attribute used in an argument to a reference, or None.
+RefResolver = Callable[[ast.expr], "Value | None"]
+# The expression last assigned to a plain name before a line, or None.
+NameLookup = Callable[[str, int], "ast.expr | None"]
+
+_MAX_DEPTH = 6
+_STDLIB = set(getattr(sys, "stdlib_module_names", ())) | {"builtins"}
+# The few builtins an argument may call: they build plain data and touch nothing outside.
+_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "range", "int", "float", "str"}
+
+
+def unknown(node: ast.expr, why: str = "") -> Value:
+    return {"unknown": ast.unparse(node)[:80], "why": why}
+
+
+def is_unknown(value: Value) -> bool:
+    return "unknown" in value
+
+
+def read_value(
+    node: ast.expr, resolve_ref: RefResolver, lookup: NameLookup, depth: int = 0
+) -> Value:
+    """The expression `node` as a worker-side value, or an `unknown` marker with the reason."""
+    if depth > _MAX_DEPTH:
+        return unknown(node, "nested too deeply")
+
+    def again(child: ast.expr) -> Value:
+        return read_value(child, resolve_ref, lookup, depth + 1)
+
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, (bool, int, float, str)) or node.value is None:
+            value = node.value
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1 << 62:
+                return unknown(node, "a number too large")
+            return {"literal": node.value}
+        return unknown(node, "not a plain value")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = again(node.operand)
+        if isinstance(inner.get("literal"), (int, float)) and not isinstance(
+            inner.get("literal"), bool
+        ):
+            sign = -1 if isinstance(node.op, ast.USub) else 1
+            return {"literal": sign * inner["literal"]}
+        return unknown(node, "not a number")
+    if isinstance(node, ast.BinOp) and isinstance(
+        node.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Div, ast.Pow)
+    ):
+        return _arithmetic(node, again)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        items = [again(item) for item in node.elts]
+        for element in items:
+            if is_unknown(element):
+                return element
+        kind = {ast.Tuple: "tuple", ast.List: "list", ast.Set: "set"}[type(node)]
+        return {kind: items}
+    if isinstance(node, ast.Dict):
+        pairs = []
+        for key, entry in zip(node.keys, node.values, strict=True):
+            if key is None:
+                return unknown(node, "a ** in a dict")
+            key_value, item_value = again(key), again(entry)
+            for part in (key_value, item_value):
+                if is_unknown(part):
+                    return part
+            pairs.append([key_value, item_value])
+        return {"dict": pairs}
+    if isinstance(node, ast.Name) and node.id in {"True", "False", "None"}:
+        return {"literal": {"True": True, "False": False, "None": None}[node.id]}
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        if isinstance(node, ast.Name):
+            assigned = lookup(node.id, getattr(node, "lineno", 1 << 30))
+            if assigned is not None:
+                return again(assigned)
+        ref = resolve_ref(node)
+        if ref is not None:
+            return ref
+        return unknown(node, "a name torchls cannot see the value of")
+    if isinstance(node, ast.Call):
+        return _call(node, resolve_ref, again)
+    return unknown(node, "an expression torchls does not evaluate")
+
+
+def _arithmetic(node: ast.BinOp, again: Callable[[ast.expr], Value]) -> Value:
+    left, right = again(node.left), again(node.right)
+    a, b = left.get("literal"), right.get("literal")
+    numbers = (int, float)
+    if not (isinstance(a, numbers) and isinstance(b, numbers)):
+        return unknown(node, "arithmetic on values torchls cannot see")
+    if isinstance(a, bool) or isinstance(b, bool):
+        return unknown(node, "arithmetic on booleans")
+    try:
+        if isinstance(node.op, ast.Add):
+            result = a + b
+        elif isinstance(node.op, ast.Sub):
+            result = a - b
+        elif isinstance(node.op, ast.Mult):
+            result = a * b
+        elif isinstance(node.op, ast.FloorDiv):
+            result = a // b
+        elif isinstance(node.op, ast.Div):
+            result = a / b
+        else:
+            if abs(b) > 64:
+                return unknown(node, "a power too large")
+            result = a**b
+    except (ZeroDivisionError, OverflowError):
+        return unknown(node, "arithmetic that fails")
+    if isinstance(result, int) and abs(result) > 1 << 62:
+        return unknown(node, "a number too large")
+    return {"literal": result}
+
+
+def _call(node: ast.Call, resolve_ref: RefResolver, again: Callable[[ast.expr], Value]) -> Value:
+    if isinstance(node.func, ast.Name) and node.func.id in _SAFE_BUILTINS:
+        ref: Value | None = {"ref": {"import": f"builtins.{node.func.id}"}}
+    else:
+        ref = resolve_ref(node.func)
+    if ref is None:
+        return unknown(node, "a call to something torchls cannot see")
+    target = ref.get("ref", {})
+    dotted = target.get("import", "")
+    if dotted and dotted.split(".")[0] in _STDLIB and dotted.split(".")[0] != "builtins":
+        return unknown(node, "a call into the standard library")
+    args = []
+    for arg in node.args:
+        if isinstance(arg, ast.Starred):
+            return unknown(node, "a *args call")
+        value = again(arg)
+        if is_unknown(value):
+            return value
+        args.append(value)
+    kwargs = {}
+    for keyword in node.keywords:
+        if keyword.arg is None:
+            return unknown(node, "a **kwargs call")
+        value = again(keyword.value)
+        if is_unknown(value):
+            return value
+        kwargs[keyword.arg] = value
+    return {"call": {"ref": target, "args": args, "kwargs": kwargs}}
+
+
+def describe(value: Value) -> str:
+    """A short rendering of a value for hovers: `10`, `(3, 3)`, `BertConfig(...)`."""
+    if "literal" in value:
+        return repr(value["literal"])
+    for kind, open_, close in (("tuple", "(", ")"), ("list", "[", "]"), ("set", "{", "}")):
+        if kind in value:
+            inner = ", ".join(describe(item) for item in value[kind])
+            return (
+                f"{open_}{inner}{',' if kind == 'tuple' and len(value[kind]) == 1 else ''}{close}"
+            )
+    if "dict" in value:
+        return "{" + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value["dict"]) + "}"
+    if "ref" in value:
+        ref = value["ref"]
+        return str(ref.get("import") or ref.get("qualname"))
+    if "call" in value:
+        ref = value["call"]["ref"]
+        name = str(ref.get("import") or ref.get("qualname")).rsplit(".", 1)[-1]
+        return f"{name}(...)"
+    return str(value.get("unknown", "?"))
