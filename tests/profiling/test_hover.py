@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 from lsprotocol import types
-
 from tests.conftest import EXAMPLES, Session, lsp_session
 
 MODEL_PY = EXAMPLES / "model.py"

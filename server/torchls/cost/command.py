@@ -153,7 +153,7 @@ def _target(args: argparse.Namespace) -> tuple[ModelTarget, Project, str]:
             kind="class",
             name=name,
             span=Span(0, 0, 0, 0),
-            line=defined[name].lineno,  # type: ignore[attr-defined]
+            line=defined[name].lineno,
             ref=models._file_ref(module, name),
             defining_file=module,
             setting_key=name,
