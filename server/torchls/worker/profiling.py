@@ -554,11 +554,14 @@ def _measure(
     def before(module: Any, args: Any) -> None:
         started.setdefault(id(module), []).append(total())
 
+    called: set[str] = set()
+
     def after(module: Any, args: Any, output: Any) -> None:
         stack = started.get(id(module))
         if not stack:
             return
         path = names[id(module)]
+        called.add(path)
         inclusive[path] += total() - stack.pop()
         tensor = _first_tensor(output, torch)
         if tensor is not None and path not in shapes:
@@ -595,6 +598,7 @@ def _measure(
             ops["matmul"] += int(count) // 2
         else:
             ops["other"] += int(count) // 2
+    _fill_containers(modules, inclusive, called)
     own = _own_counts(modules, inclusive)
     layers = []
     for path, macs in sorted(own.items(), key=lambda item: -item[1])[:TOP_LAYERS]:
@@ -621,6 +625,23 @@ def _measure(
         "own": own,
         "inclusive": {path: count // 2 for path, count in inclusive.items()},
     }
+
+
+def _fill_containers(modules: dict[str, Any], inclusive: dict[str, int], called: set[str]) -> None:
+    """A module that is never called itself (a ModuleList, a ModuleDict, a holder of layers that
+    its parent iterates) costs what its children cost."""
+    ids = {id(module): path for path, module in modules.items()}
+
+    def total(path: str) -> int:
+        if path in called:
+            return inclusive[path]
+        children = {ids[id(c)] for c in modules[path].children() if id(c) in ids}
+        inclusive[path] = sum(total(child) for child in children)
+        called.add(path)
+        return inclusive[path]
+
+    for path in sorted(modules, key=lambda p: -p.count(".")):
+        total(path)
 
 
 def _own_counts(modules: dict[str, Any], inclusive: dict[str, int]) -> dict[str, int]:
@@ -657,7 +678,7 @@ def _thop(torch: Any, model: Any, inputs: list[Any], measured: dict[str, Any]) -
     version = None
     for distribution in ("thop", "ultralytics-thop"):
         with contextlib.suppress(metadata.PackageNotFoundError):
-            version = metadata.version(distribution)
+            version = metadata.version(distribution).split("-")[0]
             break
     try:
         import thop
