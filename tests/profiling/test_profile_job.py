@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import ROOT
 from tests.profiling.reference_models import EXPECTED, RESNET50_EXPECTED
+
 from torchls.cost import report
 from torchls.cost.request import prepare
 from torchls.source.models import FileModels
@@ -187,7 +187,7 @@ def test_gpt2_lm_head_ties_its_embedding_and_thop_misses_conv1d(runner: Runner) 
     dense = layers * length * (4 * hidden * hidden + 2 * 4 * hidden * hidden)  # qkv+proj, mlp
     attention = layers * 2 * length * length * hidden
     assert result["macs"] == dense + attention + length * hidden * vocab
-    line, reasons = report.thop_verdict(result)
+    _line, reasons = report.thop_verdict(result)
     assert result["thop"]["difference"] < -0.5
     assert any("Conv1D" in reason and "no thop rule" in reason for reason in reasons)
 
@@ -468,6 +468,7 @@ def test_thop_counts_a_throwaway_copy_never_the_model() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("thop")
     from tests.profiling.reference_models import TinyConvNet
+
     from torchls.worker import profiling
 
     with torch.device("meta"):
