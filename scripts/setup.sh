@@ -50,6 +50,7 @@ step "torchls on the example workspace"
 .venv/bin/python examples/make_checkpoints.py
 (cd examples && "$ROOT/.venv/bin/torchls" doctor)
 "$ROOT/.venv/bin/torchls" inspect examples/checkpoints/training.ckpt
+(cd examples && "$ROOT/.venv/bin/torchls" profile model.py::SmallConvNet)
 
 cat <<'DONE'
 

@@ -58,3 +58,13 @@ def test_worker_must_be_an_object() -> None:
 def test_interpreter_as_a_plain_string() -> None:
     options, _ = parse_init_options({"worker": {"interpreter": "/usr/bin/python3"}})
     assert options.worker_command() == ("/usr/bin/python3",)
+
+
+def test_default_input_shapes_are_read_and_bad_entries_dropped() -> None:
+    options, warnings = parse_init_options(
+        {"defaultInputShapes": {"resnet50": "(1, 3, 224, 224)", "Net": 3, "*": "(1, 10)"}}
+    )
+    assert dict(options.default_input_shapes) == {"resnet50": "(1, 3, 224, 224)", "*": "(1, 10)"}
+    assert len(warnings) == 1 and "defaultInputShapes['Net']" in warnings[0]
+    options, warnings = parse_init_options({"defaultInputShapes": "(1, 3)"})
+    assert dict(options.default_input_shapes) == {} and "must be an object" in warnings[0]

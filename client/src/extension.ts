@@ -81,6 +81,7 @@ async function startServer(): Promise<void> {
       trusted: vscode.workspace.isTrusted,
       allowUserCode: config.get<boolean>('allowUserCode', true),
       worker: workerOptions(resource),
+      defaultInputShapes: config.get<Record<string, string>>('defaultInputShapes', {}),
     },
   };
 

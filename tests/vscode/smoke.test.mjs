@@ -1,5 +1,5 @@
-// The packaged extension in real VS Code: the server starts and the status bar shows the
-// worker's torch version.
+// The packaged extension in real VS Code: the server starts, the status bar shows the worker's
+// torch version, and hovering a model class shows what it costs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -8,7 +8,7 @@ import { openVSCode, openFile, repoRoot, screenshotPath } from './harness.mjs';
 const vsix = process.env.TORCHLS_VSIX ?? path.join(repoRoot, 'dist', 'torchls.vsix');
 const python = process.env.TORCHLS_TEST_PYTHON ?? path.join(repoRoot, '.venv', 'bin', 'python');
 
-test('status bar shows the worker\'s torch version', { timeout: 240000 }, async () => {
+test('status bar shows the worker\'s torch version; a model hover shows its cost', { timeout: 300000 }, async () => {
   const vscode = await openVSCode({
     folder: path.join(repoRoot, 'examples'),
     vsix,
@@ -22,6 +22,21 @@ test('status bar shows the worker\'s torch version', { timeout: 240000 }, async 
     const text = (await item.first().innerText()).trim();
     assert.match(text, /torch 2\.13\.0/);
     await page.screenshot({ path: screenshotPath('smoke-status-bar') });
+
+    const line = page.locator('.view-line', { hasText: 'class SmallConvNet' }).first();
+    await line.waitFor({ timeout: 20000 });
+    const hover = page.locator('.monaco-hover', { hasText: 'Parameters' });
+    // The first hover may wait for the worker's count: hover again until the card shows it.
+    for (let attempt = 0; attempt < 30 && !(await hover.isVisible()); attempt += 1) {
+      await page.mouse.move(5, 5);
+      await line.locator('span span', { hasText: 'SmallConvNet' }).first().hover();
+      await hover.waitFor({ timeout: 4000 }).catch(() => undefined);
+    }
+    const card = (await hover.first().innerText()).replace(/\s+/g, ' ');
+    assert.match(card, /Parameters 20,234/);
+    assert.match(card, /1 MAC = 2 FLOPs/);
+    assert.match(card, /Heaviest layers/);
+    await page.screenshot({ path: screenshotPath('hover-model-cost') });
   } catch (error) {
     await vscode.page.screenshot({ path: screenshotPath('smoke-failure') }).catch(() => undefined);
     throw error;

@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import io
 import os
+import resource
 import sys
 import time
 import traceback
@@ -115,6 +116,8 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         "notes": notes,
         "torch": str(torch.__version__),
         "seconds": {key: round(value, 4) for key, value in timings.items()},
+        # the worker's high-water mark so far (Linux reports KiB)
+        "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
