@@ -142,3 +142,14 @@ async def test_untrusted_workspace_hover_says_why() -> None:
         markdown = await _hover(session, uri, _position(text, "class SmallConvNet"))
         assert markdown is not None
         assert "not trusted" in markdown and "Parameters" not in markdown
+
+
+async def test_without_torch_the_hover_says_where_it_looked(bare_python: str) -> None:
+    text = MODEL_PY.read_text()
+    async with lsp_session({"worker": {"interpreter": bare_python}}) as session:
+        await session.wait_for_status(lambda status: status["state"] == "missing-torch")
+        uri = _open(session, MODEL_PY)
+        markdown = await _hover(session, uri, _position(text, "class SmallConvNet"))
+        assert markdown is not None
+        assert f"torch is not installed in `{bare_python}`" in markdown
+        assert "torchls.worker.interpreter" in markdown
