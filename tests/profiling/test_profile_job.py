@@ -482,3 +482,111 @@ def test_thop_counts_a_throwaway_copy_never_the_model() -> None:
     assert thop is not None and thop["macs"] > 0
     assert list(model.state_dict()) == keys
     assert not any(hasattr(module, "total_ops") for module in model.modules())
+
+
+def test_local_modules_are_imported_as_definitions_too(runner: Runner, tmp_path: Path) -> None:
+    sentinel = tmp_path / "helpers-ran.txt"
+    runner.write(
+        f"""
+        import pathlib
+        from torch import nn
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                return self.fc(x)
+
+        pathlib.Path({str(sentinel)!r}).write_text("the helper's script ran")
+        """,
+        name="helpers_for_skeleton.py",
+    )
+    path = runner.write(
+        """
+        from torch import nn
+        from helpers_for_skeleton import Block
+
+        class Net(nn.Module):  # torchls: input=(1, 4)
+            def __init__(self):
+                super().__init__()
+                self.block = Block()
+
+            def forward(self, x):
+                return self.block(x)
+        """
+    )
+    assert runner.ok(path, "Net", kind="class")["parameters"]["total"] == 20
+    assert not sentinel.exists()
+
+
+def test_work_is_counted_for_the_module_that_does_it(runner: Runner) -> None:
+    path = runner.write(
+        """
+        import torch
+        from torch import nn
+
+        class Inner(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(8, 8)
+
+        class Outer(nn.Module):  # torchls: input=(2, 8)
+            def __init__(self):
+                super().__init__()
+                self.inner = Inner()
+                self.weight = nn.Parameter(torch.empty(8, 8))
+
+            def forward(self, x):
+                x = self.inner.fc(x)  # a grandchild called directly
+                return x @ self.weight  # functional work in the root
+        """
+    )
+    result = runner.ok(path, "Outer", kind="class")
+    layers = {layer["path"]: layer["macs"] for layer in result["layers"]}
+    assert layers == {"inner.fc": 2 * 8 * 8, "(Outer.forward)": 2 * 8 * 8}
+    assert sum(layer["share"] for layer in result["layers"]) == pytest.approx(1.0)
+
+
+def test_lazy_modules_are_counted_after_the_forward(runner: Runner) -> None:
+    path = runner.write(
+        """
+        from torch import nn
+
+        class Lazy(nn.Module):  # torchls: input=(1, 12)
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.LazyLinear(5)
+
+            def forward(self, x):
+                return self.fc(x)
+        """
+    )
+    result = runner.ok(path, "Lazy", kind="class")
+    assert result["parameters"]["total"] == 12 * 5 + 5
+    assert result["macs"] == 12 * 5
+
+
+def test_an_argument_that_raises_is_one_sentence(runner: Runner) -> None:
+    path = runner.write(
+        """
+        from torch import nn
+
+        SIZES = {"small": 8}
+
+        def width(name):
+            return SIZES[name]
+
+        class Net(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.fc = nn.Linear(width, width)
+
+        net = Net(width("tiny"))
+        """
+    )
+    result = runner.run(path, "Net", kind="construction")
+    assert not result.ok and result.error_kind == ERROR_USER
+    assert "evaluating the arguments failed: KeyError: 'tiny'" in result.message
+    assert "line 7" in result.message

@@ -217,6 +217,11 @@ def test_constructions_that_are_models_and_calls_that_are_not(tmp_path: Path) ->
         from visionlib.models import resnet50
         from transformers import AutoModel, BertModel, BertConfig
         from somelib import make_thing, build
+        import timm
+        from torchvision.datasets import MNIST
+        from torchvision.utils import save_image
+        from torchvision.models import load_weights
+        from transformers import DataCollatorForLanguageModeling, BertForMaskedLM
 
         a = Net()
         b = resnet50(num_classes=10)
@@ -229,15 +234,26 @@ def test_constructions_that_are_models_and_calls_that_are_not(tmp_path: Path) ->
         h = build()
         h.eval()
         i = nn.Transformer()
+        j = torch.load("x.pt", weights_only=False)
+        j.eval()
+        k = torch.hub.load("repo", "model")
+        data = MNIST("data", download=True)
+        save_image(None, "out.png")
+        load_weights("w")
+        collate = DataCollatorForLanguageModeling(None)
+        m = timm.create_model("resnet18")
+        n = BertForMaskedLM(BertConfig())
         """,
     )
     names = [target.name for target in models.targets()]
+    # Only calls that build models: a hover, and opening the file, run them.
     assert names == [
         "Net",
         "resnet50",
         "AutoModel.from_pretrained",
         "BertModel",
-        "build",
+        "timm.create_model",
+        "BertForMaskedLM",
     ]
     net = _target(models, "Net")
     assert net.ref["file"].endswith("nets.py") and net.ref["qualname"] == "Net"
@@ -361,3 +377,132 @@ def test_skeleton_keeps_definitions_and_drops_the_script() -> None:
     assert len(dropped) == 4
     # line numbers survive, so tracebacks point at the user's lines
     assert tree.body[3].lineno == 7
+
+
+def test_arguments_never_call_what_torchls_does_not_allow(tmp_path: Path) -> None:
+    models = _models(
+        tmp_path,
+        """
+        import builtins
+        import torch
+        from torch import os as tos
+        from torch import nn
+        from transformers import BertConfig
+
+        class Net(nn.Module):
+            def __init__(self, tag=None):
+                super().__init__()
+
+        a = Net(tag=torch.os.system("touch pwned"))
+        b = Net(tag=tos.system("touch pwned"))
+        c = Net(tag=builtins.exec("print(1)"))
+        d = Net(tag=torch.serialization.shutil.rmtree("victim"))
+        e = Net(tag=torch.load("x.pt"))
+        f = Net(tag=eval("1"))
+        g = Net(tag=BertConfig(hidden_size=8))
+        h = Net(tag=nn.ReLU())
+        i = Net(tag=dict(a=1))
+        """,
+    )
+    constructions = [t for t in models.targets() if t.kind == "construction"]
+    tags = [target.kwargs["tag"] for target in constructions]
+    assert all("unknown" in tag for tag in tags[:6]), tags[:6]
+    assert all("call" in tag for tag in tags[6:]), tags[6:]
+
+
+def test_names_with_uncertain_values_are_unknown(tmp_path: Path) -> None:
+    models = _models(
+        tmp_path,
+        """
+        from torch import nn
+
+        WIDTH = 64
+        WIDTH *= 4
+        DEPTH = 2
+
+        class Net(nn.Module):
+            def __init__(self, *args):
+                super().__init__()
+
+        def run(big, DEPTH=3):
+            hidden = 16
+            if big:
+                hidden = 32
+            return Net(WIDTH, hidden, DEPTH)
+
+        def plain():
+            hidden = 16
+            return Net(hidden, DEPTH)
+        """,
+    )
+    first, second = [t for t in models.targets() if t.kind == "construction"]
+    assert all("unknown" in value for value in first.args), first.args
+    assert second.args == [{"literal": 16}, {"literal": 2}]
+
+
+def test_each_construction_takes_the_input_of_its_own_function(tmp_path: Path) -> None:
+    models = _models(
+        tmp_path,
+        """
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            pass
+
+        def cifar():
+            model = Net()
+            model(torch.randn(1, 3, 32, 32))
+
+        def imagenet():
+            model = Net()
+            model(torch.randn(1, 3, 224, 224))
+        """,
+    )
+    cifar, imagenet = [t for t in models.targets() if t.kind == "construction"]
+    assert cifar.inputs is not None and cifar.inputs.tensors == (TensorSpec((1, 3, 32, 32)),)
+    assert imagenet.inputs is not None
+    assert imagenet.inputs.tensors == (TensorSpec((1, 3, 224, 224)),)
+
+
+def test_odd_text_does_not_break_the_reader(tmp_path: Path) -> None:
+    models = _models(
+        tmp_path,
+        "from torch import nn\n\x0c\nclass Net(nn.Module):\n    pass\n\n"
+        "net = Net(gain=(-2) ** 0.5, deep=" + "+".join(["1"] * 400) + ")"
+        "  # torchls: input=(1, 3)\n",
+    )
+    construction = _target(models, "Net", "construction")
+    assert construction.line == 6 and construction.inputs is not None
+    assert "unknown" in construction.kwargs["gain"] and "unknown" in construction.kwargs["deep"]
+    prepare(construction, models.project, "main.py")  # JSON-serialisable: no complex numbers
+    with pytest.raises(SpecError):
+        parse_shapes("(1, 3²)")
+
+
+def test_skeleton_drops_rebinding_and_hidden_side_effects() -> None:
+    source = textwrap.dedent(
+        """
+        import os
+        from torch import nn
+        nn.Linear = None
+        registry = {}
+        registry[os.system("x")] = 1
+        try:
+            import fast
+        except ImportError:
+            fast = None
+        else:
+            os.system("x")
+        if os.system("x") == 0:
+            import math
+        RESULT = Jobs.list("all")
+        def f(x=os.system("x")):
+            pass
+        class C(nn.Module):
+            pass
+        """
+    )
+    tree, _dropped = skeleton(ast.parse(source))
+    kept = [ast.unparse(statement).splitlines()[0] for statement in tree.body]
+    assert kept == ["import os", "from torch import nn", "registry = {}", "class C(nn.Module):"]

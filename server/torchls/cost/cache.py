@@ -24,6 +24,7 @@ _NOT_CACHED = {
     protocol.ERROR_CANCELLED,
     protocol.ERROR_INTERNAL,
     protocol.ERROR_MEMORY,
+    protocol.ERROR_MISSING,
 }
 
 

@@ -8,10 +8,12 @@ result can be stale (the hover says so) but never silently wrong.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torchls.source.inputs import from_setting
@@ -55,8 +57,16 @@ def prepare(
         module = project.module_file(str(ref["file"]))
         if module is None:
             continue
-        sources[module.path] = module.text
         digest.update(project.fingerprint(module).encode())
+        # The worker reads files from disk; unsaved editor text travels with the job.
+        for local in project.local_closure(module):
+            if project.is_open(local.path) or local.path == module.path:
+                sources[local.path] = local.text
+    for folder in _local_folders(params, project, document_path):
+        # from_pretrained("./dir"): the answer depends on the folder's config.json
+        digest.update(folder.encode())
+        with contextlib.suppress(OSError):
+            digest.update((Path(folder) / "config.json").read_bytes()[: 1 << 20])
     params["sources"] = sources
     digest.update(
         json.dumps({k: v for k, v in params.items() if k != "sources"}, sort_keys=True).encode()
@@ -64,6 +74,35 @@ def prepare(
     digest.update((torch_version or "").encode())
     identity = f"{document_path}::{target.kind}:{target.name}#{occurrence}"
     return PreparedProfile(target, params, digest.hexdigest(), identity, tuple(problems))
+
+
+def _local_folders(params: dict[str, Any], project: Project, document_path: str) -> list[str]:
+    """Literal strings of the job that name folders with a config.json (from_pretrained)."""
+    bases = [Path(document_path).parent]
+    if project.root is not None:
+        bases.append(project.root)
+    found = []
+    for text in _strings(params.get("args")) + _strings(params.get("kwargs")):
+        if len(text) > 4096 or "\0" in text:
+            continue
+        for base in bases:
+            folder = base / Path(text).expanduser()
+            with contextlib.suppress(OSError, ValueError):
+                if (folder / "config.json").is_file():
+                    found.append(str(folder.resolve()))
+                    break
+    return found
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        literal = value.get("literal")
+        if isinstance(literal, str) and len(value) == 1:
+            return [literal]
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 def _file_refs(value: Any) -> list[dict[str, Any]]:

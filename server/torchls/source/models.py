@@ -34,24 +34,40 @@ _MODULE_BASES = {
 # torch.nn classes that are not modules, so subclassing them does not make a model.
 _NOT_MODULES = {"Parameter", "UninitializedParameter", "Buffer", "UninitializedBuffer"}
 _STDLIB = set(getattr(sys, "stdlib_module_names", ())) | {"builtins", "__future__"}
-# Libraries whose callables build models; a call into one of these is worth profiling.
-_MODEL_LIBRARIES = {"torchvision", "timm", "torchaudio", "segmentation_models_pytorch"}
 _MODEL_SEGMENTS = {"models", "model", "modeling", "architectures", "networks", "nets", "zoo"}
-# How a variable is used when it holds a model.
-_MODEL_METHODS = {
-    "parameters",
-    "named_parameters",
-    "eval",
-    "train",
-    "modules",
-    "named_modules",
-    "cuda",
-    "forward",
-    "requires_grad_",
-}
 _CHAIN_METHODS = {"to", "cuda", "cpu", "eval", "train", "float", "half", "bfloat16", "double"}
-# torch's own non-model namespaces: optimizers, schedulers, data loaders.
-_NOT_MODEL_PACKAGES = ("torch.optim.", "torch.utils.", "torch.distributed.", "torch.cuda.")
+# Names of library functions that load, fetch or write rather than construct.
+_NOT_CONSTRUCTORS = (
+    "load",
+    "download",
+    "save",
+    "fetch",
+    "get_weight",
+    "remove",
+    "delete",
+    "write",
+    "export",
+    "convert",
+    "train",
+    "fit",
+    "run",
+    "main",
+)
+# transformers classes with "For" or "Model" in their name that are not models.
+_HF_NOT_MODELS = (
+    "Collator",
+    "Tokenizer",
+    "Processor",
+    "Extractor",
+    "Trainer",
+    "Pipeline",
+    "Logits",
+    "Criteria",
+    "Config",
+    "Output",
+    "Args",
+    "Callback",
+)
 _HF_FACTORIES = {"from_config", "from_pretrained"}
 _MAX_BASE_DEPTH = 8
 
@@ -109,7 +125,8 @@ class FileModels:
                 node.name: node for node in self.tree.body if isinstance(node, ast.ClassDef)
             }
         self._model_class_cache: dict[str, bool] = {}
-        self._model_vars: set[str] | None = None
+        self._targets: list[ModelTarget] | None = None
+        self.calls: list[ast.Call] = [node for node in self.parents if isinstance(node, ast.Call)]
 
     # -- model classes -------------------------------------------------------------------------
 
@@ -138,7 +155,7 @@ class FileModels:
         if local is not None:
             module, qualname = local
             if "." not in qualname:
-                return FileModels(self.project, module).is_model_class(qualname, depth + 1)
+                return models_of(self.project, module).is_model_class(qualname, depth + 1)
         return False
 
     def model_classes(self) -> list[str]:
@@ -148,17 +165,19 @@ class FileModels:
 
     def targets(self) -> list[ModelTarget]:
         """Every model class and model construction in the file, in source order."""
+        if self._targets is not None:
+            return self._targets
         if self.tree is None:
             return []
         found: list[ModelTarget] = []
         for name in self.model_classes():
             found.append(self.class_target(self.classes[name]))
-        for node in ast.walk(self.tree):
-            if isinstance(node, ast.Call):
-                target = self.construction_target(node)
-                if target is not None:
-                    found.append(target)
+        for node in self.calls:
+            target = self.construction_target(node)
+            if target is not None:
+                found.append(target)
         found.sort(key=lambda target: (target.span.start_line, target.span.start_char))
+        self._targets = found
         return found
 
     def target_at(self, line: int, character: int) -> ModelTarget | None:
@@ -260,7 +279,9 @@ class FileModels:
             if inputs is None:
                 inputs = inputs_module.example_input_array(class_node, class_lines, defining.path)
         if inputs is None:
-            inputs = self._literal_call_inputs(self._variables_bound_to(call))
+            inputs = self._literal_call_inputs(
+                self._variables_bound_to(call), _function_scope(self, call)
+            )
         target.inputs = inputs
         if method:
             target.ref = {**ref, "method": method}
@@ -288,7 +309,7 @@ class FileModels:
         local = self.project.resolve_symbol(dotted, self.module.path)
         if local is not None:
             module, qualname = local
-            other = FileModels(self.project, module)
+            other = models_of(self.project, module)
             if "." in qualname or not other.is_model_class(qualname):
                 return None
             return (
@@ -298,48 +319,11 @@ class FileModels:
                 "",
                 other.classes.get(qualname),
             )
-        top = dotted.split(".")[0]
-        if top in _STDLIB or dotted.startswith(_NOT_MODEL_PACKAGES):
-            return None
         parts = dotted.split(".")
         method = parts[-1] if parts[-1] in _HF_FACTORIES else ""
-        if top == "transformers":
-            if not _is_hf_model_name(parts[-2] if method else parts[-1]):
-                return None
-        elif not (
-            (top in _MODEL_LIBRARIES and top != "torch")
-            or (top != "torch" and _MODEL_SEGMENTS & set(parts[:-1]))
-            or self._assigned_to_model_variable(call)
-        ):
+        if not is_model_factory(dotted):
             return None
         return {"import": dotted}, written, None, method, None
-
-    def _assigned_to_model_variable(self, call: ast.Call) -> bool:
-        return bool(self._variables_bound_to(call) & self.model_variables())
-
-    def model_variables(self) -> set[str]:
-        """Names the file uses as models: `x.parameters()`, `x.load_state_dict(...)`, ..."""
-        if self._model_vars is not None:
-            return self._model_vars
-        names: set[str] = set()
-        if self.tree is not None:
-            for node in ast.walk(self.tree):
-                if not isinstance(node, ast.Call):
-                    continue
-                func = node.func
-                if (
-                    isinstance(func, ast.Attribute)
-                    and func.attr in _MODEL_METHODS
-                    and isinstance(func.value, ast.Name)
-                ):
-                    names.add(func.value.id)
-                callee = dotted_name(func) or ""
-                if callee.rsplit(".", 1)[-1] in {"profile", "summary"} and node.args:
-                    first = node.args[0]
-                    if isinstance(first, ast.Name):
-                        names.add(first.id)
-        self._model_vars = names
-        return names
 
     def _variables_bound_to(self, call: ast.Call) -> set[str]:
         """Names assigned the call's result: `model = Net()`, `model = Net().to(device)`."""
@@ -366,11 +350,7 @@ class FileModels:
         if self.tree is None:
             return []
         return [
-            node
-            for node in ast.walk(self.tree)
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == name
+            node for node in self.calls if isinstance(node.func, ast.Name) and node.func.id == name
         ]
 
     def _statement_of(self, node: ast.AST) -> ast.stmt:
@@ -401,17 +381,10 @@ class FileModels:
         return {"ref": {"import": dotted}}
 
     def _lookup(self, name: str, before_line: int) -> ast.expr | None:
-        """The value last assigned to `name` at module level before `before_line`."""
+        """The value assigned to `name` at module level before `before_line`, when certain."""
         if self.tree is None:
             return None
-        found: ast.expr | None = None
-        for statement in self.tree.body:
-            if statement.lineno >= before_line:
-                break
-            value = _assigned_value(statement, name)
-            if value is not None:
-                found = value
-        return found
+        return _binding(self.tree.body, name, before_line)[1]
 
     def _call_arguments(self, call: ast.Call) -> tuple[list[Value], dict[str, Value], list[str]]:
         args: list[Value] = []
@@ -438,15 +411,15 @@ class FileModels:
 
     def _scoped_lookup(self, function: ast.AST | None) -> Any:
         def lookup(name: str, before_line: int) -> ast.expr | None:
-            if function is not None:
-                found: ast.expr | None = None
-                for statement in ast.walk(function):
-                    if isinstance(statement, ast.stmt) and statement.lineno < before_line:
-                        value = _assigned_value(statement, name)
-                        if value is not None:
-                            found = value
-                if found is not None:
-                    return found
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = function.args
+                parameters = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+                parameters += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+                if any(parameter.arg == name for parameter in parameters):
+                    return None  # a parameter: its value is the caller's
+                bound, value = _binding(function.body, name, before_line)
+                if bound:
+                    return value
             return self._lookup(name, before_line)
 
         return lookup
@@ -488,16 +461,20 @@ class FileModels:
         spec = inputs_module.example_input_array(node, self.lines, self.module.path)
         if spec is not None:
             return spec
-        variables: set[str] = set()
         for call in self._calls_to_local_class(class_name):
-            variables |= self._variables_bound_to(call)
-        return self._literal_call_inputs(variables)
+            found = self._literal_call_inputs(
+                self._variables_bound_to(call), _function_scope(self, call)
+            )
+            if found is not None:
+                return found
+        return None
 
-    def _literal_call_inputs(self, variables: set[str]) -> InputSpec | None:
+    def _literal_call_inputs(self, variables: set[str], scope: ast.AST | None) -> InputSpec | None:
+        """A literal call of the model in the scope that built it (not another function's)."""
         if self.tree is None or not variables:
             return None
-        for node in ast.walk(self.tree):
-            if not isinstance(node, ast.Call):
+        for node in self.calls:
+            if _function_scope(self, node) is not scope:
                 continue
             lookup = self._scoped_lookup(_function_scope(self, node))
             spec = inputs_module.from_call_site(node, variables, self.imports, lookup)
@@ -548,15 +525,117 @@ def is_model_base_name(dotted: str) -> bool:
     return parts[0] == "transformers" and parts[-1].endswith(("PreTrainedModel", "Model"))
 
 
+def models_of(project: Project, module: ModuleFile) -> FileModels:
+    """One analysis per file per project view: class checks across files stay cheap."""
+    found = project.memo.get(module.path)
+    if not isinstance(found, FileModels) or found.module.text != module.text:
+        found = FileModels(project, module)
+        project.memo[module.path] = found
+    return found
+
+
+def is_model_factory(dotted: str) -> bool:
+    """Whether a library callable builds a model, from its name alone.
+
+    Deliberately narrow: a hover (and the warm-up when a file is opened) runs the callable, so
+    `torch.load`, `torch.hub.load`, dataset classes and the like must never qualify. Qualify:
+    transformers model classes and their from_config/from_pretrained, timm.create_model, and
+    constructors in a library's `models` module (torchvision.models.resnet50).
+    """
+    parts = dotted.split(".")
+    top = parts[0]
+    if top in _STDLIB or top == "torch" or len(parts) < 2:
+        return False
+    method = parts[-1] if parts[-1] in _HF_FACTORIES else ""
+    name = parts[-2] if method else parts[-1]
+    if not name.isidentifier():
+        return False
+    if top == "transformers":
+        return _is_hf_model_name(name)
+    if method:
+        return False
+    if top == "timm" and parts[-1] == "create_model":
+        return True
+    if name.lower().startswith(_NOT_CONSTRUCTORS):
+        return False
+    return bool(_MODEL_SEGMENTS & set(parts[1:-1]))
+
+
 def _is_hf_model_name(name: str) -> bool:
     """`AutoModel`, `AutoModelForCausalLM`, `BertModel`, `GPT2LMHeadModel`, `ViTForImage...`."""
-    if name.startswith("AutoModel") or name.startswith("TFAutoModel"):
-        return not name.startswith("TF")
-    return name.endswith("Model") or ("For" in name and name[:1].isupper())
+    if any(word in name for word in _HF_NOT_MODELS):
+        return False
+    if name.startswith("AutoModel"):
+        return True
+    if name.endswith("Model"):
+        return True
+    return re.fullmatch(r"[A-Z][A-Za-z0-9]*For[A-Z][A-Za-z]*", name) is not None
 
 
 def _is_inside(inner: ast.AST, outer: ast.AST) -> bool:
     return any(node is inner for node in ast.walk(outer))
+
+
+def _binding(
+    statements: list[ast.stmt], name: str, before_line: int
+) -> tuple[bool, ast.expr | None]:
+    """(whether the scope binds `name`, its value at `before_line` if that is certain).
+
+    Certain means: the last binding before the line is a plain `name = value` at the top of the
+    scope, and the scope binds the name in no other way (no `+=`, loop variable, assignment
+    inside an `if`, `with ... as`, import, walrus). Otherwise the value is unknown.
+    """
+    plain: list[tuple[int, ast.expr]] = []
+    other = False
+    for statement in statements:
+        value = _assigned_value(statement, name)
+        if value is not None and _single_target(statement):
+            plain.append((statement.lineno, value))
+            continue
+        for node in _scope_walk(statement):
+            if _binds(node, name):
+                other = True
+    if other:
+        return True, None
+    if not plain:
+        return False, None
+    earlier = [value for line, value in plain if line < before_line]
+    return True, (earlier[-1] if earlier else None)
+
+
+def _single_target(statement: ast.stmt) -> bool:
+    return not isinstance(statement, ast.Assign) or len(statement.targets) == 1
+
+
+def _scope_walk(node: ast.AST) -> list[ast.AST]:
+    """The nodes of a statement, without entering nested functions, classes or lambdas."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        return [node]
+    found: list[ast.AST] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for child in ast.iter_child_nodes(current):
+            if not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+            ):
+                stack.append(child)
+    return found
+
+
+def _binds(node: ast.AST, name: str) -> bool:
+    if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+        return node.id == name
+    if isinstance(node, ast.alias):
+        return (node.asname or node.name.split(".")[0]) == name
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return name in node.names
+    if isinstance(node, ast.ExceptHandler):
+        return node.name == name
+    return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and (
+        node.name == name
+    )
 
 
 def _assigned_value(statement: ast.stmt, name: str) -> ast.expr | None:

@@ -41,7 +41,7 @@ class ModuleFile:
 def _parse(text: str, path: str) -> ast.Module | None:
     try:
         return ast.parse(text, filename=path)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 
@@ -51,6 +51,13 @@ class Project:
     def __init__(self, root: str | None, open_text: TextSource | None = None) -> None:
         self.root = Path(root).resolve() if root else None
         self._open_text = open_text
+        self._found: dict[tuple[str, str | None], ModuleFile | None] = {}
+        # analyses of other files, shared while this project view lives (one document version)
+        self.memo: dict[str, object] = {}
+
+    def is_open(self, path: str) -> bool:
+        """Whether the editor holds the file (its text may differ from the disk's)."""
+        return self._open_text is not None and self._open_text(path) is not None
 
     def read(self, path: str) -> str | None:
         if self._open_text is not None:
@@ -92,6 +99,12 @@ class Project:
     def find_module(self, dotted: str, near: str | None = None) -> ModuleFile | None:
         """The workspace file a dotted module name imports, looked up next to `near` and at the
         workspace root, the way `python script.py` run from either would find it."""
+        key = (dotted, near)
+        if key not in self._found:
+            self._found[key] = self._find_module(dotted, near)
+        return self._found[key]
+
+    def _find_module(self, dotted: str, near: str | None) -> ModuleFile | None:
         roots: list[Path] = []
         if near is not None:
             roots.append(Path(self.module_name(near)[2]))

@@ -135,7 +135,7 @@ def _tensor(dims_text: str, dtype_text: str | None, whole: str) -> TensorSpec:
         raise SpecError(f"the input shape {whole!r} has an empty ()")
     dims: list[int] = []
     for part in parts:
-        if not part.isdigit() or int(part) == 0:
+        if not (part.isascii() and part.isdigit()) or int(part) == 0:
             raise SpecError(
                 f"the input shape {whole!r} has {part!r} where a positive whole number belongs"
             )

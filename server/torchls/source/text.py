@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -27,7 +28,9 @@ def utf16_column(line: str, utf8_offset: int) -> int:
 
 class Lines:
     def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
+        # Only the line ends Python knows: str.splitlines also splits at \f and \u2028, which
+        # would shift every line after them against ast's numbering.
+        self.lines = re.split(r"\r\n|\r|\n", text)
 
     def get(self, index: int) -> str:
         return self.lines[index] if 0 <= index < len(self.lines) else ""

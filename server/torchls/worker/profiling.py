@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import inspect
 import io
@@ -26,7 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from torchls.source.models import is_model_factory
 from torchls.source.skeleton import skeleton
+from torchls.source.values import callable_allowed
 from torchls.worker import protocol
 from torchls.worker.jobs import JobContext, JobError, Params
 
@@ -87,11 +91,16 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
     model, build = _build_model(torch, loader, params, notes)
     timings["build"] = time.perf_counter() - step
 
-    counts = _count_parameters(torch, model)
     step = time.perf_counter()
     spec = params.get("inputs") or _guess_inputs(torch, model)
     inputs = _make_inputs(torch, spec)
     measured = _measure(torch, model, inputs, spec, loader)
+    try:  # after the forward: lazy modules (nn.LazyLinear) have their shapes only then
+        counts = _count_parameters(torch, model)
+    except Exception as exc:
+        raise JobError(
+            protocol.ERROR_USER, f"counting the parameters failed: {_describe(exc, loader)}"
+        ) from None
     timings["count"] = time.perf_counter() - step
 
     step = time.perf_counter()
@@ -124,22 +133,60 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
 # -- finding and loading the user's code --------------------------------------------------------
 
 
+class _SkeletonImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports the workspace's own modules as skeletons too: `from helpers import Block` must
+    not run helpers.py's script statements either."""
+
+    owner: _Loader | None = None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        owner = self.owner
+        if owner is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        origin = getattr(spec, "origin", None)
+        if spec is None or not origin or not origin.endswith(".py"):
+            return None
+        if not owner.is_user_file(origin):
+            return None
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        owner = self.owner
+        assert owner is not None and module.__file__ is not None
+        module.__dict__["__torchls_skeleton__"] = True
+        exec(owner.skeleton_code(module.__file__), module.__dict__)
+
+
+_IMPORTER = _SkeletonImporter()
+
+
 class _Loader:
     """Resolves references to callables: installed modules by import, the user's files by
     executing their skeleton (definitions only), with the editor's unsaved text when given."""
 
     def __init__(self, context: JobContext, sources: dict[str, str]) -> None:
         self.context = context
-        self.sources = sources
+        # the editor's unsaved text, by real path
+        self.sources = {os.path.realpath(path): text for path, text in sources.items()}
         self.loaded: dict[str, types.ModuleType] = {}
         self.user_files: set[str] = set()
+        self.user_roots: set[str] = set()
+        if context.workspace:
+            self.user_roots.add(os.path.realpath(context.workspace))
+        _IMPORTER.owner = self
+        if _IMPORTER not in sys.meta_path:
+            sys.meta_path.insert(0, _IMPORTER)
 
     def is_user_file(self, filename: str) -> bool:
         real = os.path.realpath(filename)
         if real in self.user_files:
             return True
-        root = self.context.workspace
-        return root is not None and real.startswith(os.path.realpath(root) + os.sep)
+        return any(real.startswith(root + os.sep) for root in self.user_roots)
 
     def forget_workspace_modules(self) -> None:
         """Drop the workspace's modules from sys.modules, so that edits are seen."""
@@ -170,10 +217,12 @@ class _Loader:
                 ) from None
         return value
 
-    def _load_skeleton(self, path: str, name: str, sys_path: str) -> types.ModuleType:
+    def skeleton_code(self, path: str) -> Any:
+        """The file's definitions, compiled with its own name and line numbers."""
         import ast
 
-        text = self.sources.get(path)
+        self.user_files.add(os.path.realpath(path))
+        text = self.sources.get(os.path.realpath(path))
         if text is None:
             try:
                 text = Path(path).read_text(encoding="utf-8")
@@ -186,9 +235,19 @@ class _Loader:
                 protocol.ERROR_USER,
                 f"{Path(path).name} has a syntax error on line {exc.lineno}: {exc.msg}",
             ) from None
+        except (ValueError, RecursionError, MemoryError) as exc:
+            raise JobError(
+                protocol.ERROR_USER, f"{Path(path).name} cannot be parsed: {type(exc).__name__}"
+            ) from None
         body, _dropped = skeleton(tree)
-        if sys_path and sys_path not in sys.path:
-            sys.path.insert(0, sys_path)
+        return compile(body, path, "exec")
+
+    def _load_skeleton(self, path: str, name: str, sys_path: str) -> types.ModuleType:
+        code = self.skeleton_code(path)
+        if sys_path:
+            self.user_roots.add(os.path.realpath(sys_path))
+            if sys_path not in sys.path:
+                sys.path.insert(0, sys_path)
         module = types.ModuleType(name)
         module.__file__ = path
         module.__package__ = name.rpartition(".")[0] if not path.endswith("__init__.py") else name
@@ -196,7 +255,7 @@ class _Loader:
         sys.modules[name] = module  # dataclasses, pickling and typing look classes up here
         self.user_files.add(os.path.realpath(path))
         try:
-            exec(compile(body, path, "exec"), module.__dict__)
+            exec(code, module.__dict__)
         except Exception as exc:
             sys.modules.pop(name, None)
             raise JobError(
@@ -220,6 +279,8 @@ class _Loader:
             return self.resolve(value["ref"])
         if "call" in value:
             call = value["call"]
+            if not callable_allowed(call["ref"]):  # the server checks too; never trust one side
+                raise JobError(protocol.ERROR_USER, f"torchls does not call {call['ref']}")
             function = self.resolve(call["ref"])
             args = [self.value(item) for item in call["args"]]
             kwargs = {key: self.value(item) for key, item in call["kwargs"].items()}
@@ -273,7 +334,7 @@ def _import_dotted(dotted: str) -> Any:
         return value
     missing = getattr(error, "name", None) or parts[0]
     raise JobError(
-        protocol.ERROR_USER,
+        protocol.ERROR_MISSING,
         f"{missing} is not installed in {sys.executable}; install it there, or point "
         "torchls.worker.interpreter at the environment that has it",
     )
@@ -285,8 +346,17 @@ def _import_dotted(dotted: str) -> Any:
 def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) -> tuple[Any, str]:
     ref = dict(params["ref"])
     method = ref.pop("method", "")
+    if "import" in ref and not is_model_factory(str(ref["import"])):
+        raise JobError(protocol.ERROR_USER, f"{ref['import']} is not a model constructor")
     function = loader.resolve(ref)
-    args, kwargs = _arguments(loader, function, params, notes)
+    try:
+        args, kwargs = _arguments(loader, function, params, notes)
+    except JobError:
+        raise
+    except Exception as exc:  # a config class or a function of yours raised
+        raise JobError(
+            protocol.ERROR_USER, f"evaluating the arguments failed: {_describe(exc, loader)}"
+        ) from None
     name = params.get("name") or getattr(function, "__name__", "the model")
     if method == "from_pretrained":
         function, args, kwargs = _from_pretrained_as_from_config(loader, function, args, kwargs)
@@ -483,6 +553,8 @@ def _guess_inputs(torch: Any, model: Any) -> dict[str, Any]:
             return _guess([[1, channels, size, size]], "float32", f"the config's image_size {size}")
     nn = torch.nn
     for path, module in model.named_modules():
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+            continue  # its input size is what the forward pass decides
         where = f"the first layer, `{path}` {type(module).__name__}"
         if isinstance(module, nn.Conv2d):
             return _guess([[1, module.in_channels, 224, 224]], "float32", where)
@@ -554,8 +626,24 @@ def _measure(
     def total() -> int:
         return int(sum(counter.flop_counts["Global"].values()))
 
+    # Each op is counted for the module running when it happens (the top of the call stack),
+    # so a module called from outside its parent, or functional calls in a forward(), land on
+    # the module that made them.
+    own_flops: dict[str, int] = dict.fromkeys(modules, 0)
+    running: list[str] = []
+    mark = [0]
+
+    def settle() -> int:
+        now = total()
+        if running:
+            own_flops[running[-1]] += now - mark[0]
+        mark[0] = now
+        return now
+
     def before(module: Any, args: Any) -> None:
-        started.setdefault(id(module), []).append(total())
+        now = settle()
+        running.append(names[id(module)])
+        started.setdefault(id(module), []).append(now)
 
     called: set[str] = set()
 
@@ -563,9 +651,12 @@ def _measure(
         stack = started.get(id(module))
         if not stack:
             return
+        now = settle()
         path = names[id(module)]
+        if running and running[-1] == path:
+            running.pop()
         called.add(path)
-        inclusive[path] += total() - stack.pop()
+        inclusive[path] += now - stack.pop()
         tensor = _first_tensor(output, torch)
         if tensor is not None and path not in shapes:
             shapes[path] = list(tensor.shape)
@@ -602,7 +693,7 @@ def _measure(
         else:
             ops["other"] += int(count) // 2
     _fill_containers(modules, inclusive, called)
-    own = _own_counts(modules, inclusive)
+    own = {path: count // 2 for path, count in own_flops.items()}
     layers = []
     for path, macs in sorted(own.items(), key=lambda item: -item[1])[:TOP_LAYERS]:
         if macs <= 0:
@@ -645,16 +736,6 @@ def _fill_containers(modules: dict[str, Any], inclusive: dict[str, int], called:
 
     for path in sorted(modules, key=lambda p: -p.count(".")):
         total(path)
-
-
-def _own_counts(modules: dict[str, Any], inclusive: dict[str, int]) -> dict[str, int]:
-    """MACs done by each module itself, outside its children (whole model for the root)."""
-    own: dict[str, int] = {}
-    ids = {id(module): path for path, module in modules.items()}
-    for path, module in modules.items():
-        children = {ids[id(child)] for child in module.children() if id(child) in ids}
-        own[path] = max(0, (inclusive[path] - sum(inclusive[child] for child in children)) // 2)
-    return own
 
 
 def _describe(exc: BaseException, loader: _Loader) -> str:

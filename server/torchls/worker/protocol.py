@@ -24,6 +24,8 @@ ERROR_INTERNAL = "internal"
 ERROR_UNKNOWN_JOB = "unknown-job"
 ERROR_UNTRUSTED = "untrusted"
 ERROR_CANCELLED = "cancelled"
+# A library the job needs is not installed: not cached, so installing it fixes the next hover.
+ERROR_MISSING = "missing-module"
 
 
 def encode(message: dict[str, Any]) -> bytes:
