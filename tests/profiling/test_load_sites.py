@@ -1,0 +1,70 @@
+"""Finding `load_state_dict` calls and the checkpoints they load, without running the file."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from torchls.source.loads import LoadSite, find_load_sites
+from torchls.source.models import FileModels
+from torchls.source.project import Project
+
+
+def _sites(tmp_path: Path, source: str) -> list[LoadSite]:
+    path = tmp_path / "train.py"
+    path.write_text(textwrap.dedent(source))
+    project = Project(str(tmp_path))
+    module = project.module_file(str(path))
+    assert module is not None
+    return find_load_sites(FileModels(project, module), str(tmp_path))
+
+
+def test_the_examples_training_script(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    project = Project(str(examples))
+    module = project.module_file(str(examples / "train.py"))
+    assert module is not None
+    sites = find_load_sites(FileModels(project, module), str(examples))
+    assert [(s.path, s.subscripts, s.strict) for s in sites] == [
+        ("checkpoints/dataparallel.pt", [], True),
+        ("checkpoints/training.ckpt", [], True),
+    ]
+    assert all(s.model is not None and s.model.name == "SmallConvNet" for s in sites)
+    assert sites[0].candidates[0] == str(examples / "checkpoints" / "dataparallel.pt")
+
+
+def test_variables_subscripts_paths_and_strict(tmp_path: Path) -> None:
+    sites = _sites(
+        tmp_path,
+        """
+        import os
+        from pathlib import Path
+        import torch
+        from safetensors.torch import load_file
+        from torch import nn
+
+        class Net(nn.Module):
+            pass
+
+        ROOT = Path("runs") / "best"
+
+        def main(path):
+            model = Net().to("cpu")
+            ckpt = torch.load(os.path.join("runs", "last.ckpt"), map_location="cpu")
+            state = ckpt["state_dict"]
+            model.load_state_dict(state["model"], strict=False)
+            model.load_state_dict(torch.load(f"{ROOT}/w.pt"))
+            model.load_state_dict(load_file(ROOT / "model.safetensors"))
+            model.load_state_dict(torch.load(path), strict=flag)
+            model.load_state_dict({"a": 1})
+        """,
+    )
+    assert [(s.loader, s.path, s.subscripts, s.strict) for s in sites] == [
+        ("torch.load", "runs/last.ckpt", ["state_dict", "model"], False),
+        ("torch.load", None, [], True),
+        ("safetensors", "runs/best/model.safetensors", [], True),
+        ("torch.load", None, [], None),
+    ]
+    assert sites[0].keywords == {"map_location": "'cpu'"}
+    assert sites[0].model is not None and sites[0].model.name == "Net"
+    assert "not a literal" in sites[1].problems[0]
