@@ -590,3 +590,37 @@ def test_an_argument_that_raises_is_one_sentence(runner: Runner) -> None:
     assert not result.ok and result.error_kind == ERROR_USER
     assert "evaluating the arguments failed: KeyError: 'tiny'" in result.message
     assert "line 7" in result.message
+
+
+def test_state_dict_keys_meet_a_checkpoint_read_without_torch(
+    runner: Runner, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    from tests.profiling.reference_models import TinyConvNet
+
+    from torchls.checkpoint import read_checkpoint
+    from torchls.compare import compare
+
+    checkpoint = tmp_path / "dataparallel.pt"
+    state = {f"module.{key}": value for key, value in TinyConvNet().state_dict().items()}
+    torch.save(state, checkpoint)
+    path = runner.write(
+        """
+        from reference_models import TinyConvNet
+
+        model = TinyConvNet()
+        """
+    )
+    models = runner.targets(path)
+    target = models.targets()[0]
+    prepared = prepare(target, models.project, str(path))
+    result = runner.loop.run_until_complete(runner.worker.run("state_dict", prepared.params))
+    assert result.ok, result.message
+    model_keys = {key: tuple(info["shape"]) for key, info in result.value["keys"].items()}
+    assert model_keys["head.weight"] == (10, 32 * 8 * 8)
+    assert result.value["keys"]["features.1.num_batches_tracked"]["parameter"] is False
+    summary = read_checkpoint(str(checkpoint))
+    on_disk = {info.key: tuple(info.shape) for info in summary.tensors}
+    found = compare(model_keys, on_disk)
+    assert not found.loads_strict and found.overlap == 0.0
+    assert found.prefix_fix is not None and found.prefix_fix.strip == "module."

@@ -130,7 +130,18 @@ def profile(context: JobContext, params: Params) -> Any:
     return profile_model(context, params)
 
 
-_JOBS: dict[str, Job] = {"environment": environment, "profile": profile}
+def state_dict_shapes(context: JobContext, params: Params) -> Any:
+    """The keys, shapes and dtypes a model's state dict has (worker/profiling.py)."""
+    from torchls.worker.profiling import state_dict_shapes as shapes
+
+    return shapes(context, params)
+
+
+_JOBS: dict[str, Job] = {
+    "environment": environment,
+    "profile": profile,
+    "state_dict": state_dict_shapes,
+}
 _TEST_JOBS: dict[str, Job] = {
     "test.sleep": _test_sleep,
     "test.crash": _test_crash,

@@ -66,15 +66,13 @@ _ATTENTION_OPS = ("attention", "sdpa")
 _MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_int_mm")
 
 
-def profile(context: JobContext, params: Params) -> dict[str, Any]:
+def _import_torch(context: JobContext) -> Any:
     if not context.allow_user_code:
         raise JobError(
             protocol.ERROR_UNTRUSTED,
             "torchls runs no code from this workspace (it is not trusted, or "
             "torchls.allowUserCode is off)",
         )
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
     try:
         import torch
     except Exception as exc:
@@ -82,6 +80,39 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
             protocol.ERROR_USER,
             f"torch is not usable in {sys.executable}: {type(exc).__name__}: {exc}",
         ) from None
+    return torch
+
+
+def state_dict_shapes(context: JobContext, params: Params) -> dict[str, Any]:
+    """The model's `state_dict()` keys with shapes and dtypes, built on meta: what a checkpoint
+    must provide (persistent buffers included, non-persistent ones not, as torch saves them)."""
+    torch = _import_torch(context)
+    loader = _Loader(context, params.get("sources") or {})
+    loader.forget_workspace_modules()
+    notes: list[str] = []
+    model, build = _build_model(torch, loader, params, notes)
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    keys = {
+        key: {
+            "shape": list(value.shape),
+            "dtype": str(value.dtype).removeprefix("torch."),
+            "parameter": key in parameters,
+        }
+        for key, value in model.state_dict().items()
+    }
+    model_type = type(model)
+    return {
+        "class": f"{model_type.__module__}.{model_type.__qualname__}",
+        "build": build,
+        "keys": keys,
+        "notes": notes,
+    }
+
+
+def profile(context: JobContext, params: Params) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    torch = _import_torch(context)
     timings["import"] = time.perf_counter() - started
 
     loader = _Loader(context, params.get("sources") or {})
