@@ -167,13 +167,10 @@ def _apply_args(target: ModelTarget, text: str | None, models: FileModels | None
         return
     import ast
 
-    from torchls.source.values import read_value
+    from torchls.source.values import parse_argument_list, read_value
 
-    try:
-        call = ast.parse(f"f{text.strip()}", mode="eval").body
-    except SyntaxError:
-        call = None
-    if not isinstance(call, ast.Call):
+    call = parse_argument_list(text)
+    if call is None:
         raise UsageError(f"--args must be an argument list like '(10, width=64)', not {text!r}")
 
     def no_refs(node: ast.expr) -> Any:

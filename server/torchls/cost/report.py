@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchls.source.spec import TensorSpec
+
 THOP_TOLERANCE = 0.01
 COUNTED = (
     "Counted: convolutions and matrix multiplications (attention included) of one forward "
@@ -66,15 +68,9 @@ def _shape(shape: list[int] | None) -> str:
 
 
 def _inputs(spec: dict[str, Any]) -> str:
-    parts = []
-    for tensor in spec["tensors"]:
-        dims = ", ".join(str(d) for d in tensor["shape"])
-        text = f"({dims}{',' if len(tensor['shape']) == 1 else ''})"
-        dtype = tensor.get("dtype", "float32")
-        if dtype != "float32":
-            text += ":" + {"int64": "long", "float16": "half"}.get(dtype, dtype)
-        parts.append(text)
-    return ", ".join(parts)
+    return ", ".join(
+        TensorSpec(tuple(t["shape"]), t.get("dtype", "float32")).describe() for t in spec["tensors"]
+    )
 
 
 def memory(result: dict[str, Any]) -> dict[str, int]:

@@ -57,9 +57,10 @@ def prepare(
         module = project.module_file(str(ref["file"]))
         if module is None:
             continue
-        digest.update(project.fingerprint(module).encode())
+        closure = project.local_closure(module)
+        digest.update(project.fingerprint(closure).encode())
         # The worker reads files from disk; unsaved editor text travels with the job.
-        for local in project.local_closure(module):
+        for local in closure:
             if project.is_open(local.path) or local.path == module.path:
                 sources[local.path] = local.text
     for folder in _local_folders(params, project, document_path):

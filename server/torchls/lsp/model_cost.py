@@ -163,9 +163,12 @@ class ModelCost:
             previous.cancel()
         task = asyncio.ensure_future(self._warm(uri))
         self._warming[uri] = task
-        task.add_done_callback(
-            lambda _: self._warming.pop(uri, None) if self._warming.get(uri) is task else None
-        )
+
+        def finished(done: asyncio.Task[None]) -> None:
+            if self._warming.get(uri) is done:
+                del self._warming[uri]
+
+        task.add_done_callback(finished)
 
     async def _warm(self, uri: str) -> None:
         models = self.models(uri)

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchls.source.imports import dotted_name
-from torchls.source.models import FileModels, ModelTarget, _binding, _function_scope
+from torchls.source.models import (
+    CHAIN_METHODS,
+    FileModels,
+    ModelTarget,
+    _binding,
+    _function_scope,
+)
 from torchls.source.text import Span
 
 _LOADERS = {"torch.load": "torch.load", "safetensors.torch.load_file": "safetensors"}
@@ -163,7 +169,7 @@ def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTa
         isinstance(value, ast.Call)
         and isinstance(value.func, ast.Attribute)
         and isinstance(value.func.value, ast.Call)
-        and value.func.attr in {"to", "cuda", "cpu", "eval", "train"}
+        and value.func.attr in CHAIN_METHODS
     ):
         value = value.func.value
     if isinstance(value, ast.Call):

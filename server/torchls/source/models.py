@@ -20,7 +20,13 @@ from torchls.source.imports import ImportTable, dotted_name
 from torchls.source.project import ModuleFile, Project
 from torchls.source.spec import InputSpec
 from torchls.source.text import Lines, Span
-from torchls.source.values import Value, describe, is_unknown, read_value
+from torchls.source.values import (
+    Value,
+    describe,
+    is_unknown,
+    parse_argument_list,
+    read_value,
+)
 
 _MODULE_BASES = {
     "torch.nn.Module",
@@ -35,7 +41,7 @@ _MODULE_BASES = {
 _NOT_MODULES = {"Parameter", "UninitializedParameter", "Buffer", "UninitializedBuffer"}
 _STDLIB = set(getattr(sys, "stdlib_module_names", ())) | {"builtins", "__future__"}
 _MODEL_SEGMENTS = {"models", "model", "modeling", "architectures", "networks", "nets", "zoo"}
-_CHAIN_METHODS = {"to", "cuda", "cpu", "eval", "train", "float", "half", "bfloat16", "double"}
+CHAIN_METHODS = {"to", "cuda", "cpu", "eval", "train", "float", "half", "bfloat16", "double"}
 # Names of library functions that load, fetch or write rather than construct.
 _NOT_CONSTRUCTORS = (
     "load",
@@ -331,7 +337,7 @@ class FileModels:
         parent = self.parents.get(node)
         while (
             isinstance(parent, ast.Attribute)
-            and parent.attr in _CHAIN_METHODS
+            and parent.attr in CHAIN_METHODS
             and isinstance(self.parents.get(parent), ast.Call)
         ):
             node = self.parents[parent]
@@ -428,11 +434,8 @@ class FileModels:
         directive = directives.get("args")
         if directive is None:
             return False
-        try:
-            call = ast.parse(f"f{directive.value.strip()}", mode="eval").body
-        except SyntaxError:
-            call = None
-        if not isinstance(call, ast.Call):
+        call = parse_argument_list(directive.value)
+        if call is None:
             target.problems.append(
                 f"the `# torchls: args=` comment on line {directive.line} is not an argument "
                 "list; write it like `# torchls: args=(10, width=64)`"

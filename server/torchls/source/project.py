@@ -143,10 +143,11 @@ class Project:
                         break
         return list(seen.values())
 
-    def fingerprint(self, start: ModuleFile) -> str:
-        """A digest of `start` and its local imports: any edit to any of them changes it."""
+    @staticmethod
+    def fingerprint(modules: list[ModuleFile]) -> str:
+        """A digest of modules (a file and its local imports): any edit to any changes it."""
         digest = hashlib.sha256()
-        for module in sorted(self.local_closure(start), key=lambda m: m.path):
+        for module in sorted(modules, key=lambda m: m.path):
             digest.update(module.path.encode())
             digest.update(b"\0")
             digest.update(module.text.encode("utf-8", "surrogatepass"))

@@ -134,6 +134,15 @@ def _arithmetic(node: ast.BinOp, again: Callable[[ast.expr], Value]) -> Value:
     return {"literal": result}
 
 
+def parse_argument_list(text: str) -> ast.Call | None:
+    """`(10, width=64)`, as written after `# torchls: args=` or `--args`, as a call node."""
+    try:
+        call = ast.parse(f"f{text.strip()}", mode="eval").body
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    return call if isinstance(call, ast.Call) else None
+
+
 def callable_allowed(target: dict[str, Any]) -> bool:
     """The calls an argument may make: an allowlist, since the worker makes them.
 
