@@ -20,6 +20,7 @@ class ServerStatus:
     message: str
     python: str | None = None
     torch: str | None = None
+    cuda: bool | None = None
     trusted: bool = True
     user_code_allowed: bool = True
     worker_pid: int | None = None

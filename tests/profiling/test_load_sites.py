@@ -53,7 +53,7 @@ def test_variables_subscripts_paths_and_strict(tmp_path: Path) -> None:
             ckpt = torch.load(os.path.join("runs", "last.ckpt"), map_location="cpu")
             state = ckpt["state_dict"]
             model.load_state_dict(state["model"], strict=False)
-            model.load_state_dict(torch.load(f"{ROOT}/w.pt"))
+            model.load_state_dict(torch.load(f"{path}/w.pt"))
             model.load_state_dict(load_file(ROOT / "model.safetensors"))
             model.load_state_dict(torch.load(path), strict=flag)
             model.load_state_dict({"a": 1})
@@ -68,3 +68,46 @@ def test_variables_subscripts_paths_and_strict(tmp_path: Path) -> None:
     assert sites[0].keywords == {"map_location": "'cpu'"}
     assert sites[0].model is not None and sites[0].model.name == "Net"
     assert "not a literal" in sites[1].problems[0]
+
+
+def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
+    sites = _sites(
+        tmp_path,
+        """
+        import torch
+        from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+        from safetensors.torch import load_model
+        from model import Net
+
+        model = Net(num_classes=10)
+        sd = torch.load(f"{'runs'}/w.pt", weights_only=False)
+        consume_prefix_in_state_dict_if_present(sd, "module.")
+        model.load_state_dict(sd)
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in sd.items()})
+        model.load_state_dict({k[7:]: v for k, v in torch.load("a.pt").items()})
+        model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+        model.load_state_dict({"module." + k: v for k, v in sd["ema"].items()}, strict=False)
+        model.load_state_dict(
+            {k: v for k, v in sd.items() if not k.endswith(("total_ops", "total_params"))}
+        )
+        model.load_state_dict({k: v for k, v in sd.items() if k not in ("fc.weight", "fc.bias")})
+        model.load_state_dict({k.upper(): v for k, v in sd.items()})
+        load_model(model, "m.safetensors", strict=False)
+        """,
+    )
+    steps = [[(step.kind, step.value) for step in site.steps] for site in sites]
+    assert steps == [
+        [("strip", "module.")],
+        [("strip", "module."), ("strip", "_orig_mod.")],
+        [("cut", 7)],
+        [("strip", "module."), ("keep_prefix", "model."), ("cut", 6)],
+        [("strip", "module."), ("key", "ema"), ("add", "module.")],
+        [("strip", "module."), ("drop_suffix", ("total_ops", "total_params"))],
+        [("strip", "module."), ("drop_keys", ("fc.weight", "fc.bias"))],
+        [],  # load_model(model, "m.safetensors"); the .upper() rewrite is not understood
+    ]
+    assert sites[0].path == "runs/w.pt" and sites[0].keywords == {"weights_only": "False"}
+    assert len(sites) == 8  # the .upper() rewrite is not understood, so that site is skipped
+    assert sites[-1].kind == "load_model" and sites[-1].strict is False
+    assert sites[-1].loader == "safetensors" and sites[-1].path == "m.safetensors"
+    assert sites[2].argument_text.startswith("{k[7:]")

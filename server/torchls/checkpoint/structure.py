@@ -19,6 +19,8 @@ MAX_DEPTH = 64
 MAX_NODES = 2_000_000
 TREE_DEPTH = 6  # levels of the container tree shown
 TREE_CHILDREN = 40  # children shown per container
+TREE_KEYS = 40  # keys listed per mapping
+TREE_KEYED_NODES = 200  # mappings that list their keys
 MAX_CANDIDATES = 20
 
 
@@ -176,6 +178,11 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
         for key, value in containers[:TREE_CHILDREN]:
             children.append(_node(value, subscript(path, key), depth + 1, counts, seen))
         truncated = max(0, len(containers) - TREE_CHILDREN)
+    keys: tuple[str, ...] = ()
+    if isinstance(obj, dict) and len(seen) <= TREE_KEYED_NODES:
+        # What a mapping holds, leaves too ("epoch, state_dict, optimizer"), for the first
+        # mappings of the tree only, so that a file of a million small dicts stays small.
+        keys = tuple(_clip(key_text(key), MAX_KEY_TEXT) for key, _ in pairs[:TREE_KEYS])
     return ContainerNode(
         path=path or "(root)",
         type=_type_name(obj),
@@ -183,7 +190,16 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
         tensors=counts.get(id(obj), 0),
         children=tuple(children),
         truncated=truncated,
+        keys=keys,
+        metadata=_has_metadata(obj),
     )
+
+
+def _has_metadata(obj: Any) -> bool:
+    """A state dict from `Module.state_dict()` carries `_metadata` (each module's version);
+    BatchNorm fills a missing `num_batches_tracked` only when it is absent."""
+    state = getattr(obj, "pickle_state", None)
+    return isinstance(state, dict) and "_metadata" in state
 
 
 def _info(container: str, key: Any, tensor: TensorRecord) -> TensorInfo:

@@ -71,6 +71,8 @@ class ContainerNode:
     tensors: int  # tensors anywhere below
     children: tuple[ContainerNode, ...] = ()
     truncated: int = 0  # children not shown
+    keys: tuple[str, ...] = ()  # a mapping's first keys, leaves included
+    metadata: bool = False  # an OrderedDict with `_metadata`, as Module.state_dict() makes
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -80,6 +82,10 @@ class ContainerNode:
             "tensors": self.tensors,
             "children": [child.as_json() for child in self.children],
         }
+        if self.keys:
+            data["keys"] = list(self.keys)
+        if self.metadata:
+            data["metadata"] = True
         if self.truncated:
             data["more_children"] = self.truncated
         return data

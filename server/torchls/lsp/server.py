@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 
 from torchls import __version__, status
 from torchls.config import InitOptions, parse_init_options
+from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
 from torchls.lsp.model_cost import ModelCost
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
 from torchls.worker.protocol import test_jobs_enabled
@@ -48,6 +49,7 @@ class TorchLanguageServer(LanguageServer):
         self._recent_exits: deque[float] = deque(maxlen=_CRASHES_BEFORE_BACKOFF)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.model_cost = ModelCost(self)
+        self.load_checks = LoadChecks(self)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -98,8 +100,16 @@ class TorchLanguageServer(LanguageServer):
         result = await self.worker.run("environment")
         if result.ok:
             state, message, torch_version = status.status_from_environment(result.value)
+            torch_info = result.value.get("libraries", {}).get("torch", {})
+            cuda = torch_info.get("cuda") if torch_version else None
             self.publish_status(
-                self._status(state, message, python=result.value.get("python"), torch=torch_version)
+                self._status(
+                    state,
+                    message,
+                    python=result.value.get("python"),
+                    torch=torch_version,
+                    cuda=cuda if isinstance(cuda, bool) else None,
+                )
             )
         else:
             self.publish_status(self._status(status.ERROR, result.message))
@@ -154,6 +164,7 @@ def create_server() -> TorchLanguageServer:
         # Start the worker now, in the background, so the status bar can show the torch version
         # and the first real request finds torch already imported.
         ls.spawn(ls.probe_environment())
+        ls.spawn(ls.load_checks.register_watcher())
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: TorchLanguageServer, params: types.HoverParams) -> types.Hover | None:
@@ -165,18 +176,52 @@ def create_server() -> TorchLanguageServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: TorchLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        # Diagnostics first: their worker job queues ahead of the hover warm-up.
+        ls.load_checks.schedule(params.text_document.uri)
         ls.model_cost.warm(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: TorchLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.load_checks.schedule(params.text_document.uri, DEBOUNCE_SECONDS)
+        ls.load_checks.schedule_others(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: TorchLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.load_checks.schedule(params.text_document.uri)
         ls.model_cost.warm(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TorchLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.load_checks.forget(params.text_document.uri)
         ls.model_cost.forget(params.text_document.uri)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def watched_files(ls: TorchLanguageServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for change in params.changes:
+            path = to_fs_path(change.uri)
+            if path is None:
+                continue
+            if path.endswith(".py"):
+                ls.load_checks.schedule_others(change.uri, 0.0)  # a model's module, on disk
+            else:
+                ls.load_checks.checkpoint_changed(path)
+
+    @server.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]),
+    )
+    def code_action(
+        ls: TorchLanguageServer, params: types.CodeActionParams
+    ) -> list[types.CodeAction] | None:
+        try:
+            return ls.load_checks.code_actions(params) or None
+        except Exception:  # a code action request must never take the server down
+            log.exception("code actions failed at %s", params.range)
+            return None
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TorchLanguageServer, params: None) -> None:
+        ls.load_checks.close()
         ls.model_cost.close()
         if ls.worker is not None:
             await ls.worker.stop()

@@ -1,11 +1,12 @@
-"""Where a file loads a checkpoint into a model, read without running it (first piece of the
-state-dict diagnostics).
+"""Where a file loads a checkpoint into a model, read without running it.
 
-`model.load_state_dict(torch.load("ckpt.pt"))`, and the same through variables and subscripts
-(`sd = torch.load(p); sd = sd["state_dict"]; model.load_state_dict(sd, strict=False)`), with
-`torch.load` or safetensors' `load_file`. Each becomes a `LoadSite`: the call, the checkpoint
-path as the user would run the file, the keys taken on the way, `strict=`, and the model's
-construction.
+`model.load_state_dict(torch.load("ckpt.pt"))`, and the same through variables, subscripts and
+the usual key rewrites (`sd = torch.load(p); sd = sd["state_dict"]`,
+`{k.removeprefix("module."): v for k, v in sd.items()}`,
+`consume_prefix_in_state_dict_if_present(sd, "module.")`), with `torch.load` or safetensors'
+`load_file`; safetensors' `load_model(model, path)`. Each becomes a `LoadSite`: the call, the
+checkpoint path as the user would run the file, what happens to the keys on the way (`steps`),
+`strict=`, the model's construction, and the spans a quick fix edits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torchls.source.imports import dotted_name
 from torchls.source.models import (
@@ -25,21 +27,50 @@ from torchls.source.models import (
 from torchls.source.text import Span
 
 _LOADERS = {"torch.load": "torch.load", "safetensors.torch.load_file": "safetensors"}
-_MAX_STEPS = 8
+_LOAD_MODEL = {"safetensors.torch.load_model"}
+_CONSUME_PREFIX = {"torch.nn.modules.utils.consume_prefix_in_state_dict_if_present"}
+_MAX_STEPS = 12
+
+
+@dataclass(frozen=True)
+class Step:
+    """What happens to the loaded object before `load_state_dict` sees it.
+
+    kind: "key" (value: the subscript), "strip"/"add" (a prefix), "cut" (the first `value`
+    characters of each key), "replace" (value: (old, new)), "keep_prefix" (only keys starting with
+    it), "drop_prefix", "drop_suffix" (value: tuple of suffixes), "drop_keys" (value: tuple).
+    """
+
+    kind: str
+    value: Any
 
 
 @dataclass
 class LoadSite:
-    span: Span  # the load_state_dict call
+    span: Span  # the load_state_dict (or load_model) call
     line: int
+    kind: str = "load_state_dict"  # or "load_model" (safetensors)
     loader: str = ""  # "torch.load" or "safetensors"
     path: str | None = None  # as written, when torchls can read it
+    path_span: Span | None = None
     candidates: list[str] = field(default_factory=list)  # where the file may be, first existing
-    subscripts: list[str] = field(default_factory=list)  # ['state_dict'] taken on the way
+    steps: list[Step] = field(default_factory=list)  # from the loaded object to the argument
     strict: bool | None = True  # None: not a literal
+    strict_span: Span | None = None  # the `strict=...` value, when written
     keywords: dict[str, str] = field(default_factory=dict)  # map_location=..., weights_only=...
+    keyword_spans: dict[str, Span] = field(default_factory=dict)  # their values
+    loader_span: Span | None = None  # the torch.load(...) call
+    loader_end: Span | None = None  # the end of its last argument: where a keyword goes
+    argument: Span | None = None  # load_state_dict's first argument
+    argument_text: str = ""
+    call_end: Span | None = None  # the end of the call's last argument
     model: ModelTarget | None = None
+    model_text: str = ""  # the receiver as written: "model"
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def subscripts(self) -> list[str]:
+        return [str(step.value) for step in self.steps if step.kind == "key"]
 
 
 def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]:
@@ -47,65 +78,275 @@ def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]
         return []
     sites = []
     for call in models.calls:
-        func = call.func
-        if not (isinstance(func, ast.Attribute) and func.attr == "load_state_dict"):
+        site = _site(models, call)
+        if site is None:
             continue
-        if not call.args:
-            continue
-        site = LoadSite(span=models._span(call), line=call.lineno)
-        for keyword in call.keywords:
-            if keyword.arg == "strict":
-                value = keyword.value
-                site.strict = (
-                    value.value
-                    if isinstance(value, ast.Constant) and isinstance(value.value, bool)
-                    else None
-                )
-        _follow_source(models, call, call.args[0], site)
-        if site.loader == "":
-            continue  # the state dict does not come from a file torchls can see
-        site.model = _model_of(models, func.value, call)
         site.candidates = _candidates(site.path, models.module.path, workspace)
         sites.append(site)
+    sites.sort(key=lambda site: (site.span.start_line, site.span.start_char))
     return sites
 
 
+def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "load_state_dict" and call.args:
+        site = LoadSite(span=models._span(call), line=call.lineno)
+        receiver: ast.expr = func.value
+        argument = call.args[0]
+        site.argument = models._span(argument)
+        site.argument_text = ast.get_source_segment(models.module.text, argument) or ""
+        _follow_source(models, call, argument, site)
+    elif (models.imports.resolve(func) or "") in _LOAD_MODEL and len(call.args) >= 2:
+        site = LoadSite(span=models._span(call), line=call.lineno, kind="load_model")
+        receiver = call.args[0]
+        _read_loader(models, call, call.args[1], site, "safetensors")
+    else:
+        return None
+    if site.loader == "":
+        return None  # the state dict does not come from a file torchls can see
+    for keyword in call.keywords:
+        if keyword.arg == "strict":
+            value = keyword.value
+            site.strict_span = models._span(value)
+            site.strict = (
+                value.value
+                if isinstance(value, ast.Constant) and isinstance(value.value, bool)
+                else None
+            )
+    last = [*call.args, *(k.value for k in call.keywords)]
+    site.call_end = _end(models, last[-1])
+    site.model = _model_of(models, receiver, call)
+    site.model_text = ast.get_source_segment(models.module.text, receiver) or ""
+    return site
+
+
+def _end(models: FileModels, node: ast.AST) -> Span:
+    span = models._span(node)
+    return Span(span.end_line, span.end_char, span.end_line, span.end_char)
+
+
 def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSite) -> None:
-    """Walk back from the argument to the load call: names, then subscripts, then the loader."""
+    """Walk back from the argument to the load call: names, subscripts and key rewrites."""
     lookup = models._scoped_lookup(_function_scope(models, at))
-    keys: list[str] = []
+    steps: list[Step] = []
     for _ in range(_MAX_STEPS):
         if isinstance(node, ast.Name):
-            found = lookup(node.id, getattr(node, "lineno", 1 << 30))
+            use_line = getattr(node, "lineno", 1 << 30)
+            found = lookup(node.id, use_line)
             if found is None:
                 return
+            steps[:0] = _prefix_consumed(models, node.id, found, use_line, at)
             node = found
             continue
         if isinstance(node, ast.Subscript):
             key = node.slice
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
                 return
-            keys.insert(0, key.value)
+            steps.insert(0, Step("key", key.value))
             node = node.value
+            continue
+        if isinstance(node, ast.DictComp):
+            rewrite = _rewrite(node)
+            if rewrite is None:
+                return
+            steps[:0] = rewrite[1]
+            node = rewrite[0]
             continue
         if isinstance(node, ast.Call):
             dotted = models.imports.resolve(node.func) or dotted_name(node.func) or ""
             loader = _LOADERS.get(dotted)
             if loader is None or not node.args:
                 return
-            site.loader = loader
-            site.subscripts = keys
-            site.path = _path_text(models, node.args[0], lookup)
-            if site.path is None:
-                site.problems.append(
-                    f"the checkpoint path `{ast.unparse(node.args[0])[:60]}` is not a literal "
-                    "torchls can read"
-                )
-            for keyword in node.keywords:
-                if keyword.arg:
-                    site.keywords[keyword.arg] = ast.unparse(keyword.value)[:60]
+            site.steps = steps
+            _read_loader(models, node, node.args[0], site, loader)
             return
         return
+
+
+def _read_loader(
+    models: FileModels, call: ast.Call, path: ast.expr, site: LoadSite, loader: str
+) -> None:
+    lookup = models._scoped_lookup(_function_scope(models, call))
+    site.loader = loader
+    site.loader_span = models._span(call)
+    site.loader_end = _end(models, [*call.args, *(k.value for k in call.keywords)][-1])
+    site.path_span = models._span(path)
+    site.path = _path_text(models, path, lookup)
+    if site.path is None:
+        site.problems.append(
+            f"the checkpoint path `{ast.unparse(path)[:60]}` is not a literal torchls can read"
+        )
+    for keyword in call.keywords:
+        if keyword.arg:
+            site.keywords[keyword.arg] = ast.unparse(keyword.value)[:60]
+            site.keyword_spans[keyword.arg] = models._span(keyword.value)
+
+
+def _prefix_consumed(
+    models: FileModels, name: str, value: ast.expr, use_line: int, at: ast.AST
+) -> list[Step]:
+    """`consume_prefix_in_state_dict_if_present(name, "module.")` between binding and use."""
+    bound_line = getattr(value, "lineno", 0)
+    scope = _function_scope(models, at)
+    steps = []
+    for call in models.calls:
+        if not (bound_line <= call.lineno < use_line) or _function_scope(models, call) is not scope:
+            continue
+        if (models.imports.resolve(call.func) or "") not in _CONSUME_PREFIX:
+            continue
+        if len(call.args) < 2 or not (isinstance(call.args[0], ast.Name)):
+            continue
+        prefix = call.args[1]
+        if call.args[0].id == name and _string(prefix) is not None:
+            steps.append(Step("strip", str(_string(prefix))))
+    return steps
+
+
+def _rewrite(node: ast.DictComp) -> tuple[ast.expr, list[Step]] | None:
+    """`{<key of k>: v for k, v in X.items() if <test of k>}` as (X, steps), when torchls knows
+    what the key expression and the tests do."""
+    if len(node.generators) != 1:
+        return None
+    loop = node.generators[0]
+    target = loop.target
+    if not (
+        isinstance(target, ast.Tuple)
+        and len(target.elts) == 2
+        and all(isinstance(e, ast.Name) for e in target.elts)
+        and isinstance(loop.iter, ast.Call)
+        and isinstance(loop.iter.func, ast.Attribute)
+        and loop.iter.func.attr == "items"
+        and not loop.iter.args
+        and not loop.is_async
+    ):
+        return None
+    k, v = (e.id for e in target.elts if isinstance(e, ast.Name))
+    if not (isinstance(node.value, ast.Name) and node.value.id == v):
+        return None
+    tests: list[ast.expr] = []
+    for test in loop.ifs:  # `if a if b` and `if a and b` alike
+        if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+            tests.extend(test.values)
+        else:
+            tests.append(test)
+    steps: list[Step] = []
+    for test in tests:
+        step = _key_test(test, k)
+        if step is None:
+            return None
+        steps.append(step)
+    key_step = _key_expression(node.key, k)
+    if key_step is None:
+        return None
+    if key_step.kind != "same":
+        steps.append(key_step)
+    return loop.iter.func.value, steps
+
+
+def _string(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _strings(node: ast.expr) -> tuple[str, ...] | None:
+    single = _string(node)
+    if single is not None:
+        return (single,)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        items = [_string(e) for e in node.elts]
+        if all(item is not None for item in items):
+            return tuple(item for item in items if item is not None)
+    return None
+
+
+def _is_name(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _method_on(node: ast.expr, name: str, method: str) -> ast.Call | None:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == method
+        and _is_name(node.func.value, name)
+        and not node.keywords
+    ):
+        return node
+    return None
+
+
+def _key_expression(node: ast.expr, k: str) -> Step | None:
+    if _is_name(node, k):
+        return Step("same", None)
+    call = _method_on(node, k, "removeprefix")
+    if call is not None and len(call.args) == 1 and _string(call.args[0]) is not None:
+        return Step("strip", _string(call.args[0]))
+    call = _method_on(node, k, "replace")
+    if call is not None and len(call.args) == 2:
+        old, new = _string(call.args[0]), _string(call.args[1])
+        if old and new is not None:
+            return Step("replace", (old, new))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and _is_name(node.right, k):
+        prefix = _string(node.left)
+        if prefix is not None:
+            return Step("add", prefix)
+    if isinstance(node, ast.JoinedStr) and len(node.values) == 2:
+        first, second = node.values
+        if (
+            isinstance(first, ast.Constant)
+            and isinstance(second, ast.FormattedValue)
+            and _is_name(second.value, k)
+            and second.conversion == -1
+            and second.format_spec is None
+        ):
+            return Step("add", str(first.value))
+    if (
+        isinstance(node, ast.Subscript)
+        and _is_name(node.value, k)
+        and isinstance(node.slice, ast.Slice)
+        and node.slice.upper is None
+        and node.slice.step is None
+        and node.slice.lower is not None
+    ):
+        lower = node.slice.lower
+        if isinstance(lower, ast.Constant) and isinstance(lower.value, int):
+            return Step("cut", lower.value)
+        if (
+            isinstance(lower, ast.Call)
+            and _is_name(lower.func, "len")
+            and len(lower.args) == 1
+            and _string(lower.args[0]) is not None
+        ):
+            return Step("cut", len(_string(lower.args[0]) or ""))
+    return None
+
+
+def _key_test(node: ast.expr, k: str) -> Step | None:
+    negated = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+    inner = node.operand if isinstance(node, ast.UnaryOp) and negated else node
+    for method, kept, dropped in (
+        ("startswith", "keep_prefix", "drop_prefix"),
+        ("endswith", None, "drop_suffix"),
+    ):
+        call = _method_on(inner, k, method)
+        if call is not None and len(call.args) == 1:
+            values = _strings(call.args[0])
+            if values is None:
+                return None
+            if negated:
+                return Step(dropped, values)
+            if kept is not None and len(values) == 1:
+                return Step(kept, values[0])
+            return None
+    if (
+        isinstance(inner, ast.Compare)
+        and not negated
+        and _is_name(inner.left, k)
+        and len(inner.ops) == 1
+        and isinstance(inner.ops[0], ast.NotIn)
+    ):
+        values = _strings(inner.comparators[0])
+        return Step("drop_keys", values) if values is not None else None
+    return None
 
 
 def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 0) -> str | None:
@@ -114,8 +355,23 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
         return None
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
-    if isinstance(node, ast.JoinedStr) and all(isinstance(v, ast.Constant) for v in node.values):
-        return "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                parts.append(str(value.value))
+            elif (
+                isinstance(value, ast.FormattedValue)
+                and value.conversion == -1
+                and value.format_spec is None
+            ):
+                part = _path_text(models, value.value, lookup, depth + 1)
+                if part is None:
+                    return None
+                parts.append(part)
+            else:
+                return None
+        return "".join(parts)
     if isinstance(node, ast.Name):
         found = lookup(node.id, getattr(node, "lineno", 1 << 30))  # type: ignore[operator]
         return _path_text(models, found, lookup, depth + 1) if found is not None else None
@@ -125,10 +381,10 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
         return str(Path(left) / right) if left is not None and right is not None else None
     if isinstance(node, ast.Call):
         dotted = models.imports.resolve(node.func) or ""
-        parts = [_path_text(models, arg, lookup, depth + 1) for arg in node.args]
-        if any(part is None for part in parts) or node.keywords:
+        args = [_path_text(models, arg, lookup, depth + 1) for arg in node.args]
+        if any(part is None for part in args) or node.keywords:
             return None
-        texts = [part for part in parts if part is not None]
+        texts = [part for part in args if part is not None]
         if dotted in {"os.path.join", "posixpath.join"} and texts:
             return str(Path(*texts))
         if dotted in {"pathlib.Path", "pathlib.PurePath"} and texts:
@@ -138,7 +394,7 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
 
 def _candidates(path: str | None, document: str, workspace: str | None) -> list[str]:
     """Where the file may be: as written if absolute, else next to the file and from the root."""
-    if path is None:
+    if path is None or "\0" in path or len(path) > 4096:
         return []
     written = Path(path).expanduser()
     if written.is_absolute():

@@ -92,6 +92,20 @@ def state_dict_shapes(context: JobContext, params: Params) -> dict[str, Any]:
     notes: list[str] = []
     model, build = _build_model(torch, loader, params, notes)
     parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    # Keys that share one tensor (a tied lm_head): loading either fills both.
+    first_of: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in named:
+        if tensor is None:
+            continue
+        owner = first_of.setdefault(id(tensor), name)
+        if owner != name:
+            tied[name] = owner
+            tied.setdefault(owner, name)
     keys = {
         key: {
             "shape": list(value.shape),
@@ -105,6 +119,7 @@ def state_dict_shapes(context: JobContext, params: Params) -> dict[str, Any]:
         "class": f"{model_type.__module__}.{model_type.__qualname__}",
         "build": build,
         "keys": keys,
+        "tied": {key: other for key, other in tied.items() if key in keys and other in keys},
         "notes": notes,
     }
 

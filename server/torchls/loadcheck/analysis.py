@@ -1,0 +1,614 @@
+"""What a `load_state_dict` site will do when it runs, from three pieces of data: the site as the
+source writes it (`source/loads.py`), the checkpoint as the reader describes it (no torch), and
+the model's state-dict keys as the worker built them (meta device).
+
+Pure: no LSP types, no I/O. The language server, `torchls check` and the quick fixes' own
+verification all call `analyse`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchls.compare import Comparison, KeyGroup, Shape, compare, group_keys
+from torchls.source.loads import LoadSite, Step
+from torchls.source.text import Span
+
+ERROR, WARNING, INFORMATION = "error", "warning", "information"
+NOT_A_TENSOR: Shape = (-1,)  # a leaf that is not a tensor ('epoch': 3) in a loaded mapping
+# Names of a nested state dict in training checkpoints, most likely first.
+NESTED_NAMES = (
+    "state_dict", "model_state_dict", "model", "module", "net", "network", "weights",
+    "params", "model_ema", "ema", "ema_state_dict", "state_dict_ema",
+)  # fmt: skip
+WRAPPER_NAMES = {
+    "module.": "DataParallel/DistributedDataParallel",
+    "_orig_mod.": "torch.compile",
+    "_fsdp_wrapped_module.": "FSDP",
+    "_checkpoint_wrapped_module.": "activation checkpointing",
+    "_forward_module.": "Lightning's strategy wrapper",
+    "base_model.model.": "PEFT",
+    "model.": "a wrapper holding the network as `self.model`, like a LightningModule",
+}
+# Buffers Hugging Face models stopped saving (non-persistent in newer transformers).
+HF_STRAY_NAMES = {"position_ids", "token_type_ids", "inv_freq", "masked_bias"}
+WEIGHTS_ONLY_SINCE = (2, 6)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The workspace's torch, as the worker reports it; None when unknown."""
+
+    torch_version: str | None = None
+    cuda: bool | None = None
+
+    @property
+    def weights_only_default(self) -> bool:
+        version = _version(self.torch_version)
+        return version is None or version >= WEIGHTS_ONLY_SINCE
+
+
+@dataclass
+class ModelKeys:
+    """The worker's `state_dict` job result."""
+
+    keys: dict[str, Shape]
+    class_name: str = ""
+    tied: dict[str, str] = field(default_factory=dict)  # key -> a key sharing its storage
+
+    @classmethod
+    def from_job(cls, value: Mapping[str, Any]) -> ModelKeys:
+        keys = {str(k): tuple(int(d) for d in v["shape"]) for k, v in value["keys"].items()}
+        tied = {str(k): str(v) for k, v in (value.get("tied") or {}).items()}
+        return cls(keys, str(value.get("class", "")).rsplit(".", 1)[-1], tied)
+
+
+@dataclass
+class Container:
+    tensors: dict[str, Shape] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=set)
+    keys: list[str] = field(default_factory=list)  # leaves too (from the tree), first 40
+    items: int = 0
+    type: str = ""
+    metadata: bool = False
+
+
+@dataclass
+class Checkpoint:
+    """The reader's summary (CheckpointSummary.as_json), indexed by container."""
+
+    path: str
+    format: str
+    containers: dict[str, Container]
+    candidates: list[str]  # containers whose values are all tensors
+    weights_only: Mapping[str, Any] | None
+    root_type: str
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> Checkpoint:
+        containers: dict[str, Container] = {}
+        tree = summary.get("tree")
+        stack: list[Mapping[str, Any]] = [tree] if isinstance(tree, Mapping) else []
+        while stack:
+            node = stack.pop()
+            path = "" if node["path"] == "(root)" else node["path"]
+            containers[path] = Container(
+                keys=list(node.get("keys", [])),
+                items=int(node.get("items", 0)),
+                type=str(node.get("type", "")),
+                metadata=bool(node.get("metadata")),
+            )
+            stack.extend(node.get("children", []))
+        for tensor in summary.get("tensors", []):
+            container = containers.setdefault(tensor["container"], Container(type="dict"))
+            container.tensors[tensor["key"]] = tuple(tensor["shape"])
+            container.devices.add(str(tensor.get("device", "cpu")))
+        return cls(
+            path=str(summary.get("path", "")),
+            format=str(summary.get("format", "")),
+            containers=containers,
+            candidates=[str(c["path"]) for c in summary.get("candidates", [])],
+            weights_only=summary.get("weights_only"),
+            root_type=str(tree.get("type", "dict")) if isinstance(tree, Mapping) else "dict",
+        )
+
+    @property
+    def cuda_devices(self) -> list[str]:
+        found = {d for c in self.containers.values() for d in c.devices if d.startswith("cuda")}
+        return sorted(found)
+
+
+@dataclass(frozen=True)
+class Related:
+    message: str
+    where: str  # "checkpoint" | "model" | "site"
+
+
+@dataclass
+class Finding:
+    severity: str
+    code: str
+    message: str
+    span: Span
+    related: list[Related] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """Everything `analyse` worked out for one site; the quick fixes start from here."""
+
+    findings: list[Finding] = field(default_factory=list)
+    loaded: dict[str, Shape] | None = None  # the keys load_state_dict receives
+    comparison: Comparison | None = None
+    nested: str | None = None  # the container the weights are really in
+    container: str = ""  # the container the site selects
+    filled: float = 0.0  # share of the model's elements the load fills
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    def has(self, code: str) -> bool:
+        return any(f.code == code for f in self.findings)
+
+
+def analyse(
+    site: LoadSite,
+    checkpoint: Checkpoint | None,
+    model: ModelKeys | None,
+    environment: Environment,
+    unreadable: str | None = None,
+) -> Outcome:
+    """`checkpoint` None with `unreadable` None: the file does not exist (or the path is not a
+    literal). `model` None: the model could not be built; only the checkpoint is checked."""
+    outcome = Outcome()
+    if site.path is None:
+        return outcome
+    if checkpoint is None:
+        if unreadable is not None:
+            outcome.findings.append(
+                Finding(WARNING, "unreadable", unreadable, site.path_span or site.span)
+            )
+        else:
+            looked = " or ".join(f"`{c}`" for c in site.candidates) or f"`{site.path}`"
+            outcome.findings.append(
+                Finding(
+                    WARNING,
+                    "missing-file",
+                    f"`{site.path}` does not exist (no {looked}): this load will raise "
+                    "FileNotFoundError unless the file is there when the script runs.",
+                    site.path_span or site.span,
+                )
+            )
+        return outcome
+    _loader_findings(site, checkpoint, environment, outcome)
+    _key_findings(site, checkpoint, model, outcome)
+    return outcome
+
+
+# -- torch.load itself ----------------------------------------------------------------------------
+
+
+def _loader_findings(
+    site: LoadSite, checkpoint: Checkpoint, environment: Environment, outcome: Outcome
+) -> None:
+    if site.loader != "torch.load":
+        return
+    span = site.loader_span or site.span
+    verdict = checkpoint.weights_only
+    weights_only = site.keywords.get("weights_only")
+    checked = weights_only == "True" or (weights_only is None and environment.weights_only_default)
+    if verdict is not None and not verdict.get("accepted", True) and checked:
+        refused = list(verdict.get("refused_globals") or [])
+        dangerous = list(verdict.get("dangerous_globals") or [])
+        what = ", ".join(f"`{name}`" for name in refused[:4]) or "opcodes it does not allow"
+        if len(refused) > 4:
+            what += f" and {len(refused) - 4} more"
+        default = (
+            "torch.load's default weights_only=True"
+            if weights_only is None
+            else ("weights_only=True")
+        )
+        message = (
+            f"torch.load will raise: {default} refuses this file, which needs {what}; "
+            "allow them with torch.serialization.add_safe_globals, or pass weights_only=False "
+            "only if you trust the file (it runs code from it)."
+        )
+        related = [Related(f"needs {name}", "checkpoint") for name in refused[:20]]
+        related += [Related(f"runs code: {name}", "checkpoint") for name in dangerous[:20]]
+        outcome.findings.append(Finding(ERROR, "weights-only", message, span, related))
+    devices = checkpoint.cuda_devices
+    if devices and environment.cuda is False and "map_location" not in site.keywords:
+        outcome.findings.append(
+            Finding(
+                ERROR,
+                "cuda",
+                f"torch.load will raise: the checkpoint's tensors were saved on "
+                f"{', '.join(devices)} and this environment has no CUDA; pass "
+                "map_location='cpu'.",
+                span,
+            )
+        )
+
+
+# -- the keys ---------------------------------------------------------------------------------
+
+
+def _key_findings(
+    site: LoadSite, checkpoint: Checkpoint, model: ModelKeys | None, outcome: Outcome
+) -> None:
+    container_path, rewrites = _split_steps(site.steps)
+    if rewrites is None:
+        return  # a subscript after a rewrite: not followed
+    outcome.container = container_path
+    container = checkpoint.containers.get(container_path)
+    if container is None or (not container.tensors and container.type not in _MAPPINGS):
+        _no_such_container(site, checkpoint, container_path, container, outcome)
+        return
+    loaded = _loaded_keys(container)
+    metadata = container.metadata and not rewrites
+    for step in rewrites:
+        loaded = apply_step(loaded, step)
+    outcome.loaded = loaded
+    if not container.tensors:
+        nested = best_candidate(checkpoint, container_path, model)
+        if nested is not None:
+            outcome.nested = nested
+            _whole_checkpoint(site, checkpoint, container_path, container, nested, outcome)
+            return
+    if model is None:
+        return
+    comparison = compare(model.keys, loaded)
+    _settle_known_keys(comparison, model, loaded, metadata)
+    outcome.comparison = comparison
+    outcome.filled = filled_share(model, loaded)
+    if not comparison.loads_non_strict:
+        outcome.findings.append(_mismatch_finding(site, comparison, model))
+        return
+    strict = site.strict is not False
+    if strict and not comparison.loads_strict:
+        outcome.findings.append(_strict_finding(site, checkpoint, comparison, model, outcome))
+    elif not strict and outcome.filled < 1.0:
+        outcome.findings.append(_partial_finding(site, comparison, model, outcome.filled))
+
+
+_MAPPINGS = {"dict", "OrderedDict"}
+
+
+def _split_steps(steps: list[Step]) -> tuple[str, list[Step] | None]:
+    path = ""
+    rest: list[Step] = []
+    for step in steps:
+        if step.kind == "key":
+            if rest:
+                return path, None
+            path += f"[{step.value!r}]"
+        else:
+            rest.append(step)
+    return path, rest
+
+
+def _loaded_keys(container: Container) -> dict[str, Shape]:
+    loaded = dict(container.tensors)
+    for key in container.keys:
+        loaded.setdefault(key, NOT_A_TENSOR)
+    return loaded
+
+
+def apply_step(keys: Mapping[str, Shape], step: Step) -> dict[str, Shape]:
+    kind, value = step.kind, step.value
+    out: dict[str, Shape] = {}
+    for key, shape in keys.items():
+        if kind == "strip":
+            key = key[len(value) :] if key.startswith(value) else key
+        elif kind == "add":
+            key = value + key
+        elif kind == "cut":
+            key = key[value:]
+        elif kind == "replace":
+            key = key.replace(value[0], value[1])
+        elif _dropped(kind, value, key):
+            continue
+        out[key] = shape
+    return out
+
+
+def _dropped(kind: str, value: Any, key: str) -> bool:
+    if kind == "keep_prefix":
+        return not key.startswith(value)
+    if kind == "drop_prefix":
+        return key.startswith(tuple(value))
+    if kind == "drop_suffix":
+        return key.endswith(tuple(value))
+    return kind == "drop_keys" and key in value
+
+
+def _settle_known_keys(
+    comparison: Comparison, model: ModelKeys, loaded: Mapping[str, Shape], metadata: bool
+) -> None:
+    """Keys torch itself forgives, and unexpected keys with a known harmless origin."""
+    if not metadata:
+        # Without `_metadata` (a plain dict, safetensors), BatchNorm fills a missing counter.
+        comparison.missing = [
+            k for k in comparison.missing if not k.endswith(".num_batches_tracked")
+        ]
+    strays = set(comparison.stray)
+    for key in comparison.unexpected:
+        if key.rsplit(".", 1)[-1] in HF_STRAY_NAMES and loaded.get(key) != NOT_A_TENSOR:
+            strays.add(key)
+    comparison.stray = [k for k in comparison.unexpected if k in strays]
+
+
+def tied_missing(
+    comparison: Comparison, model: ModelKeys, loaded: Mapping[str, Shape]
+) -> list[str]:
+    """Missing keys that share storage with a key the checkpoint fills (a tied lm_head)."""
+    return [k for k in comparison.missing if model.tied.get(k) in loaded]
+
+
+def filled_share(model: ModelKeys, loaded: Mapping[str, Shape]) -> float:
+    def fills(key: str) -> bool:
+        return key in loaded and loaded[key] == model.keys[key]
+
+    total = sum(_numel(shape) for shape in model.keys.values())
+    if not total:
+        return 1.0
+    done = sum(
+        _numel(shape)
+        for key, shape in model.keys.items()
+        if fills(key) or (key in model.tied and fills(model.tied[key]))
+    )
+    return done / total
+
+
+def best_candidate(checkpoint: Checkpoint, under: str, model: ModelKeys | None) -> str | None:
+    """The nested state dict below `under` the model would load best from."""
+    below = [c for c in checkpoint.candidates if c.startswith(under) and c != under]
+    if not below:
+        return None
+
+    def score(path: str) -> tuple[float, int, int]:
+        keys = checkpoint.containers[path].tensors if path in checkpoint.containers else {}
+        match = 0.0
+        if model is not None and keys:
+            comparison = compare(model.keys, keys)
+            fix = comparison.prefix_fix
+            if fix is not None:
+                keys = apply_step(
+                    keys, Step("strip", fix.strip) if fix.strip else Step("add", fix.add)
+                )
+            match = filled_share(model, keys)
+        name = re.findall(r"\['([^']*)'\]", path[len(under) :])
+        rank = (
+            NESTED_NAMES.index(name[0]) if name and name[0] in NESTED_NAMES else len(NESTED_NAMES)
+        )
+        return (-match, rank, -len(keys))
+
+    return min(below, key=score)
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def _no_such_container(
+    site: LoadSite,
+    checkpoint: Checkpoint,
+    path: str,
+    container: Container | None,
+    outcome: Outcome,
+) -> None:
+    if container is None:
+        parent_path = path[: path.rfind("[")] if path else ""
+        parent = checkpoint.containers.get(parent_path)
+        has = f"; it has {_listing(parent.keys, parent.items)}" if parent and parent.keys else ""
+        where = f"`{site.path}`{parent_path}" if parent_path else f"`{site.path}`"
+        message = f"This will raise KeyError: {where} has no {path[len(parent_path) :]}{has}."
+        outcome.findings.append(Finding(ERROR, "no-such-key", message, site.argument or site.span))
+        return
+    if path == "" and container.type not in _MAPPINGS:
+        message = (
+            f"load_state_dict will raise: `{site.path}` holds a whole pickled "
+            f"`{checkpoint.root_type}`, not a state dict; load it once with "
+            "weights_only=False (it runs code from the file) and re-save its .state_dict()."
+        )
+        outcome.findings.append(Finding(ERROR, "pickled-module", message, site.span))
+
+
+def _whole_checkpoint(
+    site: LoadSite,
+    checkpoint: Checkpoint,
+    path: str,
+    container: Container,
+    nested: str,
+    outcome: Outcome,
+) -> None:
+    where = f"`{site.path}`{path}"
+    holds = _listing(container.keys, container.items)
+    if site.strict is False:
+        message = (
+            f"strict=False loads nothing here: {where} is a training checkpoint ({holds}), "
+            f"and the weights are under {nested[len(path) :]}."
+        )
+        severity = WARNING
+    else:
+        message = (
+            f"load_state_dict will raise: {where} is a training checkpoint ({holds}), not a "
+            f"state dict; the weights are under {nested[len(path) :]}."
+        )
+        severity = ERROR
+    outcome.findings.append(Finding(severity, "nested", message, site.span))
+
+
+def _mismatch_finding(site: LoadSite, comparison: Comparison, model: ModelKeys) -> Finding:
+    mismatched = comparison.mismatched
+    first = mismatched[0]
+    shapes = (
+        f"`{first.key}` is {_shape(first.model)} in the model and {_shape(first.checkpoint)} in "
+        "the checkpoint"
+    )
+    count = f"{len(mismatched)} key{'s' if len(mismatched) != 1 else ''}"
+    if comparison.head_only:
+        head = first.key.rsplit(".", 1)[0]
+        message = (
+            f"load_state_dict will raise, even with strict=False: the head `{head}` has another "
+            f"shape ({shapes}: trained for another number of classes?); everything else matches."
+        )
+    else:
+        message = (
+            f"load_state_dict will raise, even with strict=False: {count} "
+            f"{'have other shapes' if len(mismatched) != 1 else 'has another shape'} ({shapes})."
+        )
+    related = [
+        Related(
+            f"{m.key}: {_shape(m.model)} in the model, {_shape(m.checkpoint)} in the checkpoint",
+            "model",
+        )
+        for m in mismatched[:20]
+    ]
+    return Finding(ERROR, "shapes", message, site.span, related + _key_related(comparison))
+
+
+def _strict_finding(
+    site: LoadSite,
+    checkpoint: Checkpoint,
+    comparison: Comparison,
+    model: ModelKeys,
+    outcome: Outcome,
+) -> Finding:
+    fix = comparison.prefix_fix
+    missing, unexpected = len(comparison.missing), len(comparison.unexpected)
+    if fix is not None and fix.strip:
+        why = (
+            f"the checkpoint's keys start with `{fix.strip}` "
+            f"({_wrapper(fix.strip)}) and the model's don't"
+        )
+    elif fix is not None and fix.add:
+        why = (
+            f"the model's keys start with `{fix.add}` ({_wrapper(fix.add)}) and the "
+            "checkpoint's don't"
+        )
+    else:
+        parts = []
+        tied = tied_missing(comparison, model, outcome.loaded or {})
+        if missing:
+            verb = "is" if missing == 1 else "are"
+            parts.append(
+                f"{_count(missing, 'key')} of the model {verb} missing "
+                f"({_groups(comparison.missing)})"
+            )
+        if unexpected:
+            verb = "is" if unexpected == 1 else "are"
+            parts.append(
+                f"{_count(unexpected, 'key')} {verb} unexpected ({_groups(comparison.unexpected)})"
+            )
+        why = " and ".join(parts)
+        if tied and len(tied) == missing and not unexpected:
+            why += ", though tied weights fill them"
+        elif comparison.stray and len(comparison.stray) == unexpected and not missing:
+            why += f", left by {_stray_origin(comparison.stray)}"
+    strict = "strict" if site.strict is not None else "strict (if `strict` is True)"
+    message = f"load_state_dict will raise ({strict} loading): {why}."
+    return Finding(ERROR, "keys", message, site.span, _key_related(comparison))
+
+
+def _partial_finding(
+    site: LoadSite, comparison: Comparison, model: ModelKeys, filled: float
+) -> Finding:
+    if filled <= 0.0:
+        fix = comparison.prefix_fix
+        hint = f": the checkpoint's keys start with `{fix.strip}`" if fix and fix.strip else ""
+        if fix and fix.add:
+            hint = f": the model's keys start with `{fix.add}`"
+        message = (
+            f"strict=False loads nothing: none of the checkpoint's keys match the model's{hint}; "
+            "the model keeps its initial weights."
+        )
+    else:
+        groups = group_keys(comparison.missing)
+        message = (
+            f"strict=False loads {_percent(filled)} of the model: "
+            f"{_count(len(comparison.missing), 'key')} stay at their initial values "
+            f"({_describe_groups(groups)})."
+        )
+    return Finding(WARNING, "partial", message, site.span, _key_related(comparison))
+
+
+def _key_related(comparison: Comparison) -> list[Related]:
+    related = []
+    for group in group_keys(comparison.missing)[:10]:
+        related.append(Related(f"missing: {_group_text(group)}", "model"))
+    for group in group_keys(comparison.unexpected)[:10]:
+        related.append(Related(f"unexpected: {_group_text(group)}", "checkpoint"))
+    return related
+
+
+def _group_text(group: KeyGroup) -> str:
+    sample = ", ".join(group.sample)
+    more = f", ... ({group.count} in all)" if group.count > len(group.sample) else ""
+    return f"{group.prefix + '.*' if group.prefix else '(top level)'}: {sample}{more}"
+
+
+def _groups(keys: list[str]) -> str:
+    return _describe_groups(group_keys(keys))
+
+
+def _describe_groups(groups: list[KeyGroup]) -> str:
+    if len(groups) == 1 and groups[0].count == 1:
+        return f"`{groups[0].sample[0]}`"
+    shown = [
+        f"`{g.sample[0]}`" if g.count == 1 else f"{g.count} under `{g.prefix}.*`"
+        for g in groups[:3]
+    ]
+    if len(groups) > 3:
+        shown.append(f"{sum(g.count for g in groups[3:])} more")
+    return ", ".join(shown)
+
+
+def _stray_origin(keys: list[str]) -> str:
+    if all(k.rsplit(".", 1)[-1] in {"total_ops", "total_params"} for k in keys):
+        return "thop's profile()"
+    return "an older library version (buffers that are no longer saved)"
+
+
+def _wrapper(prefix: str) -> str:
+    return (
+        f"saved from {WRAPPER_NAMES[prefix]}" if prefix in WRAPPER_NAMES else "a wrapper's prefix"
+    )
+
+
+def _listing(keys: list[str], items: int) -> str:
+    shown = ", ".join(keys[:6])
+    return shown + (f", ... ({items} keys)" if items > 6 else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _shape(shape: Shape) -> str:
+    if shape == NOT_A_TENSOR:
+        return "not a tensor"
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _percent(share: float) -> str:
+    if 0 < share < 0.01:
+        return "under 1%"
+    if 0.99 < share < 1:
+        return "over 99%"
+    return f"{share * 100:.0f}%"
+
+
+def _numel(shape: Shape) -> int:
+    count = 1
+    for dim in shape:
+        count *= max(dim, 0)
+    return count
+
+
+def _version(text: str | None) -> tuple[int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None

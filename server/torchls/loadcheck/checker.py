@@ -1,0 +1,182 @@
+"""Check every load site of a file: find the sites, read their checkpoints (in the isolated
+reader process), get the models' keys (the worker's `state_dict` job), analyse, and propose
+fixes. Shared by the language server and `torchls check`; caches by file stamp and by the
+model's source fingerprint, so re-checking an unchanged file costs no I/O beyond a `stat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchls.checkpoint.errors import CheckpointError
+from torchls.cost.cache import ProfileCache
+from torchls.cost.request import prepare
+from torchls.loadcheck import fixes as fixes_module
+from torchls.loadcheck.analysis import (
+    INFORMATION,
+    Checkpoint,
+    Environment,
+    Finding,
+    ModelKeys,
+    Outcome,
+    analyse,
+)
+from torchls.source.loads import LoadSite, find_load_sites
+from torchls.source.models import FileModels
+from torchls.source.project import ModuleFile
+from torchls.worker import protocol
+from torchls.worker.client import JobResult
+
+ReadSummary = Callable[[str], Awaitable[dict[str, Any]]]
+RunJob = Callable[[dict[str, Any]], Awaitable[JobResult]]
+MAX_SITES = 64  # per file
+_STAMP_CACHE = 128
+
+
+@dataclass
+class SiteReport:
+    site: LoadSite
+    outcome: Outcome
+    checkpoint: Checkpoint | None = None
+    model: ModelKeys | None = None
+    checkpoint_path: str | None = None  # the file found, when it exists
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return self.outcome.findings
+
+
+class LoadChecker:
+    def __init__(
+        self,
+        read_summary: ReadSummary,
+        run_job: RunJob,
+        environment: Callable[[], Environment],
+        may_build: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`may_build` False: no user code may run (an untrusted workspace, no torch), so only
+        the checkpoints are checked."""
+        self._read_summary = read_summary
+        self._environment = environment
+        self._may_build = may_build
+        self.models = ProfileCache(run_job)
+        self._checkpoints: OrderedDict[str, tuple[Any, Checkpoint | None, str | None]] = (
+            OrderedDict()
+        )
+        self._reading: dict[
+            tuple[str, Any], asyncio.Future[tuple[Checkpoint | None, str | None]]
+        ] = {}
+
+    def forget_checkpoint(self, path: str) -> None:
+        self._checkpoints.pop(os.path.realpath(path), None)
+
+    async def check(self, models: FileModels, workspace: str | None) -> list[SiteReport]:
+        sites = find_load_sites(models, workspace)[:MAX_SITES]
+        return list(await asyncio.gather(*(self._check_site(models, site) for site in sites)))
+
+    async def _check_site(self, models: FileModels, site: LoadSite) -> SiteReport:
+        environment = self._environment()
+        found = _existing(site.candidates)
+        checkpoint, unreadable = (None, None)
+        if found is not None:
+            checkpoint, unreadable = await self._checkpoint(found)
+        model, notes = await self._model(models, site, environment) if checkpoint else (None, [])
+        outcome = analyse(site, checkpoint, model, environment, unreadable)
+        if notes and checkpoint is not None:
+            message = f"torchls cannot check the keys of this load: {notes[0]}"
+            outcome.findings.append(Finding(INFORMATION, "unchecked", message, site.span))
+        return SiteReport(site, outcome, checkpoint, model, found, notes)
+
+    async def _checkpoint(self, path: str) -> tuple[Checkpoint | None, str | None]:
+        real = os.path.realpath(path)
+        try:
+            info = Path(real).stat()
+        except OSError as exc:
+            return None, f"cannot read `{path}`: {exc.strerror or exc}"
+        if stat.S_ISDIR(info.st_mode):
+            return None, f"`{path}` is a folder; this loader needs a file."
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        cached = self._checkpoints.get(real)
+        if cached is not None and cached[0] == stamp:
+            self._checkpoints.move_to_end(real)
+            return cached[1], cached[2]
+        key = (real, stamp)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(real))
+            self._reading[key] = reading
+        try:
+            checkpoint, error = await asyncio.shield(reading)
+        finally:
+            self._reading.pop(key, None)
+        self._checkpoints[real] = (stamp, checkpoint, error)
+        while len(self._checkpoints) > _STAMP_CACHE:
+            self._checkpoints.popitem(last=False)
+        return checkpoint, error
+
+    async def _read(self, path: str) -> tuple[Checkpoint | None, str | None]:
+        try:
+            summary = await self._read_summary(path)
+        except CheckpointError as exc:
+            return None, f"torchls cannot read this checkpoint: {exc.reason}."
+        return Checkpoint.from_summary(summary), None
+
+    async def _model(
+        self, models: FileModels, site: LoadSite, environment: Environment
+    ) -> tuple[ModelKeys | None, list[str]]:
+        target = site.model
+        if target is None or not self._may_build():
+            return None, []
+        prepared = prepare(
+            dataclasses.replace(target, inputs=None),
+            models.project,
+            models.module.path,
+            torch_version=environment.torch_version,
+        )
+        result = await asyncio.shield(self.models.get(prepared))
+        if result.ok:
+            return ModelKeys.from_job(result.value), []
+        if result.error_kind == protocol.ERROR_UNTRUSTED:
+            return None, []
+        return None, [f"building `{target.call_text()}` failed: {result.message}"]
+
+    def fixes(self, models: FileModels, report: SiteReport) -> list[fixes_module.Fix]:
+        """Quick fixes for one site, each re-checked on the edited text."""
+        site = report.site
+
+        def recheck(text: str) -> Outcome | None:
+            module = ModuleFile(
+                models.module.path, models.module.module, models.module.is_package, text
+            )
+            edited = FileModels(models.project, module)
+            for candidate in find_load_sites(edited, str(models.project.root or "") or None):
+                if (candidate.span.start_line, candidate.span.start_char) == (
+                    site.span.start_line,
+                    site.span.start_char,
+                ):
+                    candidate.candidates = site.candidates
+                    return analyse(candidate, report.checkpoint, report.model, self._environment())
+            return None
+
+        return fixes_module.propose(
+            site, report.outcome, report.checkpoint, report.model, models.module.text, recheck
+        )
+
+
+def _existing(candidates: list[str]) -> str | None:
+    for candidate in candidates:
+        try:
+            if Path(candidate).exists():
+                return candidate
+        except (OSError, ValueError):
+            continue
+    return None

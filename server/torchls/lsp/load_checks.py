@@ -1,0 +1,288 @@
+"""State-dict diagnostics and their quick fixes, for the open documents.
+
+A document is checked when it opens, shortly after each edit (debounced), when it is saved,
+when a checkpoint it loads changes on disk (a file watcher the server registers), and when
+another open file changes, since that may be the model's module. Nothing here imports torch:
+checkpoints are read by the isolated reader process, models are built by the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+from pygls.uris import from_fs_path
+
+from torchls.checkpoint.isolated import read_isolated_async
+from torchls.loadcheck.analysis import ERROR, INFORMATION, WARNING, Environment, Finding
+from torchls.loadcheck.checker import LoadChecker, SiteReport
+from torchls.source.models import FileModels
+from torchls.source.text import Lines, Span
+from torchls.worker.client import JobResult
+
+if TYPE_CHECKING:
+    from torchls.lsp.server import TorchLanguageServer
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.4
+SOURCE = "torchls"
+# Checkpoint files the server asks the editor to watch.
+WATCHED_GLOB = "**/*.{pt,pth,bin,ckpt,safetensors,tar,pkl}"
+_SEVERITY = {
+    ERROR: types.DiagnosticSeverity.Error,
+    WARNING: types.DiagnosticSeverity.Warning,
+    INFORMATION: types.DiagnosticSeverity.Information,
+}
+
+
+class LoadChecks:
+    def __init__(self, server: TorchLanguageServer) -> None:
+        self.server = server
+        self._checker: LoadChecker | None = None
+        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._reports: dict[str, tuple[int | None, str, FileModels, list[SiteReport]]] = {}
+
+    @property
+    def checker(self) -> LoadChecker:
+        if self._checker is None:
+            self._checker = LoadChecker(
+                self._read,
+                self._run_job,
+                self._environment,
+                lambda: self.server.model_cost.blocker() is None,
+            )
+        return self._checker
+
+    async def _read(self, path: str) -> dict[str, Any]:
+        return await read_isolated_async(path)
+
+    async def _run_job(self, params: dict[str, Any]) -> JobResult:
+        worker = self.server.worker
+        assert worker is not None
+        return await worker.run("state_dict", dict(params))
+
+    def _environment(self) -> Environment:
+        current = self.server.current_status
+        return Environment(current.torch, current.cuda)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def schedule(self, uri: str, delay: float = 0.0) -> None:
+        if not uri.endswith((".py", ".pyi")) and not _is_python(self.server, uri):
+            return
+        previous = self._pending.pop(uri, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.ensure_future(self._check_later(uri, delay))
+        self._pending[uri] = task
+
+        def finished(done: asyncio.Task[None]) -> None:
+            if self._pending.get(uri) is done:
+                del self._pending[uri]
+
+        task.add_done_callback(finished)
+
+    def schedule_others(self, uri: str, delay: float = DEBOUNCE_SECONDS) -> None:
+        """Another open file may define the model a document loads into: check them again
+        (cheap when nothing they depend on changed)."""
+        for other in list(self._reports):
+            if other != uri:
+                self.schedule(other, delay)
+
+    def checkpoint_changed(self, path: str) -> None:
+        self.checker.forget_checkpoint(path)
+        real = os.path.realpath(path)
+        for uri, (_, _, _, reports) in list(self._reports.items()):
+            if any(
+                (r.checkpoint_path is not None and os.path.realpath(r.checkpoint_path) == real)
+                or any(os.path.realpath(c) == real for c in r.site.candidates)
+                for r in reports
+            ):
+                self.schedule(uri)
+
+    def forget(self, uri: str) -> None:
+        task = self._pending.pop(uri, None)
+        if task is not None:
+            task.cancel()
+        if self._reports.pop(uri, None) is not None:
+            self._publish(uri, None, [])
+
+    def close(self) -> None:
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
+
+    async def _check_later(self, uri: str, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            await self.check(uri)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # diagnostics must never take the server down
+            log.exception("checking the loads of %s failed", uri)
+
+    async def check(self, uri: str) -> list[SiteReport]:
+        models = self.server.model_cost.models(uri)
+        if models is None:
+            return []
+        document = self.server.workspace.get_text_document(uri)
+        version, text = document.version, document.source
+        reports = await self.checker.check(models, self.server.workspace_root)
+        current = self.server.workspace.get_text_document(uri)
+        if current.version != version or current.source != text:
+            return reports  # edited meanwhile: the next check publishes
+        self._reports[uri] = (version, text, models, reports)
+        self._publish(uri, version, reports)
+        return reports
+
+    # -- diagnostics -----------------------------------------------------------------------------
+
+    def _publish(self, uri: str, version: int | None, reports: list[SiteReport]) -> None:
+        diagnostics = [
+            _diagnostic(uri, report, finding) for report in reports for finding in report.findings
+        ]
+        self.server.text_document_publish_diagnostics(
+            types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
+        )
+
+    # -- quick fixes -----------------------------------------------------------------------------
+
+    def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
+        uri = params.text_document.uri
+        entry = self._reports.get(uri)
+        if entry is None:
+            return []
+        version, text, models, reports = entry
+        document = self.server.workspace.get_text_document(uri)
+        if document.source != text:
+            return []  # the check of the current text has not finished; no stale edits
+        wanted = params.context.only
+        if wanted and not any(
+            str(kind).startswith(str(types.CodeActionKind.QuickFix)) for kind in wanted
+        ):
+            return []
+        actions = []
+        for report in reports:
+            findings = [f for f in report.findings if f.severity in (ERROR, WARNING)]
+            if not findings or not _overlaps(report, findings, params.range):
+                continue
+            diagnostics = [_diagnostic(uri, report, finding) for finding in findings]
+            for fix in self.checker.fixes(models, report):
+                edit = types.TextEdit(range=_range(fix.edit.span), new_text=fix.edit.text)
+                actions.append(
+                    types.CodeAction(
+                        title=f"torchls: {fix.title}",
+                        kind=types.CodeActionKind.QuickFix,
+                        diagnostics=[d for d in diagnostics if d.code in fix.fixes],
+                        is_preferred=fix.preferred,
+                        edit=types.WorkspaceEdit(
+                            document_changes=[
+                                types.TextDocumentEdit(
+                                    text_document=types.OptionalVersionedTextDocumentIdentifier(
+                                        uri=uri, version=version
+                                    ),
+                                    edits=[edit],
+                                )
+                            ]
+                        ),
+                    )
+                )
+        return actions
+
+    # -- file watching ---------------------------------------------------------------------------
+
+    async def register_watcher(self) -> None:
+        capabilities = self.server.client_capabilities
+        workspace = capabilities.workspace if capabilities else None
+        watched = workspace.did_change_watched_files if workspace else None
+        if watched is None or not watched.dynamic_registration:
+            return  # checkpoints are still re-read whenever their stamp changes
+        options = types.DidChangeWatchedFilesRegistrationOptions(
+            watchers=[types.FileSystemWatcher(glob_pattern=WATCHED_GLOB)]
+        )
+        with contextlib.suppress(Exception):
+            await self.server.client_register_capability_async(
+                types.RegistrationParams(
+                    registrations=[
+                        types.Registration(
+                            id="torchls-checkpoints",
+                            method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                            register_options=options,
+                        )
+                    ]
+                )
+            )
+
+
+def _is_python(server: TorchLanguageServer, uri: str) -> bool:
+    with contextlib.suppress(Exception):
+        return server.workspace.get_text_document(uri).language_id == "python"
+    return False
+
+
+def _overlaps(report: SiteReport, findings: list[Finding], wanted: types.Range) -> bool:
+    spans = [report.site.span, *(f.span for f in findings)]
+    start = (wanted.start.line, wanted.start.character)
+    end = (wanted.end.line, wanted.end.character)
+    return any(
+        (span.start_line, span.start_char) <= end and start <= (span.end_line, span.end_char)
+        for span in spans
+    )
+
+
+def _range(span: Span) -> types.Range:
+    return types.Range(
+        start=types.Position(line=span.start_line, character=span.start_char),
+        end=types.Position(line=span.end_line, character=span.end_char),
+    )
+
+
+def _diagnostic(uri: str, report: SiteReport, finding: Finding) -> types.Diagnostic:
+    related = []
+    for item in finding.related:
+        if item.where == "checkpoint" and report.checkpoint_path:
+            location = types.Location(
+                uri=from_fs_path(str(Path(report.checkpoint_path).absolute())) or uri,
+                range=_range(Span(0, 0, 0, 0)),
+            )
+        elif item.where == "model" and report.site.model is not None:
+            location = _model_location(uri, report)
+        else:
+            location = types.Location(uri=uri, range=_range(report.site.span))
+        related.append(types.DiagnosticRelatedInformation(location=location, message=item.message))
+    return types.Diagnostic(
+        range=_range(finding.span),
+        message=finding.message,
+        severity=_SEVERITY[finding.severity],
+        code=finding.code,
+        source=SOURCE,
+        related_information=related or None,
+    )
+
+
+def _model_location(uri: str, report: SiteReport) -> types.Location:
+    target = report.site.model
+    assert target is not None
+    defining = target.defining_file
+    if defining is not None and target.ref.get("qualname"):
+        line = _class_line(defining.text, str(target.ref["qualname"]))
+        if line is not None:
+            return types.Location(
+                uri=from_fs_path(defining.path) or uri, range=_range(Span(line, 0, line, 0))
+            )
+    return types.Location(uri=uri, range=_range(target.span))
+
+
+def _class_line(text: str, qualname: str) -> int | None:
+    name = qualname.split(".")[-1]
+    for number, line in enumerate(Lines(text).lines):
+        if line.lstrip().startswith((f"class {name}(", f"class {name}:", f"def {name}(")):
+            return number
+    return None
