@@ -33,7 +33,7 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     assert f"usage: torchls {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["check", "downgrade"])
+@pytest.mark.parametrize("command", ["downgrade"])
 def test_planned_commands_say_so_instead_of_faking_output(command: str) -> None:
     result = run_cli(command, "examples")
     assert result.returncode == 3

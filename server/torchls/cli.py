@@ -11,7 +11,6 @@ from torchls import __version__
 
 # Subcommands whose features later work fills in. They fail loudly rather than print fake output.
 _PLANNED = {
-    "check": "state-dict diagnostics for load_state_dict calls",
     "downgrade": "re-saving a checkpoint in torch's legacy format",
 }
 
@@ -75,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(profile)
 
+    check = commands.add_parser(
+        "check",
+        help="find load_state_dict calls that would fail, and say why, before running them",
+        description="Find the load_state_dict / torch.load / safetensors loads in Python files, "
+        "compare each checkpoint (read without torch) with the model (built on the meta device "
+        "in a worker process), and print file:line:col: severity: message. Exit codes: 0 no "
+        "load would raise, 1 some would, 2 usage.",
+    )
+    from torchls.loadcheck.command import add_arguments as add_check_arguments
+
+    add_check_arguments(check)
+
     for name, what in _PLANNED.items():
         sub = commands.add_parser(name, help=f"{what} (not available yet)")
         sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -91,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from torchls.cost.command import run as run_profile
 
         return run_profile(args)
+    if args.command == "check":
+        from torchls.loadcheck.command import run as run_check
+
+        return run_check(args)
     if args.command == "doctor":
         from torchls.doctor import run_doctor
 

@@ -85,7 +85,7 @@ def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
         model.load_state_dict(sd)
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in sd.items()})
         model.load_state_dict({k[7:]: v for k, v in torch.load("a.pt").items()})
-        model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+        model.load_state_dict({k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")})
         model.load_state_dict({"module." + k: v for k, v in sd["ema"].items()}, strict=False)
         model.load_state_dict(
             {k: v for k, v in sd.items() if not k.endswith(("total_ops", "total_params"))}
@@ -100,7 +100,7 @@ def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
         [("strip", "module.")],
         [("strip", "module."), ("strip", "_orig_mod.")],
         [("cut", 7)],
-        [("strip", "module."), ("keep_prefix", "model."), ("cut", 6)],
+        [("strip", "module."), ("keep_prefix", "net."), ("cut", 4)],
         [("strip", "module."), ("key", "ema"), ("add", "module.")],
         [("strip", "module."), ("drop_suffix", ("total_ops", "total_params"))],
         [("strip", "module."), ("drop_keys", ("fc.weight", "fc.bias"))],

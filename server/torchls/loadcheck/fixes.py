@@ -170,7 +170,7 @@ def _repair_plan(
         if container is None:
             return None
         keys = dict(container.tensors)
-        titles.append("load " + "".join(f"[{json.dumps(k)}]" for k in select))
+        titles.append("load the nested " + "".join(f"[{json.dumps(k)}]" for k in select))
     steps: list[Step] = []
     comparison = compare(model.keys, keys)
     fix = comparison.prefix_fix

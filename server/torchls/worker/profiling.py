@@ -209,6 +209,14 @@ class _SkeletonImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 _IMPORTER = _SkeletonImporter()
+_PREFIXES = tuple(
+    {os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+)
+
+
+def _is_installed(real_path: str) -> bool:
+    parts = Path(real_path).parts
+    return "site-packages" in parts or "dist-packages" in parts or real_path.startswith(_PREFIXES)
 
 
 class _Loader:
@@ -232,6 +240,8 @@ class _Loader:
         real = os.path.realpath(filename)
         if real in self.user_files:
             return True
+        if _is_installed(real):  # a .venv inside the workspace holds libraries, not user code
+            return False
         return any(real.startswith(root + os.sep) for root in self.user_roots)
 
     def forget_workspace_modules(self) -> None:
