@@ -58,12 +58,19 @@ class ModelKeys:
     keys: dict[str, Shape]
     class_name: str = ""
     tied: dict[str, str] = field(default_factory=dict)  # key -> a key sharing its storage
+    base_prefix: str | None = None  # Hugging Face's base_model_prefix ("bert")
 
     @classmethod
     def from_job(cls, value: Mapping[str, Any]) -> ModelKeys:
         keys = {str(k): tuple(int(d) for d in v["shape"]) for k, v in value["keys"].items()}
         tied = {str(k): str(v) for k, v in (value.get("tied") or {}).items()}
-        return cls(keys, str(value.get("class", "")).rsplit(".", 1)[-1], tied)
+        prefix = value.get("base_model_prefix")
+        return cls(
+            keys,
+            str(value.get("class", "")).rsplit(".", 1)[-1],
+            tied,
+            str(prefix) if prefix else None,
+        )
 
 
 @dataclass
@@ -261,6 +268,9 @@ def _key_findings(
             return
     if model is None:
         return
+    if site.kind == "from_pretrained":
+        _pretrained_findings(site, loaded, model, outcome)
+        return
     comparison = compare(model.keys, loaded)
     _settle_known_keys(comparison, model, loaded, metadata)
     outcome.comparison = comparison
@@ -276,6 +286,64 @@ def _key_findings(
 
 
 _MAPPINGS = {"dict", "OrderedDict"}
+
+
+def _pretrained_findings(
+    site: LoadSite, loaded: dict[str, Shape], model: ModelKeys, outcome: Outcome
+) -> None:
+    """from_pretrained's own rules: it adds or strips the base model's prefix ("bert."),
+    initializes missing weights anew and ignores unexpected ones (with a log warning), and
+    raises on a shape mismatch unless ignore_mismatched_sizes=True."""
+    prefix = f"{model.base_prefix}." if model.base_prefix else None
+    if prefix is not None:
+        has = any(k.startswith(prefix) for k in loaded)
+        expects = any(k.startswith(prefix) for k in model.keys)
+        if expects and not has:
+            loaded = apply_step(loaded, Step("add", prefix))
+        elif has and not expects:
+            loaded = apply_step(loaded, Step("keep_prefix", prefix))
+            loaded = apply_step(loaded, Step("strip", prefix))
+    outcome.loaded = loaded
+    comparison = compare(model.keys, loaded)
+    outcome.comparison = comparison
+    outcome.filled = filled_share(model, loaded)
+    new = [k for k in comparison.missing if k not in tied_missing(comparison, model, loaded)]
+    where = f"`{site.path}`"
+    if comparison.mismatched:
+        first = comparison.mismatched[0]
+        shapes = (
+            f"`{first.key}` is {_shape(first.model)} in the model and "
+            f"{_shape(first.checkpoint)} in {where}"
+        )
+        count = _count(len(comparison.mismatched), "key")
+        if site.strict:
+            message = (
+                f"from_pretrained will raise: {count} of {where} "
+                f"{'has another shape' if len(comparison.mismatched) == 1 else 'have other shapes'}"
+                f" ({shapes}); pass ignore_mismatched_sizes=True to initialize them anew."
+            )
+            outcome.findings.append(Finding(ERROR, "shapes", message, site.span))
+        else:
+            message = (
+                f"from_pretrained initializes {count} anew because their shapes differ "
+                f"({shapes}); train them before use."
+            )
+            outcome.findings.append(Finding(INFORMATION, "new-weights", message, site.span))
+        return
+    if outcome.filled <= 0.0:
+        message = (
+            f"from_pretrained loads nothing from {where}: none of its keys match "
+            f"{model.class_name or 'the model'}'s; every weight keeps its random initial value."
+        )
+        outcome.findings.append(
+            Finding(WARNING, "partial", message, site.span, _key_related(comparison))
+        )
+    elif new:
+        message = (
+            f"from_pretrained initializes {_count(len(new), 'key')} anew "
+            f"({_groups(new)}): they are not in {where} and need training."
+        )
+        outcome.findings.append(Finding(INFORMATION, "new-weights", message, site.span))
 
 
 def _split_steps(steps: list[Step]) -> tuple[str, list[Step] | None]:

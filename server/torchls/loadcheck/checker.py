@@ -7,6 +7,7 @@ model's source fingerprint, so re-checking an unchanged file costs no I/O beyond
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import stat
@@ -86,25 +87,38 @@ class LoadChecker:
     async def _check_site(self, models: FileModels, site: LoadSite) -> SiteReport:
         environment = self._environment()
         found = _existing(site.candidates)
-        checkpoint, unreadable = (None, None)
+        if found is not None and site.kind == "from_pretrained" and not Path(found).is_dir():
+            found = None
+        checkpoint: Checkpoint | None = None
+        unreadable: str | None = None
+        model: ModelKeys | None = None
+        notes: list[str] = []
         if found is not None:
-            checkpoint, unreadable = await self._checkpoint(found)
-        model, notes = await self._model(models, site, environment) if checkpoint else (None, [])
+            # Both at once: the worker job is queued before anything else (a hover warm-up)
+            # can take the worker, and the reader runs meanwhile in its own process.
+            (checkpoint, unreadable), (model, notes) = await asyncio.gather(
+                self._checkpoint(found, site.kind == "from_pretrained"),
+                self._model(models, site, environment),
+            )
         outcome = analyse(site, checkpoint, model, environment, unreadable)
         if notes and checkpoint is not None:
             message = f"torchls cannot check the keys of this load: {notes[0]}"
             outcome.findings.append(Finding(INFORMATION, "unchecked", message, site.span))
         return SiteReport(site, outcome, checkpoint, model, found, notes)
 
-    async def _checkpoint(self, path: str) -> tuple[Checkpoint | None, str | None]:
+    async def _checkpoint(
+        self, path: str, folder: bool = False
+    ) -> tuple[Checkpoint | None, str | None]:
         real = os.path.realpath(path)
         try:
             info = Path(real).stat()
         except OSError as exc:
             return None, f"cannot read `{path}`: {exc.strerror or exc}"
-        if stat.S_ISDIR(info.st_mode):
+        if stat.S_ISDIR(info.st_mode) and not folder:
             return None, f"`{path}` is a folder; this loader needs a file."
-        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        stamp: Any = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if stat.S_ISDIR(info.st_mode):
+            stamp = (stamp, _folder_stamp(real))
         cached = self._checkpoints.get(real)
         if cached is not None and cached[0] == stamp:
             self._checkpoints.move_to_end(real)
@@ -170,6 +184,20 @@ class LoadChecker:
         return fixes_module.propose(
             site, report.outcome, report.checkpoint, report.model, models.module.text, recheck
         )
+
+
+def _folder_stamp(folder: str) -> tuple[tuple[str, int, int], ...]:
+    """A model folder changes when any file in it does (weights rewritten in place)."""
+    entries: list[tuple[str, int, int]] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as scan:
+        for entry in scan:
+            if len(entries) >= 500:
+                break
+            with contextlib.suppress(OSError):
+                if entry.is_file():
+                    info = entry.stat()
+                    entries.append((entry.name, info.st_mtime_ns, info.st_size))
+    return tuple(sorted(entries))
 
 
 def _existing(candidates: list[str]) -> str | None:

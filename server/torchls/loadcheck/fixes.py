@@ -74,7 +74,21 @@ def propose(
             fix.preferred = True
             candidates.append((fix, lambda after: not after.has("cuda")))
     key_codes = codes & {"keys", "shapes", "nested", "partial"}
-    if key_codes:
+    if site.kind == "from_pretrained":
+        if "shapes" in codes and (site.strict_span or site.call_end) is not None:
+            edit = (
+                Edit(site.strict_span, "True")
+                if site.strict_span is not None
+                else Edit(site.call_end, ", ignore_mismatched_sizes=True")  # type: ignore[arg-type]
+            )
+            fix = Fix(
+                "Initialize the mismatched weights anew: ignore_mismatched_sizes=True",
+                merge(text, [edit]),
+                ["shapes"],
+                preferred=True,
+            )
+            candidates.append((fix, lambda after: not after.errors))
+    elif key_codes:
         for fix in _key_fixes(site, outcome, checkpoint, model, text):
             fix.fixes = sorted(key_codes)
             candidates.append((fix, _loads))

@@ -82,6 +82,8 @@ def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]
         if site is None:
             continue
         site.candidates = _candidates(site.path, models.module.path, workspace)
+        if site.kind == "from_pretrained" and not _is_folder_path(site):
+            continue  # a Hub id: not checked
         sites.append(site)
     sites.sort(key=lambda site: (site.span.start_line, site.span.start_char))
     return sites
@@ -100,6 +102,8 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
         site = LoadSite(span=models._span(call), line=call.lineno, kind="load_model")
         receiver = call.args[0]
         _read_loader(models, call, call.args[1], site, "safetensors")
+    elif isinstance(func, ast.Attribute) and func.attr == "from_pretrained" and call.args:
+        return _from_pretrained(models, call)
     else:
         return None
     if site.loader == "":
@@ -118,6 +122,37 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
     site.model = _model_of(models, receiver, call)
     site.model_text = ast.get_source_segment(models.module.text, receiver) or ""
     return site
+
+
+def _from_pretrained(models: FileModels, call: ast.Call) -> LoadSite | None:
+    """`AutoModelForX.from_pretrained("./dir", ...)`: the weights of a local folder into the
+    architecture its config.json describes. Hub names are not checked (torchls never
+    downloads)."""
+    target = models.construction_target(call)
+    if target is None or target.ref.get("method") != "from_pretrained":
+        return None
+    site = LoadSite(span=models._span(call), line=call.lineno, kind="from_pretrained")
+    _read_loader(models, call, call.args[0], site, "from_pretrained")
+    if site.path is None:
+        return None
+    value = site.keywords.get("ignore_mismatched_sizes")
+    site.strict = value != "True"  # strict here: whether mismatched shapes raise
+    if "ignore_mismatched_sizes" in site.keyword_spans:
+        site.strict_span = site.keyword_spans["ignore_mismatched_sizes"]
+    site.call_end = site.loader_end
+    site.model = target
+    site.model_text = ast.get_source_segment(models.module.text, call.func) or ""
+    return site
+
+
+def _is_folder_path(site: LoadSite) -> bool:
+    return _looks_local(site.path or "") or any(Path(c).is_dir() for c in site.candidates)
+
+
+def _looks_local(path: str) -> bool:
+    """ "./bert", "/models/x", "~/x", "runs\\x": a folder; "bert-base-uncased", "org/name": a
+    Hub id, unless such a folder exists (checked by the caller through `candidates`)."""
+    return path.startswith((".", "/", "~", "\\")) or ":" in path[:3]
 
 
 def _end(models: FileModels, node: ast.AST) -> Span:

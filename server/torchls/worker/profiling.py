@@ -115,9 +115,11 @@ def state_dict_shapes(context: JobContext, params: Params) -> dict[str, Any]:
         for key, value in model.state_dict().items()
     }
     model_type = type(model)
+    prefix = getattr(model, "base_model_prefix", None)
     return {
         "class": f"{model_type.__module__}.{model_type.__qualname__}",
         "build": build,
+        "base_model_prefix": prefix if isinstance(prefix, str) and prefix else None,
         "keys": keys,
         "tied": {key: other for key, other in tied.items() if key in keys and other in keys},
         "notes": notes,
