@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 from pathlib import Path
@@ -230,3 +231,25 @@ async def test_worker_exits_when_the_server_dies(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.1)
     assert not process_alive(worker_pid)
+
+
+async def test_background_jobs_yield_the_worker_to_waiting_ones(tmp_path: Path) -> None:
+    # A hover warm-up queued first must not hold up the diagnostics of the file just opened.
+    worker = make_worker(tmp_path)
+    try:
+        await worker.run("test.echo", {})  # started
+        finished: list[str] = []
+
+        async def job(name: str, background: bool) -> None:
+            await worker.run("test.sleep", {"seconds": 0.3}, background=background)
+            finished.append(name)
+
+        running = asyncio.ensure_future(job("running", False))
+        await asyncio.sleep(0.05)
+        warm = asyncio.ensure_future(job("warm-up", True))
+        await asyncio.sleep(0.05)
+        diagnostics = asyncio.ensure_future(job("diagnostics", False))
+        await asyncio.gather(running, warm, diagnostics)
+        assert finished == ["running", "diagnostics", "warm-up"]
+    finally:
+        await worker.stop()

@@ -17,7 +17,8 @@ from torchls.cost.request import PreparedProfile
 from torchls.worker import protocol
 from torchls.worker.client import JobResult
 
-Runner = Callable[[dict[str, Any]], Awaitable[JobResult]]
+# (job parameters, background) -> result; background jobs yield the worker to any other.
+Runner = Callable[[dict[str, Any], bool], Awaitable[JobResult]]
 _NOT_CACHED = {
     protocol.ERROR_CRASH,
     protocol.ERROR_START,
@@ -52,7 +53,7 @@ class ProfileCache:
     def is_running(self, prepared: PreparedProfile) -> bool:
         return prepared.key in self._inflight
 
-    def get(self, prepared: PreparedProfile) -> asyncio.Future[JobResult]:
+    def get(self, prepared: PreparedProfile, background: bool = False) -> asyncio.Future[JobResult]:
         """A future for the result: done at once when cached, else shared with any running job.
 
         The job runs to the end even when every caller stops waiting (a cancelled hover still
@@ -64,13 +65,13 @@ class ProfileCache:
             return done
         running = self._inflight.get(prepared.key)
         if running is None:
-            running = asyncio.ensure_future(self._compute(prepared))
+            running = asyncio.ensure_future(self._compute(prepared, background))
             self._inflight[prepared.key] = running
         return running
 
-    async def _compute(self, prepared: PreparedProfile) -> JobResult:
+    async def _compute(self, prepared: PreparedProfile, background: bool) -> JobResult:
         try:
-            result = await self._run(prepared.params)
+            result = await self._run(prepared.params, background)
         finally:
             self._inflight.pop(prepared.key, None)
         if result.ok or result.error_kind not in _NOT_CACHED:

@@ -69,7 +69,7 @@ class LoadChecker:
         self._read_summary = read_summary
         self._environment = environment
         self._may_build = may_build
-        self.models = ProfileCache(run_job)
+        self.models = ProfileCache(lambda params, background: run_job(params))
         self._checkpoints: OrderedDict[str, tuple[Any, Checkpoint | None, str | None]] = (
             OrderedDict()
         )

@@ -40,10 +40,10 @@ class ModelCost:
         self._parsed: dict[str, tuple[int | None, str, FileModels]] = {}
         self._warming: dict[str, asyncio.Task[None]] = {}
 
-    async def _run(self, params: dict[str, Any]) -> JobResult:
+    async def _run(self, params: dict[str, Any], background: bool) -> JobResult:
         worker = self.server.worker
         assert worker is not None
-        return await worker.run("profile", params)
+        return await worker.run("profile", params, background=background)
 
     # -- documents -----------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class ModelCost:
                 continue
             with contextlib.suppress(Exception):
                 # One job at a time: a hover waits behind one warm-up job at most.
-                await asyncio.shield(self.cache.get(prepared))
+                await asyncio.shield(self.cache.get(prepared, background=True))
 
 
 def render(prepared: PreparedProfile, result: JobResult, stale: bool = False) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,57 @@ class WorkerStartError(Exception):
     pass
 
 
+class _TurnLock:
+    """A lock whose waiters go by priority (0 first), then in arrival order."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = 0
+
+    def locked(self) -> bool:
+        return self._held
+
+    @contextlib.asynccontextmanager
+    async def turn(self, priority: int = 0) -> AsyncIterator[None]:
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def __aenter__(self) -> None:
+        await self._acquire(0)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    async def _acquire(self, priority: int) -> None:
+        if not self._held and not self._waiters:
+            self._held = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._arrivals += 1
+        heapq.heappush(self._waiters, (priority, self._arrivals, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed the lock just as we were cancelled: pass it on
+            else:
+                self._waiters = [w for w in self._waiters if w[2] is not waiter]
+                heapq.heapify(self._waiters)
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)  # the lock passes on, still held
+                return
+        self._held = False
+
+
 def describe_exit(returncode: int | None) -> str:
     """'killed by SIGSEGV' or 'exit code 3': how a process ended, in words."""
     if returncode is None:
@@ -95,7 +147,7 @@ class WorkerClient:
     ) -> None:
         self.settings = settings
         self._on_exit = on_exit
-        self._lock = asyncio.Lock()
+        self._lock = _TurnLock()
         self._current: _Process | None = None
         self._next_id = 0
         self.starts = 0
@@ -110,14 +162,22 @@ class WorkerClient:
         return current.proc.pid
 
     async def run(
-        self, job: str, params: Mapping[str, Any] | None = None, timeout: float | None = None
+        self,
+        job: str,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        background: bool = False,
     ) -> JobResult:
         """Run `job` and return its result; never raises for the worker's failures.
 
         The job itself is shielded from the caller's cancellation: a cancelled LSP request must
-        not leave the worker half-way through a job with nobody reading its answer.
+        not leave the worker half-way through a job with nobody reading its answer. A
+        `background` job (a hover warm-up) waits until no other job is waiting: what the user
+        is looking at (a hover, the diagnostics of the file just opened) goes first.
         """
-        task = asyncio.ensure_future(self._run_locked(job, dict(params or {}), timeout))
+        task = asyncio.ensure_future(
+            self._run_locked(job, dict(params or {}), timeout, 1 if background else 0)
+        )
         return await asyncio.shield(task)
 
     async def restart(self) -> None:
@@ -148,9 +208,9 @@ class WorkerClient:
             self._current = None
 
     async def _run_locked(
-        self, job: str, params: dict[str, Any], timeout: float | None
+        self, job: str, params: dict[str, Any], timeout: float | None, priority: int = 0
     ) -> JobResult:
-        async with self._lock:
+        async with self._lock.turn(priority):
             started = time.monotonic()
             if self._closed:
                 return JobResult(
