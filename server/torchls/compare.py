@@ -143,11 +143,18 @@ def group_keys(keys: list[str], depth: int = 2) -> list[KeyGroup]:
 
 
 def _head_only(model: Mapping[str, Shape], mismatched: list[Mismatch]) -> bool:
-    """Every mismatch is in the model's last module (its weight and bias): a new head."""
+    """Every mismatch is in one module and only in its first dimension (its outputs): a head
+    trained for another number of classes. Where the module sits in the model does not
+    matter."""
     if not mismatched or not model:
         return False
-    last_module = list(model)[-1].rsplit(".", 1)[0]
-    return all(m.key.rsplit(".", 1)[0] == last_module for m in mismatched)
+    modules = {m.key.rsplit(".", 1)[0] for m in mismatched}
+    if len(modules) != 1:
+        return False
+    return all(
+        len(m.model) == len(m.checkpoint) and len(m.model) >= 1 and m.model[1:] == m.checkpoint[1:]
+        for m in mismatched
+    )
 
 
 def _numel(shape: Shape) -> int:

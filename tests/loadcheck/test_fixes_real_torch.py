@@ -239,10 +239,15 @@ class Scenario:
 
 
 async def scenario(
-    worker: WorkerClient, folder: Path, load: str, imports: str = "", model: str = "Net"
+    worker: WorkerClient,
+    folder: Path,
+    load: str,
+    imports: str = "",
+    model: str = "Net",
+    source: str = MODEL,
 ) -> Scenario:
     """Write model.py and train.py, check train.py, run it, and run it after each fix."""
-    (folder / "model.py").write_text(MODEL)
+    (folder / "model.py").write_text(source)
     text = SCRIPT.format(imports=imports, model=model, load=load).lstrip()
     (folder / "train.py").write_text(text)
     results = await check(worker, folder)
@@ -544,15 +549,9 @@ async def test_cuda_checkpoint_on_a_cpu_machine(worker: WorkerClient, folder: Pa
     assert_all_fixes_load(result, expected)
 
 
-# -- known bugs -------------------------------------------------------------------------------
+# -- wrappers in the script, strict by position -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `model = nn.DataParallel(model)` is not followed to the model it wraps "
-    "(source/loads.py _model_of: construction_target(nn.DataParallel(...)) is None), so the "
-    "load is not checked at all: no diagnostic, not even 'unchecked', and no fix",
-)
 async def test_model_wrapped_by_data_parallel_in_the_script(
     worker: WorkerClient, folder: Path
 ) -> None:
@@ -575,13 +574,6 @@ async def test_model_wrapped_by_data_parallel_in_the_script(
     assert_all_fixes_load(result, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: strict passed positionally, `load_state_dict(sd, True|False)`, is ignored "
-    "(source/loads.py _site reads only the `strict=` keyword): with False the site is "
-    "reported as raising when it does not, with True the 'Load with strict=False' fix appends "
-    "`, strict=False` (loadcheck/fixes.py _strict_edit) and the script raises TypeError",
-)
 @pytest.mark.parametrize("strict", [True, False])
 async def test_strict_passed_positionally(worker: WorkerClient, folder: Path, strict: bool) -> None:
     net = trained(Net())
@@ -605,3 +597,60 @@ async def test_strict_passed_positionally(worker: WorkerClient, folder: Path, st
         assert result.original.returncode == 0, result.original.output
         assert same_weights(result.original.loaded, expected) == []
         assert result.findings == []
+
+
+# -- several problems at one load; a head that is not the last module -------------------------
+
+
+async def test_cuda_storages_and_a_prefix_are_fixed_together(
+    worker: WorkerClient, folder: Path
+) -> None:
+    net = trained(Net())
+    with saved_on_cuda():
+        torch.save(nn.DataParallel(net).state_dict(), folder / "gpu.pt")
+
+    result = await scenario(
+        worker, folder, 'result = model.load_state_dict(torch.load("gpu.pt", map_location=None))'
+    )
+
+    assert "Attempting to deserialize object on a CUDA device" in result.original.output
+    assert {f.code for f in result.findings} == {"cuda", "keys"}
+    # Neither fix alone makes this load work, so only the two together are offered.
+    assert len(result.fixes) == 1, result.titles()
+    title = result.fixes[0].title
+    assert 'map_location="cpu"' in title and "strip the `module.` prefix" in title
+    assert result.fixes[0].preferred
+    assert_all_fixes_load(result, net.state_dict())
+
+
+HEAD_FIRST = """
+
+class HeadFirst(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(8, num_classes)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+"""
+
+
+async def test_a_head_defined_before_the_body_is_still_a_head(
+    worker: WorkerClient, folder: Path
+) -> None:
+    scope: dict[str, object] = {}
+    exec(compile("from torch import nn" + HEAD_FIRST, "model.py", "exec"), scope)
+    make: Callable[..., nn.Module] = scope["HeadFirst"]  # type: ignore[assignment]
+    net = trained(make(num_classes=100))
+    torch.save(net.state_dict(), folder / "hundred.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'result = model.load_state_dict(torch.load("hundred.pt"))',
+        model="HeadFirst",
+        source=MODEL + HEAD_FIRST,
+    )
+
+    assert "size mismatch for classifier.weight" in result.original.output
+    assert (result.finding.code, result.finding.severity) == ("shapes", "error")
+    assert "the head `classifier`" in result.finding.message
+    assert len(result.fixes) == 1 and "skip the head `classifier`" in result.fixes[0].title.lower()
+    assert_all_fixes_load(result, net.state_dict(), skip=("classifier.",))

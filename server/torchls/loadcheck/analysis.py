@@ -72,6 +72,15 @@ class ModelKeys:
             str(prefix) if prefix else None,
         )
 
+    def wrapped(self, prefix: str) -> ModelKeys:
+        """The keys of `nn.DataParallel(model)` or `torch.compile(model)`."""
+        return ModelKeys(
+            {prefix + k: v for k, v in self.keys.items()},
+            self.class_name,
+            {prefix + k: prefix + v for k, v in self.tied.items()},
+            self.base_prefix,
+        )
+
 
 @dataclass
 class Container:
@@ -174,6 +183,7 @@ def analyse(
     outcome = Outcome()
     if site.path is None:
         return outcome
+    model = effective_model(site, model)
     if checkpoint is None:
         if unreadable is not None:
             outcome.findings.append(
@@ -228,7 +238,11 @@ def _loader_findings(
         related += [Related(f"runs code: {name}", "checkpoint") for name in dangerous[:20]]
         outcome.findings.append(Finding(ERROR, "weights-only", message, span, related))
     devices = checkpoint.cuda_devices
-    if devices and environment.cuda is False and "map_location" not in site.keywords:
+    if (
+        devices
+        and environment.cuda is False
+        and site.keywords.get("map_location", "None") == "None"
+    ):
         outcome.findings.append(
             Finding(
                 ERROR,
@@ -344,6 +358,14 @@ def _pretrained_findings(
             f"({_groups(new)}): they are not in {where} and need training."
         )
         outcome.findings.append(Finding(INFORMATION, "new-weights", message, site.span))
+
+
+def effective_model(site: LoadSite, model: ModelKeys | None) -> ModelKeys | None:
+    """The keys of the object `load_state_dict` is called on: the model's, with the prefix of
+    any wrapper the script puts around it (`nn.DataParallel(model)`)."""
+    if model is not None and site.model is not None and site.model.wrapper_prefix:
+        return model.wrapped(site.model.wrapper_prefix)
+    return model
 
 
 def _split_steps(steps: list[Step]) -> tuple[str, list[Step] | None]:
@@ -478,7 +500,7 @@ def _no_such_container(
         return
     if path == "" and container.type not in _MAPPINGS:
         message = (
-            f"load_state_dict will raise: `{site.path}` holds a whole pickled "
+            f"{_call(site)} will raise: `{site.path}` holds a whole pickled "
             f"`{checkpoint.root_type}`, not a state dict; load it once with "
             "weights_only=False (it runs code from the file) and re-save its .state_dict()."
         )
@@ -503,7 +525,7 @@ def _whole_checkpoint(
         severity = WARNING
     else:
         message = (
-            f"load_state_dict will raise: {where} is a training checkpoint ({holds}), not a "
+            f"{_call(site)} will raise: {where} is a training checkpoint ({holds}), not a "
             f"state dict; the weights are under {nested[len(path) :]}."
         )
         severity = ERROR
@@ -521,12 +543,12 @@ def _mismatch_finding(site: LoadSite, comparison: Comparison, model: ModelKeys) 
     if comparison.head_only:
         head = first.key.rsplit(".", 1)[0]
         message = (
-            f"load_state_dict will raise, even with strict=False: the head `{head}` has another "
+            f"{_call(site)} will raise, even with strict=False: the head `{head}` has another "
             f"shape ({shapes}: trained for another number of classes?); everything else matches."
         )
     else:
         message = (
-            f"load_state_dict will raise, even with strict=False: {count} "
+            f"{_call(site)} will raise, even with strict=False: {count} "
             f"{'have other shapes' if len(mismatched) != 1 else 'has another shape'} ({shapes})."
         )
     related = [
@@ -554,8 +576,9 @@ def _strict_finding(
             f"({_wrapper(fix.strip)}) and the model's don't"
         )
     elif fix is not None and fix.add:
+        wrapped = WRAPPER_NAMES.get(fix.add, "a wrapper")
         why = (
-            f"the model's keys start with `{fix.add}` ({_wrapper(fix.add)}) and the "
+            f"the model's keys start with `{fix.add}` (it is wrapped in {wrapped}) and the "
             "checkpoint's don't"
         )
     else:
@@ -578,7 +601,7 @@ def _strict_finding(
         elif comparison.stray and len(comparison.stray) == unexpected and not missing:
             why += f", left by {_stray_origin(comparison.stray)}"
     strict = "strict" if site.strict is not None else "strict (if `strict` is True)"
-    message = f"load_state_dict will raise ({strict} loading): {why}."
+    message = f"{_call(site)} will raise ({strict} loading): {why}."
     return Finding(ERROR, "keys", message, site.span, _key_related(comparison))
 
 
@@ -604,6 +627,10 @@ def _partial_finding(
     return Finding(WARNING, "partial", message, site.span, _key_related(comparison))
 
 
+def _call(site: LoadSite) -> str:
+    return "load_model" if site.kind == "load_model" else "load_state_dict"
+
+
 def _key_related(comparison: Comparison) -> list[Related]:
     related = []
     for group in group_keys(comparison.missing)[:10]:
@@ -627,7 +654,11 @@ def _describe_groups(groups: list[KeyGroup]) -> str:
     if len(groups) == 1 and groups[0].count == 1:
         return f"`{groups[0].sample[0]}`"
     shown = [
-        f"`{g.sample[0]}`" if g.count == 1 else f"{g.count} under `{g.prefix}.*`"
+        f"`{g.sample[0]}`"
+        if g.count == 1
+        else f"{g.count} under `{g.prefix}.*`"
+        if g.prefix
+        else ", ".join(f"`{key}`" for key in g.sample[:3]) + ("..." if g.count > 3 else "")
         for g in groups[:3]
     ]
     if len(groups) > 3:

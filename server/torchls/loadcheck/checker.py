@@ -167,7 +167,7 @@ class LoadChecker:
         """Quick fixes for one site, each re-checked on the edited text."""
         site = report.site
 
-        def recheck(text: str) -> Outcome | None:
+        def recheck(text: str) -> tuple[LoadSite, Outcome] | None:
             module = ModuleFile(
                 models.module.path, models.module.module, models.module.is_package, text
             )
@@ -178,7 +178,10 @@ class LoadChecker:
                     site.span.start_char,
                 ):
                     candidate.candidates = site.candidates
-                    return analyse(candidate, report.checkpoint, report.model, self._environment())
+                    outcome = analyse(
+                        candidate, report.checkpoint, report.model, self._environment()
+                    )
+                    return candidate, outcome
             return None
 
         return fixes_module.propose(

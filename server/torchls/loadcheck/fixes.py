@@ -21,14 +21,16 @@ from torchls.loadcheck.analysis import (
     ModelKeys,
     Outcome,
     apply_step,
+    effective_model,
     tied_missing,
 )
 from torchls.source.loads import LoadSite, Step
 from torchls.source.text import Span
 
-# Re-analyses the edited text: the outcome at the site that starts where `site` started.
-Recheck = Callable[[str], Outcome | None]
+# Re-reads the edited text: the site that starts where the original started, and its outcome.
+Recheck = Callable[[str], tuple[LoadSite, Outcome] | None]
 THOP_SUFFIXES = ("total_ops", "total_params")
+KEY_CODES = {"keys", "shapes", "nested", "partial"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class Fix:
     preferred: bool = False
 
 
+@dataclass
+class _Candidate:
+    titles: list[str]
+    text: str  # the whole edited file
+    risky: bool = False  # weights_only=False: never the preferred fix
+
+
 def propose(
     site: LoadSite,
     outcome: Outcome,
@@ -53,59 +62,81 @@ def propose(
     text: str,
     recheck: Recheck,
 ) -> list[Fix]:
+    """The fixes after which this load raises nothing (and, when the keys were wrong, loads some
+    of the model): each problem's fix alone when it is the only problem, and together when a
+    load has several (`torch.load` refusing the file *and* a prefix)."""
     if not outcome.findings or checkpoint is None:
         return []
-    candidates: list[tuple[Fix, Callable[[Outcome], bool]]] = []
-    codes = {f.code for f in outcome.findings}
-    if "weights-only" in codes:
-        fix = _loader_keyword(site, text, "weights_only", "False")
-        if fix is not None:
-            fix.title = (
-                "Load with weights_only=False: this runs code from the file, so only for "
-                "checkpoints you trust"
-            )
-            fix.fixes = ["weights-only"]
-            candidates.append((fix, lambda after: not after.has("weights-only")))
-    if "cuda" in codes:
-        fix = _loader_keyword(site, text, "map_location", '"cpu"')
-        if fix is not None:
-            fix.title = 'Load onto the CPU: map_location="cpu"'
-            fix.fixes = ["cuda"]
+    model = effective_model(site, model)
+    codes = sorted({f.code for f in outcome.findings if f.severity in {"error", "warning"}})
+    stages = [_Candidate([], text)]
+    for loader_fix in _loader_fixes(site, outcome, text):
+        stages.append(loader_fix)
+    if len(stages) == 3:  # both: weights_only=False and map_location
+        both = _loader_fixes(site, outcome, text, combined=True)
+        stages += both
+    candidates = [stage for stage in stages[1:]]
+    for stage in stages:
+        found = (site, outcome) if stage.text == text else recheck(stage.text)
+        if found is None:
+            continue
+        stage_site, stage_outcome = found
+        for key_fix in _key_fixes(stage_site, stage_outcome, checkpoint, model, stage.text):
+            candidates.append(_Candidate(stage.titles + key_fix.titles, key_fix.text, stage.risky))
+    offered: list[Fix] = []
+    wanted_keys = any(code in KEY_CODES for code in codes)
+    for candidate in candidates:
+        after = recheck(candidate.text)
+        if after is None:
+            continue
+        result = after[1]
+        if result.errors:
+            continue
+        if wanted_keys and result.comparison is not None and result.filled <= 0.0:
+            continue  # raises nothing, but loads nothing either
+        title = ", ".join(candidate.titles)
+        fix = Fix(title[:1].upper() + title[1:], diff(text, candidate.text), codes)
+        clean = not any(f.severity in {"error", "warning"} for f in result.findings)
+        if clean and not candidate.risky and not any(f.preferred for f in offered):
             fix.preferred = True
-            candidates.append((fix, lambda after: not after.has("cuda")))
-    key_codes = codes & {"keys", "shapes", "nested", "partial"}
-    if site.kind == "from_pretrained":
-        if "shapes" in codes and (site.strict_span or site.call_end) is not None:
-            edit = (
-                Edit(site.strict_span, "True")
-                if site.strict_span is not None
-                else Edit(site.call_end, ", ignore_mismatched_sizes=True")  # type: ignore[arg-type]
-            )
-            fix = Fix(
-                "Initialize the mismatched weights anew: ignore_mismatched_sizes=True",
-                merge(text, [edit]),
-                ["shapes"],
-                preferred=True,
-            )
-            candidates.append((fix, lambda after: not after.errors))
-    elif key_codes:
-        for fix in _key_fixes(site, outcome, checkpoint, model, text):
-            fix.fixes = sorted(key_codes)
-            candidates.append((fix, _loads))
-    offered = []
-    for fix, works in candidates:
-        after = recheck(apply_edits(text, [fix.edit]))
-        if after is not None and works(after):
-            offered.append(fix)
+        offered.append(fix)
     return offered
 
 
-def _loads(after: Outcome) -> bool:
-    """The edited load raises nothing, and fills some of the model."""
-    key_findings = [f for f in after.findings if f.code in {"keys", "shapes", "nested", "partial"}]
-    if any(f.severity == "error" for f in key_findings):
-        return False
-    return after.comparison is not None and after.filled > 0.0
+def _loader_fixes(
+    site: LoadSite, outcome: Outcome, text: str, combined: bool = False
+) -> list[_Candidate]:
+    """torch.load's own problems: weights_only=False for a refused file, map_location for CUDA
+    storages; with `combined`, both in one."""
+    if site.loader != "torch.load":
+        return []
+    edits: list[tuple[str, str, str, bool]] = []
+    if outcome.has("weights-only"):
+        edits.append(
+            (
+                "weights_only",
+                "False",
+                "load with weights_only=False (this runs code from the file: only for "
+                "checkpoints you trust)",
+                True,
+            )
+        )
+    if outcome.has("cuda"):
+        edits.append(("map_location", '"cpu"', 'load onto the CPU: map_location="cpu"', False))
+    if combined:
+        if len(edits) < 2:
+            return []
+        keyword_edits = [_loader_keyword(site, name, value) for name, value, _, _ in edits]
+        if any(edit is None for edit in keyword_edits):
+            return []
+        new_text = apply_edits(text, [e for e in keyword_edits if e is not None])
+        return [_Candidate([e[2] for e in edits], new_text, True)]
+    candidates = []
+    for name, value, title, risky in edits:
+        edit = _loader_keyword(site, name, value)
+        if edit is not None:
+            candidates.append(_Candidate([title], apply_edits(text, [edit]), risky))
+    return candidates
 
 
 # -- the keys ---------------------------------------------------------------------------------
@@ -117,10 +148,28 @@ def _key_fixes(
     checkpoint: Checkpoint,
     model: ModelKeys | None,
     text: str,
-) -> list[Fix]:
+) -> list[_Candidate]:
+    if not any(outcome.has(code) for code in KEY_CODES):
+        return []
+    if site.kind == "from_pretrained":
+        if not outcome.has("shapes"):
+            return []
+        edit = (
+            Edit(site.strict_span, "True")
+            if site.strict_span is not None
+            else _insert(site.call_end, ", ignore_mismatched_sizes=True")
+        )
+        if edit is None:
+            return []
+        return [
+            _Candidate(
+                ["initialize the mismatched weights anew: ignore_mismatched_sizes=True"],
+                apply_edits(text, [edit]),
+            )
+        ]
     if model is None or outcome.loaded is None:
         return []
-    fixes: list[Fix] = []
+    fixes: list[_Candidate] = []
     rewrites_now = [s for s in site.steps if s.kind != "key"]
     plan = _repair_plan(site, outcome, checkpoint, model)
     if plan is not None and site.kind == "load_state_dict" and not rewrites_now:
@@ -129,9 +178,7 @@ def _key_fixes(
         argument = _rewritten_argument(site.argument_text, select, steps)
         if titles and not comparison.mismatched:
             if comparison.loads_strict or site.strict is False:
-                fixes.append(
-                    _argument_fix(site, text, argument, titles, strict=False, preferred=True)
-                )
+                fixes.append(_argument_fix(site, text, argument, titles, strict=False))
             elif comparison.missing and not comparison.unexpected:
                 tied = tied_missing(comparison, model, after_keys)
                 extra = (
@@ -165,8 +212,10 @@ def _key_fixes(
         share = (
             "" if outcome.filled >= 1.0 else f" (loads {outcome.filled * 100:.0f}% of the model)"
         )
-        fixes.append(_strict_only(site, text, f"Load with strict=False{share}"))
-    return [fix for fix in fixes if fix is not None]
+        edit = _strict_edit(site)
+        if edit is not None:
+            fixes.append(_Candidate([f"load with strict=False{share}"], apply_edits(text, [edit])))
+    return fixes
 
 
 def _repair_plan(
@@ -279,61 +328,62 @@ def _atom(expression: str) -> str:
 
 
 def _argument_fix(
-    site: LoadSite,
-    text: str,
-    argument: str,
-    titles: list[str],
-    strict: bool,
-    preferred: bool = False,
-) -> Fix:
+    site: LoadSite, text: str, argument: str, titles: list[str], strict: bool
+) -> _Candidate:
     assert site.argument is not None
     edits = [Edit(site.argument, argument)]
     if strict:
-        edits.append(_strict_edit(site))
-    title = ", ".join(titles)
-    return Fix(title[:1].upper() + title[1:], merge(text, edits), preferred=preferred)
+        edit = _strict_edit(site)
+        if edit is not None:
+            edits.append(edit)
+    return _Candidate(list(titles), apply_edits(text, edits))
 
 
-def _strict_only(site: LoadSite, text: str, title: str) -> Fix:
-    return Fix(title, merge(text, [_strict_edit(site)]))
-
-
-def _strict_edit(site: LoadSite) -> Edit:
-    if site.strict_span is not None:
+def _strict_edit(site: LoadSite) -> Edit | None:
+    if site.strict_span is not None:  # strict=True or load_state_dict(sd, True)
         return Edit(site.strict_span, "False")
-    assert site.call_end is not None
-    return Edit(site.call_end, ", strict=False")
+    return _insert(site.call_end, ", strict=False")
 
 
-def _loader_keyword(site: LoadSite, text: str, name: str, value: str) -> Fix | None:
+def _loader_keyword(site: LoadSite, name: str, value: str) -> Edit | None:
     if name in site.keyword_spans:
-        return Fix("", merge(text, [Edit(site.keyword_spans[name], value)]))
-    if site.loader_end is None:
-        return None
-    return Fix("", merge(text, [Edit(site.loader_end, f", {name}={value}")]))
+        return Edit(site.keyword_spans[name], value)
+    return _insert(site.loader_end, f", {name}={value}")
+
+
+def _insert(at: Span | None, text: str) -> Edit | None:
+    return Edit(at, text) if at is not None else None
 
 
 # -- text edits -------------------------------------------------------------------------------
 
 
-def merge(text: str, edits: list[Edit]) -> Edit:
-    """Edits as one: the range from the first start to the last end, with the text between kept."""
-    starts = [(e.span.start_line, e.span.start_char) for e in edits]
-    ends = [(e.span.end_line, e.span.end_char) for e in edits]
-    first, last = min(starts), max(ends)
-    span = Span(first[0], first[1], last[0], last[1])
-    original = _slice(text, span)
-    base = _offset(text, *first)
-    pieces = sorted(edits, key=lambda e: (e.span.start_line, e.span.start_char))
-    out, cursor = [], 0
-    for edit in pieces:
-        start = _offset(text, edit.span.start_line, edit.span.start_char) - base
-        end = _offset(text, edit.span.end_line, edit.span.end_char) - base
-        out.append(original[cursor:start])
-        out.append(edit.text)
-        cursor = max(cursor, end)
-    out.append(original[cursor:])
-    return Edit(span, "".join(out))
+def diff(old: str, new: str) -> Edit:
+    """One edit that turns `old` into `new`: the changed stretch between their common start
+    and end, so that the rest of the file (and its formatting) is left alone."""
+    start = 0
+    limit = min(len(old), len(new))
+    while start < limit and old[start] == new[start]:
+        start += 1
+    end = 0
+    while end < limit - start and old[len(old) - 1 - end] == new[len(new) - 1 - end]:
+        end += 1
+    first = _position(old, start)
+    last = _position(old, len(old) - end)
+    return Edit(Span(first[0], first[1], last[0], last[1]), new[start : len(new) - end])
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """(line, UTF-16 character) of a str index, lines split as Python splits them."""
+    line = 0
+    line_start = 0
+    for match in _LINE_END.finditer(text, 0, offset):
+        if match.end() > offset:
+            break
+        line += 1
+        line_start = match.end()
+    column = sum(2 if ord(c) > 0xFFFF else 1 for c in text[line_start:offset])
+    return line, column
 
 
 def apply_edits(text: str, edits: list[Edit]) -> str:
@@ -342,14 +392,6 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
         end = _offset(text, edit.span.end_line, edit.span.end_char)
         text = text[:start] + edit.text + text[end:]
     return text
-
-
-def _slice(text: str, span: Span) -> str:
-    return text[
-        _offset(text, span.start_line, span.start_char) : _offset(
-            text, span.end_line, span.end_char
-        )
-    ]
 
 
 _LINE_END = re.compile(r"\r\n|\r|\n")

@@ -108,15 +108,18 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
         return None
     if site.loader == "":
         return None  # the state dict does not come from a file torchls can see
-    for keyword in call.keywords:
-        if keyword.arg == "strict":
-            value = keyword.value
-            site.strict_span = models._span(value)
-            site.strict = (
-                value.value
-                if isinstance(value, ast.Constant) and isinstance(value.value, bool)
-                else None
-            )
+    # load_state_dict(sd, strict) and load_model(model, path, strict) take strict by position too
+    position = 1 if site.kind == "load_state_dict" else 2
+    strict_nodes = [k.value for k in call.keywords if k.arg == "strict"]
+    if len(call.args) > position:
+        strict_nodes.append(call.args[position])
+    for value in strict_nodes:
+        site.strict_span = models._span(value)
+        site.strict = (
+            value.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, bool)
+            else None
+        )
     last = [*call.args, *(k.value for k in call.keywords)]
     site.call_end = _end(models, last[-1])
     site.model = _model_of(models, receiver, call)
@@ -445,24 +448,71 @@ def _candidates(path: str | None, document: str, workspace: str | None) -> list[
     return seen
 
 
+# Wrappers whose state dict adds a prefix to every key of the model they wrap.
+WRAPPERS = {
+    "torch.nn.DataParallel": "module.",
+    "torch.nn.parallel.DataParallel": "module.",
+    "torch.nn.parallel.data_parallel.DataParallel": "module.",
+    "torch.nn.parallel.DistributedDataParallel": "module.",
+    "torch.nn.parallel.distributed.DistributedDataParallel": "module.",
+    "torch.compile": "_orig_mod.",
+}
+
+
 def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTarget | None:
-    """The construction the receiver was built by: `model = Net(...)` in the same scope."""
+    """The construction the receiver was built by (`model = Net(...)` in the same scope),
+    through `.to(...)`-style chains and wrappers: after `model = nn.DataParallel(model)` the
+    model's keys start with `module.`, which the target's `wrapper_prefix` says."""
+    attribute = ""
+    if isinstance(receiver, ast.Attribute) and receiver.attr in {"module", "_orig_mod"}:
+        attribute = receiver.attr + "."  # model.module.load_state_dict: the wrapped model
+        receiver = receiver.value
     if not isinstance(receiver, ast.Name):
         return None
-    scope = _function_scope(models, call)
+    prefix = ""
+    name, line = receiver.id, call.lineno
+    for _ in range(_MAX_STEPS):
+        value = _bound_value(models, name, line, call)
+        while (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and isinstance(value.func.value, ast.Call)
+            and value.func.attr in CHAIN_METHODS
+        ):
+            value = value.func.value
+        if not isinstance(value, ast.Call):
+            return None
+        wrapper = WRAPPERS.get(models.imports.resolve(value.func) or "")
+        if wrapper is None:
+            target = models.construction_target(value)
+            if target is None:
+                return None
+            if attribute:
+                if not prefix.startswith(attribute):
+                    return None
+                prefix = prefix[len(attribute) :]
+            target.wrapper_prefix = prefix
+            return target
+        prefix += wrapper
+        inner = value.args[0] if value.args else None
+        if isinstance(inner, ast.Call):
+            target = models.construction_target(inner)
+            if target is None or (attribute and not prefix.startswith(attribute)):
+                return None
+            target.wrapper_prefix = prefix[len(attribute) :]
+            return target
+        if not isinstance(inner, ast.Name):
+            return None
+        name, line = inner.id, value.lineno
+    return None
+
+
+def _bound_value(models: FileModels, name: str, line: int, at: ast.AST) -> ast.expr | None:
+    scope = _function_scope(models, at)
     statements = scope.body if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
     if statements is None and models.tree is not None:
         statements = models.tree.body
-    bound, value = _binding(statements or [], receiver.id, call.lineno)
+    bound, value = _binding(statements or [], name, line)
     if not bound and scope is not None and models.tree is not None:
-        bound, value = _binding(models.tree.body, receiver.id, call.lineno)
-    while (
-        isinstance(value, ast.Call)
-        and isinstance(value.func, ast.Attribute)
-        and isinstance(value.func.value, ast.Call)
-        and value.func.attr in CHAIN_METHODS
-    ):
-        value = value.func.value
-    if isinstance(value, ast.Call):
-        return models.construction_target(value)
-    return None
+        bound, value = _binding(models.tree.body, name, line)
+    return value

@@ -94,6 +94,7 @@ class ModelTarget:
     problems: list[str] = field(default_factory=list)
     defining_file: ModuleFile | None = None
     setting_key: str = ""  # the key the torchls.defaultInputShapes setting is looked up by
+    wrapper_prefix: str = ""  # "module." when the script wraps it: nn.DataParallel(model)
 
     def request(self) -> dict[str, Any]:
         """The worker's `profile` job parameters (without input defaults from settings)."""
