@@ -8,6 +8,7 @@ iterative, and stops at a depth and a node budget, saying so in a warning.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torchls.checkpoint.dtypes import ITEMSIZE
@@ -179,10 +180,17 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
             children.append(_node(value, subscript(path, key), depth + 1, counts, seen))
         truncated = max(0, len(containers) - TREE_CHILDREN)
     keys: tuple[str, ...] = ()
+    values: dict[str, Any] = {}
     if isinstance(obj, dict) and len(seen) <= TREE_KEYED_NODES:
         # What a mapping holds, leaves too ("epoch, state_dict, optimizer"), for the first
         # mappings of the tree only, so that a file of a million small dicts stays small.
         keys = tuple(_clip(key_text(key), MAX_KEY_TEXT) for key, _ in pairs[:TREE_KEYS])
+        # Plain values (hyper-parameters: num_classes=10) as they are; nothing else.
+        values = {
+            key: value
+            for key, value in pairs[:TREE_KEYS]
+            if isinstance(key, str) and len(key) <= MAX_KEY_TEXT and _plain_value(value)
+        }
     return ContainerNode(
         path=path or "(root)",
         type=_type_name(obj),
@@ -192,7 +200,18 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
         truncated=truncated,
         keys=keys,
         metadata=_has_metadata(obj),
+        values=values,
     )
+
+
+def _plain_value(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return value.bit_length() <= 63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= MAX_KEY_TEXT
 
 
 def _has_metadata(obj: Any) -> bool:

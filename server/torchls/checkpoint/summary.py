@@ -73,6 +73,7 @@ class ContainerNode:
     truncated: int = 0  # children not shown
     keys: tuple[str, ...] = ()  # a mapping's first keys, leaves included
     metadata: bool = False  # an OrderedDict with `_metadata`, as Module.state_dict() makes
+    values: dict[str, Any] = field(default_factory=dict)  # plain leaves: {"num_classes": 10}
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -86,6 +87,8 @@ class ContainerNode:
             data["keys"] = list(self.keys)
         if self.metadata:
             data["metadata"] = True
+        if self.values:
+            data["values"] = dict(self.values)
         if self.truncated:
             data["more_children"] = self.truncated
         return data

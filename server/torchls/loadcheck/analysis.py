@@ -31,7 +31,7 @@ WRAPPER_NAMES = {
     "_checkpoint_wrapped_module.": "activation checkpointing",
     "_forward_module.": "Lightning's strategy wrapper",
     "base_model.model.": "PEFT",
-    "model.": "a wrapper holding the network as `self.model`, like a LightningModule",
+    "model.": "a module holding the network as `self.model` (a LightningModule, say)",
 }
 # Buffers Hugging Face models stopped saving (non-persistent in newer transformers).
 HF_STRAY_NAMES = {"position_ids", "token_type_ids", "inv_freq", "masked_bias"}
@@ -90,6 +90,7 @@ class Container:
     items: int = 0
     type: str = ""
     metadata: bool = False
+    values: dict[str, Any] = field(default_factory=dict)  # plain leaves: hyper-parameters
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Checkpoint:
                 items=int(node.get("items", 0)),
                 type=str(node.get("type", "")),
                 metadata=bool(node.get("metadata")),
+                values=dict(node.get("values") or {}),
             )
             stack.extend(node.get("children", []))
         for tensor in summary.get("tensors", []):
@@ -212,7 +214,7 @@ def analyse(
 def _loader_findings(
     site: LoadSite, checkpoint: Checkpoint, environment: Environment, outcome: Outcome
 ) -> None:
-    if site.loader != "torch.load":
+    if site.loader not in {"torch.load", "lightning"}:
         return
     span = site.loader_span or site.span
     verdict = checkpoint.weights_only
@@ -227,10 +229,11 @@ def _loader_findings(
         default = (
             "torch.load's default weights_only=True"
             if weights_only is None
-            else ("weights_only=True")
+            else "weights_only=True"
         )
+        caller = "load_from_checkpoint" if site.loader == "lightning" else "torch.load"
         message = (
-            f"torch.load will raise: {default} refuses this file, which needs {what}; "
+            f"{caller} will raise: {default} refuses this file, which needs {what}; "
             "allow them with torch.serialization.add_safe_globals, or pass weights_only=False "
             "only if you trust the file (it runs code from it)."
         )
@@ -261,6 +264,8 @@ def _loader_findings(
 def _key_findings(
     site: LoadSite, checkpoint: Checkpoint, model: ModelKeys | None, outcome: Outcome
 ) -> None:
+    if site.kind == "load_from_checkpoint" and not _saved_by_lightning(site, checkpoint, outcome):
+        return
     container_path, rewrites = _split_steps(site.steps)
     if rewrites is None:
         return  # a subscript after a rewrite: not followed
@@ -300,6 +305,24 @@ def _key_findings(
 
 
 _MAPPINGS = {"dict", "OrderedDict"}
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
+
+
+def _saved_by_lightning(site: LoadSite, checkpoint: Checkpoint, outcome: Outcome) -> bool:
+    """load_from_checkpoint migrates the file first, and that needs the version Lightning
+    writes into every checkpoint it saves."""
+    root = checkpoint.containers.get("")
+    if root is None or root.type not in _MAPPINGS or len(root.keys) < root.items:
+        return True  # cannot tell
+    if LIGHTNING_VERSION_KEY in root.keys:
+        return True
+    message = (
+        f"load_from_checkpoint will raise KeyError: '{LIGHTNING_VERSION_KEY}': `{site.path}` "
+        f"was not saved by Lightning (it holds {_listing(root.keys, root.items)}); build the "
+        "model yourself and use load_state_dict."
+    )
+    outcome.findings.append(Finding(ERROR, "not-lightning", message, site.span))
+    return False
 
 
 def _pretrained_findings(
@@ -628,7 +651,9 @@ def _partial_finding(
 
 
 def _call(site: LoadSite) -> str:
-    return "load_model" if site.kind == "load_model" else "load_state_dict"
+    if site.kind in {"load_model", "load_from_checkpoint"}:
+        return site.kind
+    return "load_state_dict"
 
 
 def _key_related(comparison: Comparison) -> list[Related]:

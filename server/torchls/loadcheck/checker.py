@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import stat
 from collections import OrderedDict
@@ -93,7 +94,14 @@ class LoadChecker:
         unreadable: str | None = None
         model: ModelKeys | None = None
         notes: list[str] = []
-        if found is not None:
+        if found is not None and site.kind == "load_from_checkpoint":
+            # Lightning builds the model from the hyper-parameters saved in the checkpoint.
+            checkpoint, unreadable = await self._checkpoint(found)
+            if checkpoint is not None:
+                hparams = checkpoint.containers.get("['hyper_parameters']")
+                values = dict(hparams.values) if hparams is not None else {}
+                model, notes = await self._model(models, site, environment, values)
+        elif found is not None:
             # Both at once: the worker job is queued before anything else (a hover warm-up)
             # can take the worker, and the reader runs meanwhile in its own process.
             (checkpoint, unreadable), (model, notes) = await asyncio.gather(
@@ -145,7 +153,11 @@ class LoadChecker:
         return Checkpoint.from_summary(summary), None
 
     async def _model(
-        self, models: FileModels, site: LoadSite, environment: Environment
+        self,
+        models: FileModels,
+        site: LoadSite,
+        environment: Environment,
+        hparams: dict[str, Any] | None = None,
     ) -> tuple[ModelKeys | None, list[str]]:
         target = site.model
         if target is None or not self._may_build():
@@ -156,6 +168,10 @@ class LoadChecker:
             models.module.path,
             torch_version=environment.torch_version,
         )
+        if hparams:
+            params = {**prepared.params, "hparams": hparams}
+            key = prepared.key + json.dumps(hparams, sort_keys=True)
+            prepared = dataclasses.replace(prepared, params=params, key=key)
         result = await asyncio.shield(self.models.get(prepared))
         if result.ok:
             return ModelKeys.from_job(result.value), []

@@ -108,7 +108,7 @@ def _loader_fixes(
 ) -> list[_Candidate]:
     """torch.load's own problems: weights_only=False for a refused file, map_location for CUDA
     storages; with `combined`, both in one."""
-    if site.loader != "torch.load":
+    if site.loader not in {"torch.load", "lightning"}:
         return []
     edits: list[tuple[str, str, str, bool]] = []
     if outcome.has("weights-only"):

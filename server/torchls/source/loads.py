@@ -104,6 +104,8 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
         _read_loader(models, call, call.args[1], site, "safetensors")
     elif isinstance(func, ast.Attribute) and func.attr == "from_pretrained" and call.args:
         return _from_pretrained(models, call)
+    elif isinstance(func, ast.Attribute) and func.attr == "load_from_checkpoint":
+        return _from_checkpoint(models, call)
     else:
         return None
     if site.loader == "":
@@ -145,6 +147,50 @@ def _from_pretrained(models: FileModels, call: ast.Call) -> LoadSite | None:
     site.call_end = site.loader_end
     site.model = target
     site.model_text = ast.get_source_segment(models.module.text, call.func) or ""
+    return site
+
+
+# load_from_checkpoint's own keywords; the others go to the class's __init__.
+_LIGHTNING_KEYWORDS = {"checkpoint_path", "map_location", "hparams_file", "strict", "weights_only"}
+
+
+def _from_checkpoint(models: FileModels, call: ast.Call) -> LoadSite | None:
+    """Lightning's `Net.load_from_checkpoint(path, **kwargs)`: builds `Net(**hyper_parameters,
+    **kwargs)` and loads `checkpoint["state_dict"]` into it, strictly unless `strict=False`."""
+    assert isinstance(call.func, ast.Attribute)
+    path = call.args[0] if call.args else None
+    for keyword in call.keywords:
+        if keyword.arg == "checkpoint_path":
+            path = keyword.value
+    if path is None:
+        return None
+    # The construction Lightning makes: the class called with the call's other keywords.
+    init = ast.Call(
+        func=call.func.value,
+        args=[],
+        keywords=[k for k in call.keywords if k.arg not in _LIGHTNING_KEYWORDS and k.arg],
+    )
+    ast.copy_location(init, call)
+    init.end_lineno, init.end_col_offset = call.end_lineno, call.end_col_offset
+    models.parents[init] = models.parents.get(call, call)
+    target = models.construction_target(init)
+    if target is None or "file" not in target.ref:
+        return None  # only the workspace's own LightningModules
+    site = LoadSite(span=models._span(call), line=call.lineno, kind="load_from_checkpoint")
+    _read_loader(models, call, path, site, "lightning")
+    site.steps = [Step("key", "state_dict")]
+    for keyword in call.keywords:
+        if keyword.arg == "strict":
+            site.strict_span = models._span(keyword.value)
+            value = keyword.value
+            site.strict = (
+                value.value
+                if isinstance(value, ast.Constant) and isinstance(value.value, bool)
+                else None
+            )
+    site.call_end = site.loader_end
+    site.model = target
+    site.model_text = ast.get_source_segment(models.module.text, call.func.value) or ""
     return site
 
 

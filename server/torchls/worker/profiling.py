@@ -415,6 +415,10 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
         raise JobError(
             protocol.ERROR_USER, f"evaluating the arguments failed: {_describe(exc, loader)}"
         ) from None
+    hparams = params.get("hparams")
+    if isinstance(hparams, dict) and hparams:
+        # Lightning's load_from_checkpoint: the saved hyper-parameters, then the call's own.
+        kwargs = {**_accepted(function, hparams), **kwargs}
     name = params.get("name") or getattr(function, "__name__", "the model")
     if method == "from_pretrained":
         function, args, kwargs = _from_pretrained_as_from_config(loader, function, args, kwargs)
@@ -443,6 +447,18 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
             f"{name}(...) returned {type(model).__name__}, not a torch.nn.Module",
         )
     return model, build
+
+
+def _accepted(function: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The values `function` takes by name (all of them if it takes **kwargs)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return dict(values)
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def _arguments(

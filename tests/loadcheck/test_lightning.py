@@ -1,0 +1,145 @@
+"""Lightning's `Model.load_from_checkpoint(path)`: torchls's prediction against what
+pytorch_lightning really does, for checkpoints a real Trainer saves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchls.checkpoint.isolated import read_isolated_async
+from torchls.loadcheck.analysis import ERROR, Environment
+from torchls.loadcheck.checker import LoadChecker, SiteReport
+from torchls.loadcheck.fixes import Fix, apply_edits
+from torchls.source.models import FileModels
+from torchls.source.project import Project
+from torchls.worker.client import WorkerClient, WorkerSettings
+
+pytest.importorskip("pytorch_lightning")
+
+NET = """
+import pytorch_lightning as pl
+from torch import nn
+
+
+class LitNet(pl.LightningModule):
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
+class Grown(LitNet):
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__(num_classes, width)
+        self.extra = nn.Linear(num_classes, num_classes)
+"""
+SAVE = """
+import torch, pytorch_lightning as pl
+from net import LitNet
+net = LitNet(num_classes=3, width=32)
+trainer = pl.Trainer(max_epochs=0, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+trainer.strategy.connect(net)
+trainer.save_checkpoint("lit.ckpt")
+torch.save({"state_dict": net.state_dict(), "hyper_parameters": {"num_classes": 3}}, "plain.ckpt")
+"""
+SCRIPT = """\
+from net import Grown, LitNet
+
+a = LitNet.load_from_checkpoint("lit.ckpt")
+b = LitNet.load_from_checkpoint("lit.ckpt", num_classes=5)
+c = LitNet.load_from_checkpoint("plain.ckpt")
+d = Grown.load_from_checkpoint("lit.ckpt")
+"""
+RUNNER = """
+import json, logging, sys
+logging.disable(logging.WARNING)
+from net import Grown, LitNet
+outcomes = []
+for statement in json.loads(sys.argv[1]):
+    try:
+        exec(statement)
+        outcomes.append("")
+    except Exception as exc:
+        outcomes.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps(outcomes))
+"""
+
+
+async def _check(workspace: Path) -> list[tuple[SiteReport, list[Fix]]]:
+    worker = WorkerClient(
+        WorkerSettings(
+            command=(sys.executable,),
+            workspace=str(workspace),
+            allow_user_code=True,
+            timeout_seconds=120,
+            memory_limit_mb=4096,
+        )
+    )
+    checker = LoadChecker(
+        read_isolated_async,
+        lambda params: worker.run("state_dict", params),
+        lambda: Environment("2.13.0", False),
+    )
+    try:
+        project = Project(str(workspace))
+        module = project.module_file(str(workspace / "load.py"))
+        assert module is not None
+        models = FileModels(project, module)
+        reports = await checker.check(models, str(workspace))
+        return [(report, checker.fixes(models, report)) for report in reports]
+    finally:
+        await worker.stop()
+
+
+def _run(workspace: Path, statements: list[str]) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps(statements)],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    outcome: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return outcome
+
+
+def test_load_from_checkpoint_predictions_match_lightning(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(NET)
+    subprocess.run([sys.executable, "-c", SAVE], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "load.py").write_text(SCRIPT)
+    results = asyncio.run(_check(tmp_path))
+    by_line = {report.site.line: (report, fixes) for report, fixes in results}
+    assert sorted(by_line) == [3, 4, 5, 6]
+    lines = SCRIPT.splitlines()
+    statements = [lines[number - 1] for number in by_line]
+    fixed = {
+        (number, fix.title): apply_edits(SCRIPT, [fix.edit]).splitlines()[number - 1]
+        for number, (_, fixes) in by_line.items()
+        for fix in fixes
+    }
+    real = _run(tmp_path, statements + list(fixed.values()))
+    for (number, (report, _)), raised in zip(by_line.items(), real, strict=False):
+        errors = [f for f in report.findings if f.severity == ERROR]
+        assert bool(raised) == bool(errors), (number, report.findings, raised)
+    # The saved hyper-parameters (num_classes=3, width=32) build the model: line 3 loads.
+    assert by_line[3][0].findings == []
+    # The call's num_classes=5 overrides them: the head no longer fits, strict=False or not.
+    [shapes] = by_line[4][0].findings
+    assert shapes.code == "shapes" and "(5, 32) in the model and (3, 32)" in shapes.message
+    assert by_line[4][1] == []
+    # torch.save'd dicts are not Lightning checkpoints.
+    [foreign] = by_line[5][0].findings
+    assert foreign.code == "not-lightning" and "pytorch-lightning_version" in real[2]
+    # A layer the checkpoint does not have: strict loading raises, strict=False loads the rest.
+    [grown] = by_line[6][0].findings
+    assert grown.code == "keys" and "2 under `extra.*`" in grown.message
+    [(title, line)] = [(t, line) for (n, t), line in fixed.items() if n == 6]
+    assert "strict=False" in title and "strict=False" in line
+    assert real[len(statements) :] == [""]
