@@ -175,6 +175,30 @@ async def test_workspace_modules_cannot_shadow_torch(tmp_path: Path) -> None:
     assert not sentinel.exists()
 
 
+async def test_a_trusted_workspace_with_a_cuda_py_still_imports_torch(tmp_path: Path) -> None:
+    """torch's own `import cuda` (for cuda-python) must not find the user's cuda.py."""
+    (tmp_path / "cuda.py").write_text("raise SystemExit('the workspace cuda.py was imported')\n")
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(2, 3)\n"
+    )
+    worker = make_worker(tmp_path, allow_user_code=True)
+    try:
+        environment = await worker.run("environment")
+        ref = {"file": str(tmp_path / "net.py"), "module": "net", "sys_path": str(tmp_path)}
+        keys = await worker.run(
+            "state_dict", {"ref": {**ref, "qualname": "Net"}, "args": [], "kwargs": {}}
+        )
+    finally:
+        await worker.stop()
+    assert environment.ok and "error" not in environment.value["libraries"]["torch"]
+    assert keys.ok, keys.message
+    assert {k: v["shape"] for k, v in keys.value["keys"].items()} == {
+        "fc.weight": [3, 2],
+        "fc.bias": [3],
+    }
+
+
 async def test_unknown_job_and_bad_interpreter_are_one_line_errors(tmp_path: Path) -> None:
     worker = make_worker(tmp_path)
     try:

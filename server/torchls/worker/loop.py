@@ -81,8 +81,8 @@ def main(argv: list[str]) -> int:
         allow_user_code=args.allow_user_code,
         memory_limit_mb=args.memory_limit_mb,
     )
-    if args.allow_user_code and args.workspace:
-        sys.path.insert(0, args.workspace)
+    # The workspace goes on sys.path when a job first needs the user's modules (after torch
+    # is imported): see profiling._Loader.
     _send(channel, {"event": "ready", "pid": os.getpid(), "python": sys.executable})
 
     for raw in sys.stdin.buffer:

@@ -234,6 +234,10 @@ class _Loader:
         self.user_roots: set[str] = set()
         if context.workspace:
             self.user_roots.add(os.path.realpath(context.workspace))
+            # Only now, with torch imported: a `cuda.py` in the workspace would otherwise be
+            # what torch's own `import cuda` finds, and torch would not import at all.
+            if context.allow_user_code and context.workspace not in sys.path:
+                sys.path.insert(0, context.workspace)
         _IMPORTER.owner = self
         if _IMPORTER not in sys.meta_path:
             sys.meta_path.insert(0, _IMPORTER)
