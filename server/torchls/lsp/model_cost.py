@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STALE_AFTER_SECONDS = 1.5
 # Targets warmed per opened or saved file; the rest are computed on first hover.
 WARM_LIMIT = 12
+WARM_DELAY_SECONDS = 0.05
 
 
 class ModelCost:
@@ -171,6 +172,9 @@ class ModelCost:
         task.add_done_callback(finished)
 
     async def _warm(self, uri: str) -> None:
+        # Let the diagnostics of the same didOpen queue their job first: a warm-up that finds
+        # the worker idle would take it, and priority only orders jobs that are waiting.
+        await asyncio.sleep(WARM_DELAY_SECONDS)
         models = self.models(uri)
         if models is None:
             return
