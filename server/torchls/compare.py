@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Shape = tuple[int, ...]
+# A model entry whose shape is not fixed: a lazy module's uninitialized parameter (torch
+# materializes it from the checkpoint) or extra state that is not a tensor.
+ANY_SHAPE: Shape = (-2,)
 # Prefixes that wrappers add to every key, the one the user is most likely to meet first.
 WRAPPER_PREFIXES = (
     "module.",  # DataParallel, DistributedDataParallel
@@ -76,7 +79,7 @@ def compare(model: Mapping[str, Shape], checkpoint: Mapping[str, Shape]) -> Comp
     for key, shape in model.items():
         if key not in checkpoint:
             result.missing.append(key)
-        elif tuple(checkpoint[key]) != tuple(shape):
+        elif tuple(shape) != ANY_SHAPE and tuple(checkpoint[key]) != tuple(shape):
             result.mismatched.append(Mismatch(key, tuple(shape), tuple(checkpoint[key])))
     for key in checkpoint:
         if key not in model:
@@ -86,7 +89,7 @@ def compare(model: Mapping[str, Shape], checkpoint: Mapping[str, Shape]) -> Comp
     filled = sum(
         _numel(shape)
         for key, shape in model.items()
-        if key in checkpoint and tuple(checkpoint[key]) == tuple(shape)
+        if key in checkpoint and tuple(shape) in (ANY_SHAPE, tuple(checkpoint[key]))
     )
     total = sum(_numel(shape) for shape in model.values())
     result.overlap = filled / total if total else 1.0
@@ -119,14 +122,19 @@ def find_prefix_fix(
 
 
 def _candidate_prefixes(keys: Mapping[str, Shape]) -> list[str]:
-    """Known wrapper prefixes, and any first component that every key shares."""
+    """Known wrapper prefixes, and the leading components every key shares (`module.` and
+    `module.module.` for a model wrapped twice)."""
     found = [prefix for prefix in WRAPPER_PREFIXES if any(k.startswith(prefix) for k in keys)]
-    firsts = {key.split(".", 1)[0] for key in keys if "." in key}
-    if len(firsts) == 1 and all("." in key for key in keys):
-        shared = f"{firsts.pop()}."
-        if shared not in found:
-            found.append(shared)
-    return found
+    if not keys or not all("." in key for key in keys):
+        return found
+    first = next(iter(keys)).split(".")[:-1]
+    shared: list[str] = []
+    for depth in range(min(4, len(first))):
+        prefix = ".".join(first[: depth + 1]) + "."
+        if not all(key.startswith(prefix) and len(key) > len(prefix) for key in keys):
+            break
+        shared.append(prefix)
+    return found + [prefix for prefix in shared if prefix not in found]
 
 
 def group_keys(keys: list[str], depth: int = 2) -> list[KeyGroup]:
@@ -160,5 +168,5 @@ def _head_only(model: Mapping[str, Shape], mismatched: list[Mismatch]) -> bool:
 def _numel(shape: Shape) -> int:
     count = 1
     for dim in shape:
-        count *= dim
+        count *= max(dim, 0)
     return count

@@ -81,6 +81,8 @@ def trained(module: nn.Module) -> nn.Module:
     """Every parameter and buffer set to a value no fresh model has, so a load shows."""
     with torch.no_grad():
         for key, value in module.state_dict().items():
+            if not isinstance(value, torch.Tensor):
+                continue  # extra state
             if value.is_floating_point():
                 value.copy_(torch.rand_like(value) + 0.5)
             else:
@@ -654,3 +656,229 @@ async def test_a_head_defined_before_the_body_is_still_a_head(
     assert "the head `classifier`" in result.finding.message
     assert len(result.fixes) == 1 and "skip the head `classifier`" in result.fixes[0].title.lower()
     assert_all_fixes_load(result, net.state_dict(), skip=("classifier.",))
+
+
+# -- the review's findings: torch loads these, or raises otherwise than first predicted --------
+
+EXTRAS = """
+
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+
+
+class Lazy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.LazyLinear(3)
+
+
+class WithState(Net):
+    def get_extra_state(self):
+        return {"version": 2}
+
+    def set_extra_state(self, state):
+        self.version = state["version"]
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+"""
+_extras: dict[str, object] = {"__name__": "model"}
+exec(compile(MODEL + EXTRAS, "model.py", "exec"), _extras)
+
+
+def _make(name: str) -> nn.Module:
+    return _extras[name]()  # type: ignore[operator,no-any-return]
+
+
+def _loads_quietly(result: Scenario, expected: dict[str, torch.Tensor]) -> None:
+    """torch loads it, and torchls says nothing that would stop the user."""
+    assert result.original.returncode == 0, result.original.output
+    assert same_weights(result.original.loaded, expected) == []
+    assert [f for f in result.findings if f.severity in {"error", "warning"}] == []
+
+
+async def test_old_weight_norm_keys_load_into_the_parametrization(
+    worker: WorkerClient, folder: Path
+) -> None:
+    old = nn.Module()
+    old.fc = torch.nn.utils.weight_norm(nn.Linear(4, 3))  # the deprecated one: weight_g, weight_v
+    torch.save(trained(old).state_dict(), folder / "old.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'result = model.load_state_dict(torch.load("old.pt"))',
+        model="Normed",
+        source=MODEL + EXTRAS,
+    )
+    assert result.original.returncode == 0, result.original.output
+    assert result.findings == []
+
+
+async def test_lazy_modules_and_extra_state(worker: WorkerClient, folder: Path) -> None:
+    lazy = _make("Lazy")
+    lazy.fc(torch.zeros(1, 5))  # materialize: in_features=5
+    expected = trained(lazy).state_dict()
+    torch.save(expected, folder / "lazy.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'result = model.load_state_dict(torch.load("lazy.pt"))',
+        model="Lazy",
+        source=MODEL + EXTRAS,
+    )
+    _loads_quietly(result, expected)
+
+    torch.save(nn.DataParallel(trained(_make("WithState"))).state_dict(), folder / "dp.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'result = model.load_state_dict(torch.load("dp.pt", weights_only=False))',
+        model="WithState",
+        source=MODEL + EXTRAS,
+    )
+    assert result.original.returncode != 0
+    assert (result.finding.code, result.finding.severity) == ("keys", "error")
+    assert "`module.`" in result.finding.message
+
+
+async def test_globals_the_script_allows_are_not_refused(
+    worker: WorkerClient, folder: Path
+) -> None:
+    expected = trained(Net()).state_dict()
+    torch.save({"state_dict": expected, "args": argparse.Namespace(lr=1)}, folder / "ns.pt")
+    result = await scenario(
+        worker,
+        folder,
+        "torch.serialization.add_safe_globals([argparse.Namespace])\n"
+        'result = model.load_state_dict(torch.load("ns.pt")["state_dict"])',
+        imports="import argparse",
+    )
+    _loads_quietly(result, expected)
+
+
+async def test_a_plain_dict_copy_lets_batchnorm_fill_its_counter(
+    worker: WorkerClient, folder: Path
+) -> None:
+    state = trained(Net()).state_dict()
+    del state["features.1.num_batches_tracked"]  # kept `_metadata`: a strict load would fail
+    torch.save(state, folder / "old_bn.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'sd = {k: v for k, v in torch.load("old_bn.pt").items()}\n'
+        "result = model.load_state_dict(sd)",
+    )
+    _loads_quietly(result, state)
+
+
+async def test_safetensors_load_model_fills_tied_weights(
+    worker: WorkerClient, folder: Path
+) -> None:
+    from safetensors.torch import save_model
+
+    tied = trained(_make("Tied"))
+    save_model(tied, str(folder / "tied.safetensors"))  # keeps one of the two shared tensors
+    result = await scenario(
+        worker,
+        folder,
+        'result = load_model(model, "tied.safetensors")',
+        imports="from safetensors.torch import load_model",
+        model="Tied",
+        source=MODEL + EXTRAS,
+    )
+    _loads_quietly(result, tied.state_dict())
+
+
+async def test_a_list_is_not_a_state_dict(worker: WorkerClient, folder: Path) -> None:
+    torch.save([trained(Net()).state_dict()], folder / "list.pt")
+    result = await scenario(worker, folder, 'result = model.load_state_dict(torch.load("list.pt"))')
+    assert "TypeError" in result.original.output
+    assert (result.finding.code, result.finding.severity) == ("not-a-mapping", "error")
+    assert "holds a list" in result.finding.message and "[0]" in result.finding.message
+
+
+async def test_map_location_by_position(worker: WorkerClient, folder: Path) -> None:
+    expected = trained(Net()).state_dict()
+    with saved_on_cuda():
+        torch.save(expected, folder / "gpu.pt")
+    result = await scenario(
+        worker, folder, 'result = model.load_state_dict(torch.load("gpu.pt", "cpu"))'
+    )
+    _loads_quietly(result, expected)
+
+
+async def test_strict_hidden_in_kwargs_is_unknown(worker: WorkerClient, folder: Path) -> None:
+    net = trained(Net())
+    torch.save(nn.DataParallel(net).state_dict(), folder / "dp.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'kw = {"strict": False}\nresult = model.load_state_dict(torch.load("dp.pt"), **kw)',
+    )
+    assert result.original.returncode == 0  # strict=False: loads nothing, raises nothing
+    assert (result.finding.code, result.finding.severity) == ("keys", "warning")
+    assert "if `strict` is true" in result.finding.message
+    # The fix renames the keys; none adds a second `strict`.
+    assert [f.title for f in result.fixes] == ["Strip the `module.` prefix"]
+    assert_all_fixes_load(result, net.state_dict())
+
+
+async def test_keys_renamed_in_place_and_models_changed_after_building(
+    worker: WorkerClient, folder: Path
+) -> None:
+    net = trained(Net())
+    torch.save(nn.DataParallel(net).state_dict(), folder / "dp.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'sd = torch.load("dp.pt")\n'
+        "for k in list(sd):\n"
+        '    sd[k.replace("module.", "")] = sd.pop(k)\n'
+        "result = model.load_state_dict(sd)",
+    )
+    _loads_quietly(result, net.state_dict())
+
+    net = Net()
+    net.head = nn.Linear(8, 3)
+    expected = trained(net).state_dict()
+    torch.save(expected, folder / "three.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'model.head = nn.Linear(8, 3)\nresult = model.load_state_dict(torch.load("three.pt"))',
+        imports="from torch import nn",
+    )
+    _loads_quietly(result, expected)
+    assert [f.code for f in result.findings] == ["unchecked"]
+    assert "line 6" in result.findings[0].message and result.fixes == []
+
+
+class _RunsCode:
+    """Unpickles by calling os.getcwd: harmless here, but any call could be os.system."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        import os
+
+        return (os.getcwd, ())
+
+
+async def test_weights_only_false_on_a_file_that_runs_code_is_said(
+    worker: WorkerClient, folder: Path
+) -> None:
+    expected = trained(Net()).state_dict()
+    torch.save({"state_dict": expected, "where": _RunsCode()}, folder / "code.pt")
+    result = await scenario(
+        worker,
+        folder,
+        'result = model.load_state_dict(torch.load("code.pt", weights_only=False)["state_dict"])',
+    )
+    assert result.original.returncode == 0, result.original.output  # it did call os.getcwd
+    assert (result.finding.code, result.finding.severity) == ("runs-code", "warning")
+    assert "getcwd`" in result.finding.message and result.fixes == []  # posix.getcwd

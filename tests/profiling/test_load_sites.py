@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from torchls.source.loads import LoadSite, find_load_sites
+from torchls.source.loads import MAX_SITES, LoadSite, find_load_sites
 from torchls.source.models import FileModels
 from torchls.source.project import Project
 
@@ -102,8 +102,9 @@ def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
         [("cut", 7)],
         [("strip", "module."), ("keep_prefix", "net."), ("cut", 4)],
         [("strip", "module."), ("key", "ema"), ("add", "module.")],
-        [("strip", "module."), ("drop_suffix", ("total_ops", "total_params"))],
-        [("strip", "module."), ("drop_keys", ("fc.weight", "fc.bias"))],
+        # A filter keeps the keys as they are, in a plain dict (no `_metadata`): "copy".
+        [("strip", "module."), ("drop_suffix", ("total_ops", "total_params")), ("copy", None)],
+        [("strip", "module."), ("drop_keys", ("fc.weight", "fc.bias")), ("copy", None)],
         [],  # load_model(model, "m.safetensors"); the .upper() rewrite is not understood
     ]
     assert sites[0].path == "runs/w.pt" and sites[0].keywords == {"weights_only": "False"}
@@ -111,3 +112,52 @@ def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
     assert sites[-1].kind == "load_model" and sites[-1].strict is False
     assert sites[-1].loader == "safetensors" and sites[-1].path == "m.safetensors"
     assert sites[2].argument_text.startswith("{k[7:]")
+
+
+def test_what_the_reviewer_found(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text("from torch import nn\n\nclass Net(nn.Module):\n    pass\n")
+    sites = _sites(
+        tmp_path,
+        """
+        import argparse
+        import torch
+        from torch import nn
+        from model import Net
+
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        model = Net()
+        kw = {"strict": False}
+        model.load_state_dict(state_dict=torch.load("a.pt", "cpu"))
+        model.load_state_dict(torch.load("~/b.pt"), False)
+        model.load_state_dict(torch.load("c.pt", **kw), **kw)
+        sd = torch.load("d.pt")
+        for k in list(sd):
+            sd[k.replace("module.", "")] = sd.pop(k)
+        model.load_state_dict(sd)
+        model.fc = nn.Linear(4, 10)
+        model.load_state_dict(torch.load("e.pt"))
+        """,
+    )
+    a, b, c, d, e = sites
+    assert a.path == "a.pt" and a.keywords["map_location"] == "'cpu'"
+    assert a.allowed_globals == frozenset({"argparse.Namespace"})
+    assert b.strict is False and b.candidates[0] == str(tmp_path / "~" / "b.pt")
+    assert c.open_call and c.open_loader and c.strict is None
+    assert d.keys_unknown and "line 15" in d.keys_unknown and d.model_changed is None
+    assert e.model_changed and "line 17" in e.model_changed
+
+
+def test_many_loads_and_absurd_expressions_stay_bounded(tmp_path: Path) -> None:
+    deep = "+".join(["1"] * 1500)  # Python runs this; ast.unparse would hit the recursion limit
+    lines = ["import torch", "model = torch.nn.Linear(2, 2)", 'sd = torch.load("a.pt")']
+    lines.append(f'model.load_state_dict(torch.load("b.pt", map_location={deep}))')
+    lines += ["model.load_state_dict(sd)"] * 5000
+    path = tmp_path / "many.py"
+    path.write_text("\n".join(lines) + "\n")
+    project = Project(str(tmp_path))
+    module = project.module_file(str(path))
+    assert module is not None
+    sites = find_load_sites(FileModels(project, module), str(tmp_path))
+    assert len(sites) == MAX_SITES
+    assert sites[0].path == "b.pt" and sites[0].keywords["map_location"] == "..."
+    assert all(site.path == "a.pt" for site in sites[1:])

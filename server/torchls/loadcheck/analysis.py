@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchls.compare import Comparison, KeyGroup, Shape, compare, group_keys
+from torchls.compare import ANY_SHAPE, Comparison, KeyGroup, Shape, compare, group_keys
 from torchls.source.loads import LoadSite, Step
 from torchls.source.text import Span
 
@@ -62,7 +62,10 @@ class ModelKeys:
 
     @classmethod
     def from_job(cls, value: Mapping[str, Any]) -> ModelKeys:
-        keys = {str(k): tuple(int(d) for d in v["shape"]) for k, v in value["keys"].items()}
+        keys = {
+            str(k): ANY_SHAPE if v.get("shape") is None else tuple(int(d) for d in v["shape"])
+            for k, v in value["keys"].items()
+        }
         tied = {str(k): str(v) for k, v in (value.get("tied") or {}).items()}
         prefix = value.get("base_model_prefix")
         return cls(
@@ -217,30 +220,49 @@ def _loader_findings(
     if site.loader not in {"torch.load", "lightning"}:
         return
     span = site.loader_span or site.span
-    verdict = checkpoint.weights_only
+    caller = "load_from_checkpoint" if site.loader == "lightning" else "torch.load"
+    verdict = checkpoint.weights_only or {}
     weights_only = site.keywords.get("weights_only")
+    if weights_only is None and site.open_loader:
+        return  # weights_only and map_location may come in through **kwargs
     checked = weights_only == "True" or (weights_only is None and environment.weights_only_default)
-    if verdict is not None and not verdict.get("accepted", True) and checked:
-        refused = list(verdict.get("refused_globals") or [])
-        dangerous = list(verdict.get("dangerous_globals") or [])
+    refused = list(verdict.get("refused_globals") or [])
+    dangerous = list(verdict.get("dangerous_globals") or [])
+    allowed = site.allowed_globals
+    if refused and allowed is not None:
+        refused = [name for name in refused if name not in allowed]
+    refuses = bool(refused) or bool(verdict.get("unsupported_opcodes"))
+    if (
+        verdict
+        and not verdict.get("accepted", True)
+        and checked
+        and refuses
+        and allowed is not None
+    ):
         what = ", ".join(f"`{name}`" for name in refused[:4]) or "opcodes it does not allow"
         if len(refused) > 4:
             what += f" and {len(refused) - 4} more"
         default = (
-            "torch.load's default weights_only=True"
-            if weights_only is None
-            else "weights_only=True"
+            f"{caller}'s default weights_only=True" if weights_only is None else "weights_only=True"
         )
-        caller = "load_from_checkpoint" if site.loader == "lightning" else "torch.load"
         message = (
-            f"{caller} will raise: {default} refuses this file, which needs {what}; "
-            "allow them with torch.serialization.add_safe_globals, or pass weights_only=False "
-            "only if you trust the file (it runs code from it)."
+            f"{caller} will raise: {default} refuses this file, which needs {what}; allow "
+            "them with torch.serialization.add_safe_globals([...]) if you trust them, or pass "
+            "weights_only=False only if you trust the whole file (it runs code from it)."
         )
         related = [Related(f"needs {name}", "checkpoint") for name in refused[:20]]
         related += [Related(f"runs code: {name}", "checkpoint") for name in dangerous[:20]]
         outcome.findings.append(Finding(ERROR, "weights-only", message, span, related))
+    elif dangerous and not checked:
+        names = ", ".join(f"`{name}`" for name in dangerous[:4])
+        message = (
+            f"{caller} with weights_only=False will run code from this file when it loads: its "
+            f"pickle calls {names}. Load it only if you trust where it came from."
+        )
+        outcome.findings.append(Finding(WARNING, "runs-code", message, span))
     devices = checkpoint.cuda_devices
+    if site.loader == "lightning":
+        devices = []  # Lightning maps storages of a missing accelerator to the CPU itself
     if (
         devices
         and environment.cuda is False
@@ -266,6 +288,18 @@ def _key_findings(
 ) -> None:
     if site.kind == "load_from_checkpoint" and not _saved_by_lightning(site, checkpoint, outcome):
         return
+    if site.keys_unknown:
+        return  # the dict is changed in place on the way: say nothing rather than guess
+    if site.model_changed and model is not None:
+        outcome.findings.append(
+            Finding(
+                INFORMATION,
+                "unchecked",
+                f"torchls does not check this load's keys: {site.model_changed}.",
+                site.span,
+            )
+        )
+        model = None
     container_path, rewrites = _split_steps(site.steps)
     if rewrites is None:
         return  # a subscript after a rewrite: not followed
@@ -292,6 +326,9 @@ def _key_findings(
         return
     comparison = compare(model.keys, loaded)
     _settle_known_keys(comparison, model, loaded, metadata)
+    if site.kind == "load_model":  # safetensors' load_model fills shared (tied) tensors itself
+        tied = set(tied_missing(comparison, model, loaded))
+        comparison.missing = [k for k in comparison.missing if k not in tied]
     outcome.comparison = comparison
     outcome.filled = filled_share(model, loaded)
     if not comparison.loads_non_strict:
@@ -299,7 +336,10 @@ def _key_findings(
         return
     strict = site.strict is not False
     if strict and not comparison.loads_strict:
-        outcome.findings.append(_strict_finding(site, checkpoint, comparison, model, outcome))
+        finding = _strict_finding(site, checkpoint, comparison, model, outcome)
+        if site.strict is None:  # strict=flag, **kwargs: raises only if it is true
+            finding.severity = WARNING
+        outcome.findings.append(finding)
     elif not strict and outcome.filled < 1.0:
         outcome.findings.append(_partial_finding(site, comparison, model, outcome.filled))
 
@@ -448,6 +488,22 @@ def _settle_known_keys(
         comparison.missing = [
             k for k in comparison.missing if not k.endswith(".num_batches_tracked")
         ]
+    # The old weight_norm's `weight_g`/`weight_v` load into the new parametrization: torch's
+    # own load hook renames them.
+    for key in [k for k in comparison.unexpected if k.endswith((".weight_g", "weight_g"))]:
+        base = key[: -len("weight_g")]
+        old, new = (
+            (base + "weight_g", base + "weight_v"),
+            (
+                base + "parametrizations.weight.original0",
+                base + "parametrizations.weight.original1",
+            ),
+        )
+        if all(k in comparison.unexpected for k in old) and all(
+            k in comparison.missing for k in new
+        ):
+            comparison.unexpected = [k for k in comparison.unexpected if k not in old]
+            comparison.missing = [k for k in comparison.missing if k not in new]
     strays = set(comparison.stray)
     for key in comparison.unexpected:
         if key.rsplit(".", 1)[-1] in HF_STRAY_NAMES and loaded.get(key) != NOT_A_TENSOR:
@@ -464,7 +520,7 @@ def tied_missing(
 
 def filled_share(model: ModelKeys, loaded: Mapping[str, Shape]) -> float:
     def fills(key: str) -> bool:
-        return key in loaded and loaded[key] == model.keys[key]
+        return key in loaded and model.keys[key] in (ANY_SHAPE, loaded[key])
 
     total = sum(_numel(shape) for shape in model.keys.values())
     if not total:
@@ -513,6 +569,18 @@ def _no_such_container(
     container: Container | None,
     outcome: Outcome,
 ) -> None:
+    if path == "" and (container is None or container.type in {"list", "tuple"}):
+        what = {"list": "a list", "tuple": "a tuple"}.get(
+            container.type if container else "", "a single value"
+        )
+        nested = best_candidate(checkpoint, "", None)
+        where = f"; the weights are at {nested}" if nested else ""
+        message = (
+            f"{_call(site)} will raise TypeError: `{site.path}` holds {what}, not a state dict "
+            f"(a mapping of names to tensors){where}."
+        )
+        outcome.findings.append(Finding(ERROR, "not-a-mapping", message, site.span))
+        return
     if container is None:
         parent_path = path[: path.rfind("[")] if path else ""
         parent = checkpoint.containers.get(parent_path)
@@ -524,8 +592,9 @@ def _no_such_container(
     if path == "" and container.type not in _MAPPINGS:
         message = (
             f"{_call(site)} will raise: `{site.path}` holds a whole pickled "
-            f"`{checkpoint.root_type}`, not a state dict; load it once with "
-            "weights_only=False (it runs code from the file) and re-save its .state_dict()."
+            f"`{checkpoint.root_type}` object (torch.save(model)), not a state dict; "
+            "torch.load(..., weights_only=False) returns that object, which runs code from the "
+            "file: do it only for a file you trust, then use its .state_dict()."
         )
         outcome.findings.append(Finding(ERROR, "pickled-module", message, site.span))
 
@@ -620,11 +689,13 @@ def _strict_finding(
             )
         why = " and ".join(parts)
         if tied and len(tied) == missing and not unexpected:
-            why += ", though tied weights fill them"
+            why += f", though tied weights fill {'it' if missing == 1 else 'them'}"
         elif comparison.stray and len(comparison.stray) == unexpected and not missing:
             why += f", left by {_stray_origin(comparison.stray)}"
-    strict = "strict" if site.strict is not None else "strict (if `strict` is True)"
-    message = f"{_call(site)} will raise ({strict} loading): {why}."
+    if site.strict is None:
+        message = f"{_call(site)} will raise if `strict` is true when it runs: {why}."
+    else:
+        message = f"{_call(site)} will raise (strict loading): {why}."
     return Finding(ERROR, "keys", message, site.span, _key_related(comparison))
 
 

@@ -124,6 +124,8 @@ class LoadChecker:
             return None, f"cannot read `{path}`: {exc.strerror or exc}"
         if stat.S_ISDIR(info.st_mode) and not folder:
             return None, f"`{path}` is a folder; this loader needs a file."
+        if not stat.S_ISDIR(info.st_mode) and not stat.S_ISREG(info.st_mode):
+            return None, f"`{path}` is not a regular file (a device, pipe or socket)."
         stamp: Any = (info.st_mtime_ns, info.st_size, info.st_ino)
         if stat.S_ISDIR(info.st_mode):
             stamp = (stamp, _folder_stamp(real))

@@ -157,6 +157,8 @@ def _key_fixes(
         edit = (
             Edit(site.strict_span, "True")
             if site.strict_span is not None
+            else None
+            if site.open_loader
             else _insert(site.call_end, ", ignore_mismatched_sizes=True")
         )
         if edit is None:
@@ -342,12 +344,16 @@ def _argument_fix(
 def _strict_edit(site: LoadSite) -> Edit | None:
     if site.strict_span is not None:  # strict=True or load_state_dict(sd, True)
         return Edit(site.strict_span, "False")
+    if site.open_call:
+        return None  # **kwargs may hold strict already: adding it could raise TypeError
     return _insert(site.call_end, ", strict=False")
 
 
 def _loader_keyword(site: LoadSite, name: str, value: str) -> Edit | None:
     if name in site.keyword_spans:
         return Edit(site.keyword_spans[name], value)
+    if site.open_loader:
+        return None
     return _insert(site.loader_end, f", {name}={value}")
 
 

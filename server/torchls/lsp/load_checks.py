@@ -127,6 +127,10 @@ class LoadChecks:
             raise
         except Exception:  # diagnostics must never take the server down
             log.exception("checking the loads of %s failed", uri)
+            # Diagnostics of an older text would point at lines that have changed.
+            self._reports.pop(uri, None)
+            with contextlib.suppress(Exception):
+                self._publish(uri, None, [])
 
     async def check(self, uri: str) -> list[SiteReport]:
         models = self.server.model_cost.models(uri)

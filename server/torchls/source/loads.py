@@ -12,6 +12,8 @@ checkpoint path as the user would run the file, what happens to the keys on the 
 from __future__ import annotations
 
 import ast
+import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from torchls.source.models import (
     ModelTarget,
     _binding,
     _function_scope,
+    _scope_walk,
 )
 from torchls.source.text import Span
 
@@ -67,21 +70,44 @@ class LoadSite:
     model: ModelTarget | None = None
     model_text: str = ""  # the receiver as written: "model"
     problems: list[str] = field(default_factory=list)
+    open_call: bool = False  # the call passes **kwargs or *args: keywords are unknown
+    open_loader: bool = False  # the same for the torch.load call
+    keys_unknown: str | None = None  # why the keys cannot be followed (the dict is mutated)
+    allowed_globals: frozenset[str] | None = frozenset()  # add_safe_globals; None: unknown
+    model_changed: str | None = None  # why the model may differ from its construction
 
     @property
     def subscripts(self) -> list[str]:
         return [str(step.value) for step in self.steps if step.kind == "key"]
 
 
+MAX_SITES = 64  # per file: each is followed through its scope, so the work stays bounded
+_SITE_METHODS = {"load_state_dict", "from_pretrained", "load_from_checkpoint"}
+
+
 def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]:
     if models.tree is None:
         return []
-    sites = []
-    for call in models.calls:
-        site = _site(models, call)
+    sites: list[LoadSite] = []
+    calls = [
+        call
+        for call in models.calls
+        if (isinstance(call.func, ast.Attribute) and call.func.attr in _SITE_METHODS)
+        or (isinstance(call.func, (ast.Name, ast.Attribute)) and _named_load_model(call.func))
+    ]
+    calls.sort(key=lambda call: (call.lineno, call.col_offset))
+    for call in calls:
+        if len(sites) >= MAX_SITES:
+            break
+        try:
+            site = _site(models, call)
+        except RecursionError:  # an absurdly deep expression: skip this call, keep the rest
+            continue
         if site is None:
             continue
-        site.candidates = _candidates(site.path, models.module.path, workspace)
+        site.candidates = _candidates(
+            site.path, models.module.path, workspace, expand=site.loader == "lightning"
+        )
         if site.kind == "from_pretrained" and not _is_folder_path(site):
             continue  # a Hub id: not checked
         sites.append(site)
@@ -89,14 +115,79 @@ def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]
     return sites
 
 
+def _named_load_model(func: ast.expr) -> bool:
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name == "load_model" or name.startswith("load_model")
+
+
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def _segment(models: FileModels, node: ast.AST) -> str:
+    """The source text of a node, line endings kept (ast.get_source_segment re-splits the whole
+    file on every call, which a file with many loads cannot afford)."""
+    lines: list[str] | None = getattr(models, "_loads_lines", None)
+    if lines is None:
+        lines = list(_LINES.findall(models.module.text))
+        models._loads_lines = lines  # type: ignore[attr-defined]
+    try:
+        first: int = node.lineno - 1  # type: ignore[attr-defined]
+        last: int = (node.end_lineno or node.lineno) - 1  # type: ignore[attr-defined]
+        start: int = node.col_offset  # type: ignore[attr-defined]
+        end: int | None = node.end_col_offset  # type: ignore[attr-defined]
+    except AttributeError:
+        return ""
+    if end is None or not 0 <= first <= last < len(lines):
+        return ""
+    if first == last:
+        return lines[first].encode()[start:end].decode(errors="replace")
+    head = lines[first].encode()[start:].decode(errors="replace")
+    tail = lines[last].encode()[:end].decode(errors="replace")
+    return head + "".join(lines[first + 1 : last]) + tail
+
+
+def _construction(models: FileModels, call: ast.Call) -> ModelTarget | None:
+    """construction_target, once per call: many loads into one model share its construction.
+    Each site gets its own copy (it sets the copy's wrapper prefix)."""
+    cache: dict[int, tuple[ast.Call, ModelTarget | None]] | None = getattr(
+        models, "_loads_targets", None
+    )
+    if cache is None:
+        cache = {}
+        models._loads_targets = cache  # type: ignore[attr-defined]
+    entry = cache.get(id(call))
+    if entry is None or entry[0] is not call:
+        entry = (call, models.construction_target(call))
+        cache[id(call)] = entry
+    return copy.copy(entry[1]) if entry[1] is not None else None
+
+
+def _unparse(node: ast.AST, limit: int = 60) -> str:
+    try:
+        return ast.unparse(node)[:limit]
+    except RecursionError:
+        return "..."
+
+
+def _argument(call: ast.Call, position: int, name: str) -> ast.expr | None:
+    """An argument given by position or by keyword."""
+    if len(call.args) > position and not any(isinstance(a, ast.Starred) for a in call.args):
+        return call.args[position]
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    return None
+
+
 def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
     func = call.func
-    if isinstance(func, ast.Attribute) and func.attr == "load_state_dict" and call.args:
+    state_dict = _argument(call, 0, "state_dict")
+    if isinstance(func, ast.Attribute) and func.attr == "load_state_dict" and state_dict:
         site = LoadSite(span=models._span(call), line=call.lineno)
         receiver: ast.expr = func.value
-        argument = call.args[0]
+        argument = state_dict
         site.argument = models._span(argument)
-        site.argument_text = ast.get_source_segment(models.module.text, argument) or ""
+        site.argument_text = _segment(models, argument) or ""
         _follow_source(models, call, argument, site)
     elif (models.imports.resolve(func) or "") in _LOAD_MODEL and len(call.args) >= 2:
         site = LoadSite(span=models._span(call), line=call.lineno, kind="load_model")
@@ -111,21 +202,33 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
     if site.loader == "":
         return None  # the state dict does not come from a file torchls can see
     # load_state_dict(sd, strict) and load_model(model, path, strict) take strict by position too
-    position = 1 if site.kind == "load_state_dict" else 2
-    strict_nodes = [k.value for k in call.keywords if k.arg == "strict"]
-    if len(call.args) > position:
-        strict_nodes.append(call.args[position])
-    for value in strict_nodes:
+    value = _argument(call, 1 if site.kind == "load_state_dict" else 2, "strict")
+    if value is not None:
         site.strict_span = models._span(value)
         site.strict = (
             value.value
             if isinstance(value, ast.Constant) and isinstance(value.value, bool)
             else None
         )
+    if any(k.arg is None for k in call.keywords) or any(
+        isinstance(a, ast.Starred) for a in call.args
+    ):
+        site.open_call = True  # **kwargs: strict may be anything, and no keyword is added
+        if value is None:
+            site.strict = None
     last = [*call.args, *(k.value for k in call.keywords)]
     site.call_end = _end(models, last[-1])
     site.model = _model_of(models, receiver, call)
-    site.model_text = ast.get_source_segment(models.module.text, receiver) or ""
+    site.model_text = _segment(models, receiver) or ""
+    root = receiver.value if isinstance(receiver, ast.Attribute) else receiver
+    if site.model is not None and isinstance(root, ast.Name):
+        bound = _bound_value(models, root.id, call.lineno, call)
+        changed = _mutated(models, root.id, getattr(bound, "lineno", 0), call.lineno, call, True)
+        if changed is not None:
+            site.model_changed = (
+                f"`{root.id}` is changed after it is built (line {changed}), and torchls checks "
+                "loads against the model as its constructor builds it"
+            )
     return site
 
 
@@ -146,7 +249,7 @@ def _from_pretrained(models: FileModels, call: ast.Call) -> LoadSite | None:
         site.strict_span = site.keyword_spans["ignore_mismatched_sizes"]
     site.call_end = site.loader_end
     site.model = target
-    site.model_text = ast.get_source_segment(models.module.text, call.func) or ""
+    site.model_text = _segment(models, call.func) or ""
     return site
 
 
@@ -188,10 +291,32 @@ def _from_checkpoint(models: FileModels, call: ast.Call) -> LoadSite | None:
                 if isinstance(value, ast.Constant) and isinstance(value.value, bool)
                 else None
             )
+    if site.strict_span is None and _sets_strict_loading_off(target):
+        site.strict = False  # Lightning: strict=None means the module's `strict_loading`
     site.call_end = site.loader_end
     site.model = target
-    site.model_text = ast.get_source_segment(models.module.text, call.func.value) or ""
+    site.model_text = _segment(models, call.func.value) or ""
     return site
+
+
+def _sets_strict_loading_off(target: ModelTarget) -> bool:
+    """`strict_loading = False` in the class body or `self.strict_loading = False` in it."""
+    defining = target.defining_file
+    qualname = str(target.ref.get("qualname", ""))
+    tree = defining.tree() if defining is not None else None
+    if tree is None:
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == qualname:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Assign) and any(
+                    (isinstance(t, ast.Name) and t.id == "strict_loading")
+                    or (isinstance(t, ast.Attribute) and t.attr == "strict_loading")
+                    for t in inner.targets
+                ):
+                    value = inner.value
+                    return isinstance(value, ast.Constant) and value.value is False
+    return False
 
 
 def _is_folder_path(site: LoadSite) -> bool:
@@ -219,6 +344,11 @@ def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSi
             found = lookup(node.id, use_line)
             if found is None:
                 return
+            changed = _mutated(models, node.id, getattr(found, "lineno", 0), use_line, at, False)
+            if changed is not None:
+                site.keys_unknown = (
+                    f"`{node.id}` is changed in place on line {changed} before it is loaded"
+                )
             steps[:0] = _prefix_consumed(models, node.id, found, use_line, at)
             node = found
             continue
@@ -258,12 +388,121 @@ def _read_loader(
     site.path = _path_text(models, path, lookup)
     if site.path is None:
         site.problems.append(
-            f"the checkpoint path `{ast.unparse(path)[:60]}` is not a literal torchls can read"
+            f"the checkpoint path `{_unparse(path)}` is not a literal torchls can read"
         )
     for keyword in call.keywords:
         if keyword.arg:
-            site.keywords[keyword.arg] = ast.unparse(keyword.value)[:60]
+            site.keywords[keyword.arg] = _unparse(keyword.value)
             site.keyword_spans[keyword.arg] = models._span(keyword.value)
+        else:
+            site.open_loader = True  # **kwargs: map_location, weights_only may be in there
+    if any(isinstance(a, ast.Starred) for a in call.args):
+        site.open_loader = True
+    # torch.load(f, map_location, ...) and load_from_checkpoint(path, map_location, ...)
+    if loader in {"torch.load", "lightning"} and len(call.args) > 1:
+        site.keywords.setdefault("map_location", _unparse(call.args[1]))
+        site.keyword_spans.setdefault("map_location", models._span(call.args[1]))
+    if loader in {"torch.load", "lightning"}:
+        site.allowed_globals = _safe_globals(models, call)
+
+
+_ADD_SAFE_GLOBALS = {"torch.serialization.add_safe_globals"}
+_SAFE_GLOBALS = {"torch.serialization.safe_globals"}
+
+
+def _safe_globals(models: FileModels, call: ast.Call) -> frozenset[str] | None:
+    """Globals the file allows torch.load's weights_only unpickler: add_safe_globals([...])
+    anywhere in the file (it is process-wide), `with safe_globals([...]):` around the call.
+    None when a list is not made of names torchls can resolve."""
+    allowed: set[str] = set()
+    lists: list[ast.expr] = []
+    for other in models.calls:
+        if (models.imports.resolve(other.func) or "") in _ADD_SAFE_GLOBALS and other.args:
+            lists.append(other.args[0])
+    node: ast.AST | None = call
+    while node is not None:
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                expression = item.context_expr
+                if (
+                    isinstance(expression, ast.Call)
+                    and (models.imports.resolve(expression.func) or "") in _SAFE_GLOBALS
+                    and expression.args
+                ):
+                    lists.append(expression.args[0])
+        node = models.parents.get(node)
+    for listed in lists:
+        if not isinstance(listed, (ast.List, ast.Tuple, ast.Set)):
+            return None
+        for element in listed.elts:
+            if isinstance(element, ast.Tuple) and len(element.elts) == 2:
+                element = element.elts[0]  # (obj, "name as saved")
+            dotted = models.imports.resolve(element) or dotted_name(element)
+            if not dotted:
+                return None
+            allowed.add(dotted)
+    return frozenset(allowed)
+
+
+# Methods that change a dict's keys in place, and a model's modules.
+_DICT_MUTATORS = {"pop", "popitem", "update", "clear", "setdefault", "__setitem__", "__delitem__"}
+_MODEL_MUTATORS = {
+    "add_module", "register_module", "register_parameter", "register_buffer",
+    "resize_token_embeddings", "reset_classifier", "tie_weights", "init_weights",
+    "set_input_embeddings", "set_output_embeddings",
+}  # fmt: skip
+# Functions that take a model and leave its state dict as it was.
+_MODEL_READERS = {"print", "len", "isinstance", "type", "id", "repr", "str", "hasattr", "getattr"}
+
+
+def _mutated(
+    models: FileModels, name: str, after: int, before: int, at: ast.AST, model: bool
+) -> int | None:
+    """The first line between `after` and `before`, in the scope of `at`, that may change what
+    `name` holds: `sd[k] = ...`, `sd.pop(k)`, `model.fc = nn.Linear(...)`, `setattr(model, ..)`,
+    `model.add_module(...)`, or (for a model) passing it to a function torchls does not know."""
+    scope = _function_scope(models, at)
+    body = scope.body if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    if body is None and models.tree is not None:
+        body = models.tree.body
+    for statement in body or []:
+        end = getattr(statement, "end_lineno", statement.lineno)
+        if end < after or statement.lineno >= before:
+            continue
+        for node in _scope_walk(statement):
+            line = getattr(node, "lineno", 0)
+            if not after <= line < before or node is at:
+                continue
+            if _changes(models, node, name, model):
+                return line
+    return None
+
+
+def _is(node: ast.AST, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _changes(models: FileModels, node: ast.AST, name: str, model: bool) -> bool:
+    if isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(
+        node.ctx, (ast.Store, ast.Del)
+    ):
+        if isinstance(node, ast.Subscript) and not model:
+            return _is(node.value, name)
+        if isinstance(node, ast.Attribute) and model:
+            return _is(node.value, name)
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    if isinstance(func, ast.Attribute) and _is(func.value, name):
+        return func.attr in (_MODEL_MUTATORS if model else _DICT_MUTATORS)
+    if not model:
+        return False
+    if any(_is(arg, name) for arg in node.args) or any(_is(k.value, name) for k in node.keywords):
+        dotted = models.imports.resolve(func) or dotted_name(func) or ""
+        if dotted in WRAPPERS or dotted in _CONSUME_PREFIX:
+            return False
+        return dotted not in _MODEL_READERS
+    return False
 
 
 def _prefix_consumed(
@@ -322,8 +561,8 @@ def _rewrite(node: ast.DictComp) -> tuple[ast.expr, list[Step]] | None:
     key_step = _key_expression(node.key, k)
     if key_step is None:
         return None
-    if key_step.kind != "same":
-        steps.append(key_step)
+    # Even `{k: v for k, v in sd.items()}` matters: a plain dict has no `_metadata`.
+    steps.append(key_step if key_step.kind != "same" else Step("copy", None))
     return loop.iter.func.value, steps
 
 
@@ -476,11 +715,14 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
     return None
 
 
-def _candidates(path: str | None, document: str, workspace: str | None) -> list[str]:
-    """Where the file may be: as written if absolute, else next to the file and from the root."""
+def _candidates(
+    path: str | None, document: str, workspace: str | None, expand: bool = False
+) -> list[str]:
+    """Where the file may be: as written if absolute, else next to the file and from the root.
+    `~` is expanded only for loaders that expand it (Lightning's fsspec); torch.load does not."""
     if path is None or "\0" in path or len(path) > 4096:
         return []
-    written = Path(path).expanduser()
+    written = Path(path).expanduser() if expand else Path(path)
     if written.is_absolute():
         return [str(written)]
     bases = [Path(document).parent]
@@ -530,7 +772,7 @@ def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTa
             return None
         wrapper = WRAPPERS.get(models.imports.resolve(value.func) or "")
         if wrapper is None:
-            target = models.construction_target(value)
+            target = _construction(models, value)
             if target is None:
                 return None
             if attribute:
@@ -542,7 +784,7 @@ def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTa
         prefix += wrapper
         inner = value.args[0] if value.args else None
         if isinstance(inner, ast.Call):
-            target = models.construction_target(inner)
+            target = _construction(models, inner)
             if target is None or (attribute and not prefix.startswith(attribute)):
                 return None
             target.wrapper_prefix = prefix[len(attribute) :]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -589,22 +590,77 @@ def _binding(
     scope, and the scope binds the name in no other way (no `+=`, loop variable, assignment
     inside an `if`, `with ... as`, import, walrus). Otherwise the value is unknown.
     """
-    plain: list[tuple[int, ast.expr]] = []
-    other = False
-    for statement in statements:
-        value = _assigned_value(statement, name)
-        if value is not None and _single_target(statement):
-            plain.append((statement.lineno, value))
-            continue
-        for node in _scope_walk(statement):
-            if _binds(node, name):
-                other = True
+    entry = _bindings_of(statements).get(name)
+    if entry is None:
+        return False, None
+    other, plain = entry
     if other:
         return True, None
-    if not plain:
-        return False, None
     earlier = [value for line, value in plain if line < before_line]
     return True, (earlier[-1] if earlier else None)
+
+
+# Every name a scope binds, found in one walk of the scope and kept for the scopes seen last:
+# a file with thousands of loads asks about the same few names thousands of times.
+_BINDINGS: OrderedDict[int, tuple[list[ast.stmt], dict[str, tuple[bool, list[Any]]]]] = (
+    OrderedDict()
+)
+_BINDINGS_KEPT = 256
+
+
+def _bindings_of(statements: list[ast.stmt]) -> dict[str, tuple[bool, list[Any]]]:
+    cached = _BINDINGS.get(id(statements))
+    if cached is not None and cached[0] is statements:
+        _BINDINGS.move_to_end(id(statements))
+        return cached[1]
+    other: set[str] = set()
+    plain: dict[str, list[tuple[int, ast.expr]]] = {}
+    for statement in statements:
+        assigned: set[str] = set()
+        if _single_target(statement):
+            for name, value in _plain_assignments(statement):
+                plain.setdefault(name, []).append((statement.lineno, value))
+                assigned.add(name)
+        for node in _scope_walk(statement):
+            for name in _bound_names(node):
+                if name not in assigned:
+                    other.add(name)
+    index = {name: (name in other, plain.get(name, [])) for name in other | set(plain)}
+    _BINDINGS[id(statements)] = (statements, index)
+    while len(_BINDINGS) > _BINDINGS_KEPT:
+        _BINDINGS.popitem(last=False)
+    return index
+
+
+def _plain_assignments(statement: ast.stmt) -> list[tuple[str, ast.expr]]:
+    if isinstance(statement, ast.Assign):
+        return [
+            (target.id, statement.value)
+            for target in statement.targets
+            if isinstance(target, ast.Name)
+        ]
+    if (
+        isinstance(statement, ast.AnnAssign)
+        and isinstance(statement.target, ast.Name)
+        and statement.value is not None
+    ):
+        return [(statement.target.id, statement.value)]
+    return []
+
+
+def _bound_names(node: ast.AST) -> list[str]:
+    """The names a node binds: stores, imports, globals, except targets, defs."""
+    if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+        return [node.id]
+    if isinstance(node, ast.alias):
+        return [node.asname or node.name.split(".")[0]]
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return list(node.names)
+    if isinstance(node, ast.ExceptHandler):
+        return [node.name] if node.name else []
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    return []
 
 
 def _single_target(statement: ast.stmt) -> bool:
@@ -626,35 +682,6 @@ def _scope_walk(node: ast.AST) -> list[ast.AST]:
             ):
                 stack.append(child)
     return found
-
-
-def _binds(node: ast.AST, name: str) -> bool:
-    if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-        return node.id == name
-    if isinstance(node, ast.alias):
-        return (node.asname or node.name.split(".")[0]) == name
-    if isinstance(node, (ast.Global, ast.Nonlocal)):
-        return name in node.names
-    if isinstance(node, ast.ExceptHandler):
-        return node.name == name
-    return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and (
-        node.name == name
-    )
-
-
-def _assigned_value(statement: ast.stmt, name: str) -> ast.expr | None:
-    if isinstance(statement, ast.Assign):
-        for target in statement.targets:
-            if isinstance(target, ast.Name) and target.id == name:
-                return statement.value
-    if (
-        isinstance(statement, ast.AnnAssign)
-        and isinstance(statement.target, ast.Name)
-        and statement.target.id == name
-        and statement.value is not None
-    ):
-        return statement.value
-    return None
 
 
 def _function_scope(models: FileModels, node: ast.AST) -> ast.AST | None:

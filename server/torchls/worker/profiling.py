@@ -106,14 +106,7 @@ def state_dict_shapes(context: JobContext, params: Params) -> dict[str, Any]:
         if owner != name:
             tied[name] = owner
             tied.setdefault(owner, name)
-    keys = {
-        key: {
-            "shape": list(value.shape),
-            "dtype": str(value.dtype).removeprefix("torch."),
-            "parameter": key in parameters,
-        }
-        for key, value in model.state_dict().items()
-    }
+    keys = {key: _entry(torch, key, value, parameters) for key, value in model.state_dict().items()}
     model_type = type(model)
     prefix = getattr(model, "base_model_prefix", None)
     return {
@@ -123,6 +116,19 @@ def state_dict_shapes(context: JobContext, params: Params) -> dict[str, Any]:
         "keys": keys,
         "tied": {key: other for key, other in tied.items() if key in keys and other in keys},
         "notes": notes,
+    }
+
+
+def _entry(torch: Any, key: str, value: Any, parameters: set[str]) -> dict[str, Any]:
+    """A state-dict entry; shape None when it has none yet (a lazy module's uninitialized
+    parameter, which load_state_dict materializes) or is no tensor (get_extra_state)."""
+    lazy = isinstance(value, torch.nn.parameter.UninitializedTensorMixin)
+    if lazy or not isinstance(value, torch.Tensor):
+        return {"shape": None, "dtype": None, "parameter": key in parameters}
+    return {
+        "shape": list(value.shape),
+        "dtype": str(value.dtype).removeprefix("torch."),
+        "parameter": key in parameters,
     }
 
 
