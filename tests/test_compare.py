@@ -98,3 +98,11 @@ def _n(shape: tuple[int, ...]) -> int:
     for dim in shape:
         count *= dim
     return count
+
+
+def test_a_model_wrapped_twice_needs_both_prefixes_stripped() -> None:
+    model = {"conv.weight": (8, 3, 3, 3), "conv.bias": (8,), "fc.weight": (10, 8)}
+    checkpoint = {f"module.module.{key}": shape for key, shape in model.items()}
+    result = compare(model, checkpoint)
+    assert result.prefix_fix is not None and result.prefix_fix.strip == "module.module."
+    assert result.prefix_fix.keys_matched == 3
