@@ -18,15 +18,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import torch
+from tests.loadcheck.helpers import check_file, start_worker
 from torch import nn
 
-from torchls.checkpoint.isolated import read_isolated_async
-from torchls.loadcheck.analysis import Environment, Finding
-from torchls.loadcheck.checker import LoadChecker, SiteReport
+from torchls.loadcheck.analysis import Finding
+from torchls.loadcheck.checker import SiteReport
 from torchls.loadcheck.fixes import Fix, apply_edits
-from torchls.source.models import FileModels
-from torchls.source.project import Project
-from torchls.worker.client import WorkerClient, WorkerSettings
+from torchls.worker.client import WorkerClient
 
 MODEL = '''
 import torch
@@ -74,7 +72,6 @@ torch.save(model.state_dict(), __file__ + ".loaded")
 """
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-ENVIRONMENT = Environment("2.13.0", False)  # this machine: torch 2.13, no CUDA
 
 
 def trained(module: nn.Module) -> nn.Module:
@@ -166,15 +163,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(workspace: Path) -> AsyncIterator[WorkerClient]:
     """One worker for the module (starting one imports torch); each test has a folder in it."""
-    client = WorkerClient(
-        WorkerSettings(
-            command=(sys.executable,),
-            workspace=str(workspace),
-            allow_user_code=True,
-            timeout_seconds=60,
-            memory_limit_mb=4096,
-        )
-    )
+    client = start_worker(workspace)
     try:
         yield client
     finally:
@@ -191,17 +180,7 @@ def folder(workspace: Path, request: pytest.FixtureRequest) -> Path:
 async def check(
     worker: WorkerClient, folder: Path, file: str = "train.py"
 ) -> list[tuple[SiteReport, list[Fix]]]:
-    checker = LoadChecker(
-        lambda path: read_isolated_async(path),
-        lambda params: worker.run("state_dict", params),
-        lambda: ENVIRONMENT,
-    )
-    project = Project(str(folder))
-    module = project.module_file(str(folder / file))
-    assert module is not None
-    models = FileModels(project, module)
-    reports = await checker.check(models, str(folder))
-    return [(report, checker.fixes(models, report)) for report in reports]
+    return await check_file(folder, file, worker)
 
 
 def same_weights(

@@ -4,20 +4,15 @@ pytorch_lightning really does, for checkpoints a real Trainer saves."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.loadcheck.helpers import check_file, what_raises
 
-from torchls.checkpoint.isolated import read_isolated_async
-from torchls.loadcheck.analysis import ERROR, Environment
-from torchls.loadcheck.checker import LoadChecker, SiteReport
-from torchls.loadcheck.fixes import Fix, apply_edits
-from torchls.source.models import FileModels
-from torchls.source.project import Project
-from torchls.worker.client import WorkerClient, WorkerSettings
+from torchls.loadcheck.analysis import ERROR
+from torchls.loadcheck.fixes import apply_edits
 
 pytest.importorskip("pytorch_lightning")
 
@@ -56,65 +51,16 @@ b = LitNet.load_from_checkpoint("lit.ckpt", num_classes=5)
 c = LitNet.load_from_checkpoint("plain.ckpt")
 d = Grown.load_from_checkpoint("lit.ckpt")
 """
-RUNNER = """
-import json, logging, sys
-logging.disable(logging.WARNING)
-from net import Grown, LitNet
-outcomes = []
-for statement in json.loads(sys.argv[1]):
-    try:
-        exec(statement)
-        outcomes.append("")
-    except Exception as exc:
-        outcomes.append(f"{type(exc).__name__}: {exc}")
-print(json.dumps(outcomes))
-"""
 
 
-async def _check(workspace: Path) -> list[tuple[SiteReport, list[Fix]]]:
-    worker = WorkerClient(
-        WorkerSettings(
-            command=(sys.executable,),
-            workspace=str(workspace),
-            allow_user_code=True,
-            timeout_seconds=120,
-            memory_limit_mb=4096,
-        )
-    )
-    checker = LoadChecker(
-        read_isolated_async,
-        lambda params: worker.run("state_dict", params),
-        lambda: Environment("2.13.0", False),
-    )
-    try:
-        project = Project(str(workspace))
-        module = project.module_file(str(workspace / "load.py"))
-        assert module is not None
-        models = FileModels(project, module)
-        reports = await checker.check(models, str(workspace))
-        return [(report, checker.fixes(models, report)) for report in reports]
-    finally:
-        await worker.stop()
-
-
-def _run(workspace: Path, statements: list[str]) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, json.dumps(statements)],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    outcome: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
-    return outcome
+PRELUDE = "from net import Grown, LitNet"
 
 
 def test_load_from_checkpoint_predictions_match_lightning(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text(NET)
     subprocess.run([sys.executable, "-c", SAVE], cwd=tmp_path, check=True, capture_output=True)
     (tmp_path / "load.py").write_text(SCRIPT)
-    results = asyncio.run(_check(tmp_path))
+    results = asyncio.run(check_file(tmp_path, "load.py"))
     by_line = {report.site.line: (report, fixes) for report, fixes in results}
     assert sorted(by_line) == [3, 4, 5, 6]
     lines = SCRIPT.splitlines()
@@ -124,7 +70,7 @@ def test_load_from_checkpoint_predictions_match_lightning(tmp_path: Path) -> Non
         for number, (_, fixes) in by_line.items()
         for fix in fixes
     }
-    real = _run(tmp_path, statements + list(fixed.values()))
+    real = what_raises(tmp_path, PRELUDE, statements + list(fixed.values()))
     for (number, (report, _)), raised in zip(by_line.items(), real, strict=False):
         errors = [f for f in report.findings if f.severity == ERROR]
         assert bool(raised) == bool(errors), (number, report.findings, raised)
