@@ -85,7 +85,9 @@ async def _actions(
         types.CodeActionParams(
             text_document=types.TextDocumentIdentifier(uri=uri),
             range=diagnostic.range,
-            context=types.CodeActionContext(diagnostics=[diagnostic]),
+            context=types.CodeActionContext(
+                diagnostics=[diagnostic], only=[types.CodeActionKind.QuickFix]
+            ),
         )
     )
     return [a for a in result or [] if isinstance(a, types.CodeAction)]

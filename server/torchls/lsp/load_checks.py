@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,10 +168,7 @@ class LoadChecks:
         document = self.server.workspace.get_text_document(uri)
         if document.source != text:
             return []  # the check of the current text has not finished; no stale edits
-        wanted = params.context.only
-        if wanted and not any(
-            str(kind).startswith(str(types.CodeActionKind.QuickFix)) for kind in wanted
-        ):
+        if not kind_wanted(types.CodeActionKind.QuickFix, params.context.only):
             return []
         actions = []
         for report in reports:
@@ -223,6 +221,19 @@ class LoadChecks:
                     ]
                 )
             )
+
+
+def kind_wanted(kind: str, only: Sequence[str] | None) -> bool:
+    """Whether an action of `kind` answers a request for `only` (kinds are prefixes:
+    "refactor" asks for "refactor.rewrite" too)."""
+    if not only:
+        return True
+    ours = str(getattr(kind, "value", kind))
+    for wanted in only:
+        asked = str(getattr(wanted, "value", wanted))
+        if ours == asked or ours.startswith(asked + "."):
+            return True
+    return False
 
 
 def _is_python(server: TorchLanguageServer, uri: str) -> bool:
