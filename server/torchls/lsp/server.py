@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 
 from torchls import __version__, status
 from torchls.config import InitOptions, parse_init_options
+from torchls.lsp.kfold_actions import KFoldActions
 from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
 from torchls.lsp.model_cost import ModelCost
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
@@ -50,6 +51,7 @@ class TorchLanguageServer(LanguageServer):
         self._tasks: set[asyncio.Task[Any]] = set()
         self.model_cost = ModelCost(self)
         self.load_checks = LoadChecks(self)
+        self.kfold = KFoldActions(self)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -208,16 +210,33 @@ def create_server() -> TorchLanguageServer:
 
     @server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION,
-        types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]),
+        types.CodeActionOptions(
+            code_action_kinds=[
+                types.CodeActionKind.QuickFix,
+                types.CodeActionKind.RefactorRewrite,
+            ],
+            resolve_provider=True,
+        ),
     )
     def code_action(
         ls: TorchLanguageServer, params: types.CodeActionParams
     ) -> list[types.CodeAction] | None:
+        actions: list[types.CodeAction] = []
+        for provider in (ls.load_checks.code_actions, ls.kfold.code_actions):
+            try:
+                actions += provider(params)
+            except Exception:  # a code action request must never take the server down
+                log.exception("code actions failed at %s", params.range)
+        return actions or None
+
+    @server.feature(types.CODE_ACTION_RESOLVE)
+    def code_action_resolve(ls: TorchLanguageServer, action: types.CodeAction) -> types.CodeAction:
         try:
-            return ls.load_checks.code_actions(params) or None
-        except Exception:  # a code action request must never take the server down
-            log.exception("code actions failed at %s", params.range)
-            return None
+            if ls.kfold.owns(action):
+                return ls.kfold.resolve(action)
+        except Exception:
+            log.exception("resolving %r failed", action.title)
+        return action
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TorchLanguageServer, params: None) -> None:

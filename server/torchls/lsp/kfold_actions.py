@@ -1,0 +1,91 @@
+"""k-fold cross-validation code actions: listed cheaply (a title and a kind), their edit made
+on `codeAction/resolve`; for clients that cannot resolve, made at once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+
+from torchls.kfold.actions import TITLES, available, insertion
+from torchls.lsp.load_checks import kind_wanted
+
+if TYPE_CHECKING:
+    from torchls.lsp.server import TorchLanguageServer
+
+KIND = types.CodeActionKind.RefactorRewrite
+DATA_TAG = "torchls.kfold"
+
+
+class KFoldActions:
+    def __init__(self, server: TorchLanguageServer) -> None:
+        self.server = server
+
+    def _resolves(self) -> bool:
+        capabilities = self.server.client_capabilities
+        text = capabilities.text_document if capabilities else None
+        code_action = text.code_action if text else None
+        support = code_action.resolve_support if code_action else None
+        return support is not None and "edit" in support.properties
+
+    def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
+        if not kind_wanted(KIND, params.context.only):
+            return []
+        uri = params.text_document.uri
+        models = self.server.model_cost.models(uri)
+        if models is None or not available(models):
+            return []
+        document = self.server.workspace.get_text_document(uri)
+        line = params.range.start.line
+        actions = []
+        for kind, title in TITLES.items():
+            data = {"tag": DATA_TAG, "uri": uri, "version": document.version, "kind": kind}
+            data["line"] = line
+            action = types.CodeAction(title=f"torchls: {title}", kind=KIND, data=data)
+            if not self._resolves():
+                action = self.resolve(action)
+                if action.edit is None:
+                    continue
+            actions.append(action)
+        return actions
+
+    def owns(self, action: types.CodeAction) -> bool:
+        return isinstance(action.data, dict) and action.data.get("tag") == DATA_TAG
+
+    def resolve(self, action: types.CodeAction) -> types.CodeAction:
+        data: dict[str, Any] = action.data if isinstance(action.data, dict) else {}
+        uri = str(data.get("uri", ""))
+        models = self.server.model_cost.models(uri) if uri else None
+        document = self.server.workspace.get_text_document(uri) if uri else None
+        if models is None or document is None or document.version != data.get("version"):
+            action.disabled = types.CodeActionDisabled(
+                reason="the file changed since the action was offered; ask again"
+            )
+            return action
+        made = insertion(models, str(data.get("kind")), int(data.get("line", 0)))
+        if made is None:
+            action.disabled = types.CodeActionDisabled(
+                reason="the loop would not fit here as valid Python"
+            )
+            return action
+        edits = [
+            types.TextEdit(
+                range=types.Range(
+                    start=types.Position(line=e.span.start_line, character=e.span.start_char),
+                    end=types.Position(line=e.span.end_line, character=e.span.end_char),
+                ),
+                new_text=e.text,
+            )
+            for e in made.edits
+        ]
+        action.edit = types.WorkspaceEdit(
+            document_changes=[
+                types.TextDocumentEdit(
+                    text_document=types.OptionalVersionedTextDocumentIdentifier(
+                        uri=uri, version=document.version
+                    ),
+                    edits=edits,
+                )
+            ]
+        )
+        return action
