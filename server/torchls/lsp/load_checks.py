@@ -20,6 +20,8 @@ from lsprotocol import types
 from pygls.uris import from_fs_path
 
 from torchls.checkpoint.isolated import read_isolated_async
+from torchls.kfold.lint import LintFinding
+from torchls.kfold.lint import lint as kfold_lint
 from torchls.loadcheck.analysis import ERROR, INFORMATION, WARNING, Environment, Finding
 from torchls.loadcheck.checker import LoadChecker, SiteReport
 from torchls.source.models import FileModels
@@ -48,6 +50,7 @@ class LoadChecks:
         self._checker: LoadChecker | None = None
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._reports: dict[str, tuple[int | None, str, FileModels, list[SiteReport]]] = {}
+        self._lint: dict[str, list[LintFinding]] = {}  # hand-written k-fold loops
 
     @property
     def checker(self) -> LoadChecker:
@@ -111,6 +114,7 @@ class LoadChecks:
         task = self._pending.pop(uri, None)
         if task is not None:
             task.cancel()
+        self._lint.pop(uri, None)
         if self._reports.pop(uri, None) is not None:
             self._publish(uri, None, [])
 
@@ -130,6 +134,7 @@ class LoadChecks:
             log.exception("checking the loads of %s failed", uri)
             # Diagnostics of an older text would point at lines that have changed.
             self._reports.pop(uri, None)
+            self._lint.pop(uri, None)
             with contextlib.suppress(Exception):
                 self._publish(uri, None, [])
 
@@ -144,6 +149,10 @@ class LoadChecks:
         if current.version != version or current.source != text:
             return reports  # edited meanwhile: the next check publishes
         self._reports[uri] = (version, text, models, reports)
+        try:
+            self._lint[uri] = kfold_lint(models)
+        except (RecursionError, ValueError):
+            self._lint[uri] = []
         self._publish(uri, version, reports)
         return reports
 
@@ -153,6 +162,7 @@ class LoadChecks:
         diagnostics = [
             _diagnostic(uri, report, finding) for report in reports for finding in report.findings
         ]
+        diagnostics += [_lint_diagnostic(item.finding) for item in self._lint.get(uri, [])]
         self.server.text_document_publish_diagnostics(
             types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
         )
@@ -191,6 +201,30 @@ class LoadChecks:
                                         uri=uri, version=version
                                     ),
                                     edits=[edit],
+                                )
+                            ]
+                        ),
+                    )
+                )
+        for item in self._lint.get(uri, []):
+            if not _overlaps_span(item.finding.span, params.range):
+                continue
+            for title, edits in item.fixes:
+                actions.append(
+                    types.CodeAction(
+                        title=f"torchls: {title}",
+                        kind=types.CodeActionKind.QuickFix,
+                        diagnostics=[_lint_diagnostic(item.finding)],
+                        edit=types.WorkspaceEdit(
+                            document_changes=[
+                                types.TextDocumentEdit(
+                                    text_document=types.OptionalVersionedTextDocumentIdentifier(
+                                        uri=uri, version=version
+                                    ),
+                                    edits=[
+                                        types.TextEdit(range=_range(e.span), new_text=e.text)
+                                        for e in edits
+                                    ],
                                 )
                             ]
                         ),
@@ -249,6 +283,22 @@ def _overlaps(report: SiteReport, findings: list[Finding], wanted: types.Range) 
     return any(
         (span.start_line, span.start_char) <= end and start <= (span.end_line, span.end_char)
         for span in spans
+    )
+
+
+def _overlaps_span(span: Span, wanted: types.Range) -> bool:
+    start = (wanted.start.line, wanted.start.character)
+    end = (wanted.end.line, wanted.end.character)
+    return (span.start_line, span.start_char) <= end and start <= (span.end_line, span.end_char)
+
+
+def _lint_diagnostic(finding: Finding) -> types.Diagnostic:
+    return types.Diagnostic(
+        range=_range(finding.span),
+        message=finding.message,
+        severity=_SEVERITY[finding.severity],
+        code=finding.code,
+        source=SOURCE,
     )
 
 

@@ -1,0 +1,125 @@
+"""The lint for hand-written k-fold loops, through a real LSP session: the diagnostics on the
+classic mistakes, their quick fixes applied as the editor would, and the fixed script run with
+torch and scikit-learn: one fresh model per fold, reproducible folds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import lsp_session
+from tests.loadcheck.test_lsp_diagnostics import (
+    _actions,
+    _apply,
+    _change,
+    _diagnostics,
+    _open,
+    _torchls,
+)
+
+# Indented with tabs, on purpose: the fixes must keep the file's own indentation.
+HAND_WRITTEN = """import torch
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+INITIAL_WEIGHTS = []
+
+
+class MLP(nn.Module):
+\tdef __init__(self):
+\t\tsuper().__init__()
+\t\tself.fc = nn.Linear(4, 2)
+\t\tINITIAL_WEIGHTS.append(round(float(self.fc.weight.sum()), 6))
+
+\tdef forward(self, x):
+\t\treturn self.fc(x)
+
+
+x = torch.randn(40, 4)
+y = torch.randint(0, 2, (40,))
+scaler = StandardScaler()
+x = torch.tensor(scaler.fit_transform(x.numpy()), dtype=torch.float32)
+dataset = TensorDataset(x, y)
+model = MLP()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+loss_fn = nn.CrossEntropyLoss()
+splitter = KFold(n_splits=4)
+for fold, (train_idx, val_idx) in enumerate(splitter.split(x)):
+\ttrain_loader = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=8, shuffle=True)
+\tval_loader = DataLoader(Subset(dataset, val_idx.tolist()), batch_size=8, shuffle=True)
+\tfor inputs, targets in train_loader:
+\t\toptimizer.zero_grad()
+\t\tloss_fn(model(inputs), targets).backward()
+\t\toptimizer.step()
+\twith torch.no_grad():
+\t\tcorrect = sum((model(i).argmax(1) == t).sum().item() for i, t in val_loader)
+\tprint("fold", fold, correct / len(val_idx))
+print("INITS", __import__("json").dumps(INITIAL_WEIGHTS))
+"""
+
+
+def _run(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(path)], cwd=path.parent, capture_output=True, text=True, timeout=300
+    )
+
+
+async def test_hand_written_loop_mistakes_are_found_and_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "cv.py"
+    path.write_text(HAND_WRITTEN)
+    before = _run(path)
+    assert before.returncode == 0, before.stderr
+    # The bug, for real: one model for all folds (plus none built per fold).
+    assert len(json.loads(before.stdout.split("INITS ", 1)[1])) == 1
+
+    text = HAND_WRITTEN
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, path)
+        codes = {
+            "kfold-no-shuffle",
+            "kfold-shared-model",
+            "kfold-shuffled-validation",
+            "kfold-leak",
+        }
+        found = await _diagnostics(
+            session, uri, lambda d: codes <= {str(x.code) for x in _torchls(d)}
+        )
+        by_code = {str(d.code): d for d in _torchls(found)}
+        assert "`model` and `optimizer` are built once, before the fold loop" in (
+            by_code["kfold-shared-model"].message
+        )
+        assert "`scaler.fit_transform` sees the whole dataset" in by_code["kfold-leak"].message
+        version = 1
+        for code, title in [
+            ("kfold-shared-model", "Build `model` and `optimizer` anew at the start of each fold"),
+            ("kfold-no-shuffle", "Shuffle the folds: KFold(..., shuffle=True, random_state=0)"),
+            ("kfold-shuffled-validation", "Validate in order: shuffle=False"),
+        ]:
+            current = await _diagnostics(
+                session, uri, lambda d, code=code: code in {str(x.code) for x in _torchls(d)}
+            )
+            diagnostic = next(d for d in _torchls(current) if d.code == code)
+            actions = await _actions(session, uri, diagnostic)
+            assert [a.title for a in actions] == [f"torchls: {title}"]
+            text = _apply(text, actions[0])
+            version += 1
+            _change(session, uri, text, version)
+            await _diagnostics(
+                session, uri, lambda d, code=code: code not in {str(x.code) for x in _torchls(d)}
+            )
+        # The leak has no one-click fix: it is still said.
+        left = await _diagnostics(session, uri, lambda d: True)
+        assert {str(d.code) for d in _torchls(left)} == {"kfold-leak"}
+
+    assert "\tmodel = MLP()\n\toptimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n" in text
+    assert "KFold(n_splits=4, shuffle=True, random_state=0)" in text
+    path.write_text(text)
+    after = _run(path)
+    assert after.returncode == 0, after.stderr
+    inits = json.loads(after.stdout.split("INITS ", 1)[1])
+    assert len(inits) == 5 and len(set(inits[1:])) == 4  # one fresh model per fold
+    assert after.stdout.count("fold ") == 4
