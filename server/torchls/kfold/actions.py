@@ -7,7 +7,7 @@ import ast
 from dataclasses import dataclass
 
 from torchls.kfold.context import read_context
-from torchls.kfold.template import render
+from torchls.kfold.template import Wrapped, render
 from torchls.loadcheck.fixes import Edit, apply_edits
 from torchls.source.models import FileModels
 from torchls.source.text import Span
@@ -58,6 +58,129 @@ def insertion(models: FileModels, kind: str, line: int) -> Insertion | None:
     except (SyntaxError, ValueError, RecursionError):
         return None
     return Insertion(TITLES[kind], edits)
+
+
+WRAP_TITLE = "Wrap in k-fold cross-validation ({splitter})"
+
+
+def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
+    """Rewrite the selected statements (lines `start`..`end`, 0-based; or, for a cursor, the
+    training loop around it) so that they run once per fold, with a fresh model and optimizer,
+    the training loader they iterate rebound to the fold's training part, and a validation pass
+    after them."""
+    tree = models.tree
+    if tree is None:
+        return None
+    statements = _selected(models, tree, start, end)
+    if not statements:
+        return None
+    first = statements[0].lineno - 1
+    last = (statements[-1].end_lineno or statements[-1].lineno) - 1
+    lines = models.lines.lines[first : last + 1]
+    indent = lines[0][: len(lines[0]) - len(lines[0].lstrip())]
+    if any(line.strip() and not line.startswith(indent) for line in lines):
+        return None
+    if _has_multiline_string(statements):
+        return None  # re-indenting would change the string
+    relative = [line[len(indent) :] if line.strip() else "" for line in lines]
+    tabs = indent.startswith("\t") or any(line.startswith("\t") for line in relative)
+    context = read_context(
+        tree, models.module.text, models.imports,
+        lambda call: models.construction_target(call) is not None,
+    )  # fmt: skip
+    kind = "stratified" if context.classification else "kfold"
+    wrapped = Wrapped(relative, _loader_of(models, statements), "\t" if tabs else "    ")
+    inserted = render(kind, context, indent, wrapped)
+    block = Edit(Span(first, 0, last + 1, 0), inserted.code)
+    imports = "".join(f"{i}\n" for i in inserted.imports)
+    at = _import_line(tree)
+    edits = [Edit(Span(at, 0, at, 0), imports), block] if imports else [block]
+    try:
+        ast.parse(apply_edits(models.module.text, edits))
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    splitter = "StratifiedKFold" if kind == "stratified" else "KFold"
+    return Insertion(WRAP_TITLE.format(splitter=splitter), edits)
+
+
+def can_wrap(models: FileModels, start: int, end: int) -> bool:
+    """Cheap: whether there is something to wrap at this selection."""
+    return models.tree is not None and bool(_selected(models, models.tree, start, end))
+
+
+def _selected(models: FileModels, tree: ast.Module, start: int, end: int) -> list[ast.stmt]:
+    if start == end:  # a cursor: the epoch loop around it, or in the function around it
+        loops = [node for node in ast.walk(tree) if _is_epoch_loop(node)]
+        around = [loop for loop in loops if _spans(loop, start)]
+        if around:
+            return [around[-1]]  # type: ignore[list-item]
+        functions = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _spans(node, start)
+        ]
+        if functions:
+            inner = [loop for loop in loops if _is_inside(loop, functions[-1])]
+            return inner[:1]  # type: ignore[return-value]
+        return []
+    for node in ast.walk(tree):
+        for body in _bodies(node):
+            inside = [
+                s for s in body if s.lineno - 1 >= start and (s.end_lineno or s.lineno) - 1 <= end
+            ]
+            if inside:
+                return inside
+    return []
+
+
+def _is_epoch_loop(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.For)
+        and isinstance(node.target, ast.Name)
+        and "epoch" in node.target.id
+    )
+
+
+def _spans(node: ast.AST, line: int) -> bool:
+    first = getattr(node, "lineno", 0) - 1
+    return first <= line <= (getattr(node, "end_lineno", None) or first + 1) - 1
+
+
+def _is_inside(inner: ast.AST, outer: ast.AST) -> bool:
+    return any(node is inner for node in ast.walk(outer))
+
+
+def _bodies(node: ast.AST) -> list[list[ast.stmt]]:
+    return [
+        value
+        for name in ("body", "orelse", "finalbody")
+        if isinstance(value := getattr(node, name, None), list)
+        and value
+        and isinstance(value[0], ast.stmt)
+    ]
+
+
+def _has_multiline_string(statements: list[ast.stmt]) -> bool:
+    return any(
+        isinstance(node, (ast.Constant, ast.JoinedStr))
+        and isinstance(getattr(node, "value", ""), (str, list))
+        and node.lineno != node.end_lineno
+        for statement in statements
+        for node in ast.walk(statement)
+    )
+
+
+def _loader_of(models: FileModels, statements: list[ast.stmt]) -> str:
+    """The name the selected code iterates that the file binds to a DataLoader."""
+    for statement in statements:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.For) and isinstance(node.iter, ast.Name):
+                value = models._lookup(node.iter.id, node.lineno)
+                if isinstance(value, ast.Call):
+                    dotted = models.imports.resolve(value.func) or ""
+                    if dotted.endswith("DataLoader"):
+                        return node.iter.id
+    return "train_loader"
 
 
 def _indent_at(lines: list[str], line: int) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
-from torchls.kfold.actions import TITLES, available, insertion
+from torchls.kfold.actions import TITLES, available, can_wrap, insertion, wrap
 from torchls.lsp.load_checks import kind_wanted
 
 if TYPE_CHECKING:
@@ -37,10 +37,17 @@ class KFoldActions:
             return []
         document = self.server.workspace.get_text_document(uri)
         line = params.range.start.line
+        end = params.range.end.line
+        if params.range.end.character == 0 and end > line:
+            end -= 1  # a selection of whole lines ends at the start of the next one
         actions = []
-        for kind, title in TITLES.items():
+        offers = list(TITLES.items())
+        if can_wrap(models, line, end):
+            offers.insert(0, ("wrap", "Wrap in k-fold cross-validation"))
+        for kind, title in offers:
             data = {"tag": DATA_TAG, "uri": uri, "version": document.version, "kind": kind}
             data["line"] = line
+            data["end"] = end
             action = types.CodeAction(title=f"torchls: {title}", kind=KIND, data=data)
             if not self._resolves():
                 action = self.resolve(action)
@@ -62,7 +69,11 @@ class KFoldActions:
                 reason="the file changed since the action was offered; ask again"
             )
             return action
-        made = insertion(models, str(data.get("kind")), int(data.get("line", 0)))
+        line = int(data.get("line", 0))
+        if data.get("kind") == "wrap":
+            made = wrap(models, line, int(data.get("end", line)))
+        else:
+            made = insertion(models, str(data.get("kind")), line)
         if made is None:
             action.disabled = types.CodeActionDisabled(
                 reason="the loop would not fit here as valid Python"

@@ -1,0 +1,131 @@
+""" "Wrap in k-fold cross-validation" through a real LSP session: the cursor in a training loop
+(or a selection), the edit resolved, applied, and the result run with torch and scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from tests.conftest import lsp_session
+from tests.kfold.test_insert import _edits
+from tests.loadcheck.test_lsp_diagnostics import _open
+
+from torchls.loadcheck.fixes import apply_edits
+
+# A training script the way people write it: one model, one optimizer, one loader over all the
+# data, and a plain epoch loop (no cross-validation).
+SCRIPT = """import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+INITIAL_WEIGHTS = []
+
+
+class Net(nn.Module):
+{i}def __init__(self, classes=2):
+{i}{i}super().__init__()
+{i}{i}self.fc = nn.Linear(5, classes)
+{i}{i}INITIAL_WEIGHTS.append(round(float(self.fc.weight.sum()), 6))
+
+{i}def forward(self, x):
+{i}{i}return self.fc(x)
+
+
+torch.manual_seed(0)
+x = torch.randn(50, 5)
+y = torch.randint(0, 2, (50,))
+data = TensorDataset(x, y)
+loader = DataLoader(data, batch_size=10, shuffle=True)
+net = Net(classes=2)
+opt = torch.optim.Adam(net.parameters(), lr=0.01)
+criterion = nn.CrossEntropyLoss()
+
+for epoch in range(3):  # train
+{i}net.train()
+{i}for xb, yb in loader:
+{i}{i}opt.zero_grad()
+{i}{i}loss = criterion(net(xb), yb)  # the loss
+{i}{i}loss.backward()
+{i}{i}opt.step()
+{i}print("epoch", epoch, loss.item())
+print("INITS", __import__("json").dumps(INITIAL_WEIGHTS))
+"""
+
+
+@pytest.mark.parametrize("indent", ["    ", "\t"], ids=["spaces", "tabs"])
+async def test_wrapped_loop_runs_once_per_fold_with_a_fresh_model(
+    tmp_path: Path, indent: str
+) -> None:
+    text = SCRIPT.format(i=indent)
+    path = tmp_path / "train.py"
+    path.write_text(text)
+    lines = text.splitlines()
+    cursor = next(n for n, line in enumerate(lines) if "loss.backward()" in line)
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, path)
+        listed = await session.client.text_document_code_action_async(
+            types.CodeActionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                range=types.Range(
+                    start=types.Position(line=cursor, character=4),
+                    end=types.Position(line=cursor, character=4),
+                ),
+                context=types.CodeActionContext(diagnostics=[]),
+            )
+        )
+        actions = [a for a in listed or [] if isinstance(a, types.CodeAction)]
+        action = next(a for a in actions if "Wrap in k-fold" in a.title)
+        resolved = await session.client.code_action_resolve_async(action)
+    wrapped = apply_edits(text, _edits(resolved))
+    # The user's own loop, one level deeper, inside the fold loop; their names reused.
+    assert f"{indent}for epoch in range(3):  # train\n{indent}{indent}net.train()\n" in wrapped
+    assert "    loader = DataLoader(Subset(data, train_idx.tolist())" in wrapped.replace(
+        "\t", "    "
+    )
+    assert "net = Net(classes=2)" in wrapped and "opt = torch.optim.Adam(net.parameters()" in (
+        wrapped
+    )
+    assert "StratifiedKFold(n_splits=N_SPLITS, shuffle=True, random_state=0)" in wrapped
+    path.write_text(wrapped)
+    done = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr + wrapped
+    assert len(re.findall(r"^fold \d: validation loss", done.stdout, re.M)) == 5
+    assert done.stdout.count("epoch ") == 15  # the selected loop ran once per fold
+    inits = json.loads(done.stdout.split("INITS ", 1)[1])
+    assert len(inits) == 6 and len(set(inits[1:])) == 5
+
+
+def test_a_cursor_in_a_function_wraps_its_training_loop(tmp_path: Path) -> None:
+    from torchls.kfold.actions import can_wrap, wrap
+    from torchls.source.models import FileModels
+    from torchls.source.project import Project
+
+    text = (
+        "import torch\n\n\ndef main(loader, net, opt, criterion):\n"
+        "    print('start')  # cursor here\n"
+        "    for epoch in range(2):\n"
+        "        for xb, yb in loader:\n"
+        "            opt.zero_grad()\n"
+        "            criterion(net(xb), yb).backward()\n"
+        "            opt.step()\n"
+    )
+    path = tmp_path / "fn.py"
+    path.write_text(text)
+    project = Project(str(tmp_path))
+    module = project.module_file(str(path))
+    assert module is not None
+    models = FileModels(project, module)
+    assert can_wrap(models, 4, 4)  # on print('start'): the function's epoch loop
+    made = wrap(models, 4, 4)
+    assert made is not None
+    wrapped = apply_edits(text, made.edits)
+    assert "    print('start')  # cursor here\n" in wrapped  # left as it was
+    assert "        for epoch in range(2):\n" in wrapped  # one level deeper, in the fold loop
+    assert not can_wrap(models, 0, 0)  # `import torch`: nothing to wrap
