@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lsprotocol import types
 from tests.conftest import lsp_session
 from tests.loadcheck.test_lsp_diagnostics import (
     _actions,
@@ -123,3 +124,47 @@ async def test_hand_written_loop_mistakes_are_found_and_fixed(tmp_path: Path) ->
     inits = json.loads(after.stdout.split("INITS ", 1)[1])
     assert len(inits) == 5 and len(set(inits[1:])) == 4  # one fresh model per fold
     assert after.stdout.count("fold ") == 4
+
+
+SEED_LIKE = """import torch
+from torch import nn
+
+torch.manual_seed(0)
+net = nn.Linear(3, 1)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+x, y = torch.randn(32, 3), torch.randn(32, 1)
+for epoch in range(2):
+    for i in range(0, 32, 8):
+        loss = ((net(x[i : i + 8]) - y[i : i + 8]) ** 2).mean()  # no zero_grad before this
+        loss.backward()
+        optimizer.step()
+print("GRAD", float(net.weight.grad.abs().sum()))
+"""
+
+
+async def test_a_step_without_zero_grad_is_found_and_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "seed.py"
+    path.write_text(SEED_LIKE)
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, path)
+        found = await _diagnostics(
+            session, uri, lambda d: "no-zero-grad" in {str(x.code) for x in _torchls(d)}
+        )
+        diagnostic = next(d for d in _torchls(found) if d.code == "no-zero-grad")
+        assert diagnostic.severity == types.DiagnosticSeverity.Warning
+        assert "`optimizer.step()` runs without `optimizer.zero_grad()`" in diagnostic.message
+        [action] = await _actions(session, uri, diagnostic)
+        fixed = _apply(SEED_LIKE, action)
+        _change(session, uri, fixed, 2)
+        await _diagnostics(session, uri, lambda d: not _torchls(d))
+    assert "        optimizer.zero_grad()\n        loss.backward()\n" in fixed
+    path.write_text(fixed)
+    # With the fix the last gradient is one batch's, not the sum of eight.
+    before = (
+        _run(tmp_path / "before.py") if (tmp_path / "before.py").write_text(SEED_LIKE) else None
+    )
+    after = _run(path)
+    assert before is not None and before.returncode == 0 and after.returncode == 0
+    grad_before = float(before.stdout.split("GRAD ")[1])
+    grad_after = float(after.stdout.split("GRAD ")[1])
+    assert grad_after < grad_before

@@ -53,6 +53,7 @@ def lint(models: FileModels) -> list[LintFinding]:
             splitters[node.targets[0].id] = node.value
     for name, call in splitters.items():
         found += _splitter_findings(models, name, call)
+    found += _missing_zero_grad(models, tree)
     for loop in [n for n in ast.walk(tree) if isinstance(n, ast.For)]:
         splitter = _fold_loop_splitter(models, loop, splitters)
         if splitter is None:
@@ -296,4 +297,94 @@ def _scaler_like(models: FileModels, name: str, body: list[ast.stmt]) -> bool:
             return dotted.startswith("sklearn.preprocessing.") or dotted.startswith(
                 "sklearn.decomposition."
             )
+    return False
+
+
+def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding]:
+    """A batch loop that calls `optimizer.step()` and `.backward()` but never `zero_grad()`:
+    gradients add up across batches (and folds)."""
+    optimizers = {
+        statement.targets[0].id
+        for statement in ast.walk(tree)
+        if isinstance(statement, ast.Assign)
+        and len(statement.targets) == 1
+        and isinstance(statement.targets[0], ast.Name)
+        and isinstance(statement.value, ast.Call)
+        and (models.imports.resolve(statement.value.func) or "").startswith("torch.optim.")
+        and not (models.imports.resolve(statement.value.func) or "").startswith(
+            "torch.optim.lr_scheduler."
+        )
+    }
+    found = []
+    for loop in [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))]:
+        calls = {
+            (node.func.value.id if isinstance(node.func.value, ast.Name) else "", node.func.attr)
+            for statement in loop.body
+            for node in _own_nodes(statement)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        }
+        stepped = sorted(name for name, attr in calls if attr == "step" and name in optimizers)
+        if not stepped or not any(attr == "backward" for _, attr in calls):
+            continue
+        if _zero_grad_around(models, loop):
+            continue
+        backward = _backward_statement(loop)
+        name = stepped[0]
+        message = (
+            f"`{name}.step()` runs without `{name}.zero_grad()`: each batch's gradients are added "
+            "to the ones before, so every step after the first uses the wrong gradient."
+        )
+        fixes = []
+        if backward is not None:
+            line = models.lines.get(backward.lineno - 1)
+            indent = line[: len(line) - len(line.lstrip())]
+            at = Span(backward.lineno - 1, 0, backward.lineno - 1, 0)
+            edit = Edit(at, f"{indent}{name}.zero_grad()\n")
+            fixes.append((f"Clear the gradients first: {name}.zero_grad()", [edit]))
+        where = models._span(loop.target if isinstance(loop, ast.For) else loop.test)
+        found.append(LintFinding(Finding(WARNING, "no-zero-grad", message, where), fixes))
+    return found
+
+
+def _own_nodes(statement: ast.stmt) -> list[ast.AST]:
+    """The nodes of a statement of a loop's body, not entering loops (or functions) nested in
+    it: the batch loop inside an epoch loop is checked on its own."""
+    nested = (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+    if isinstance(statement, nested):
+        return [statement]
+    found: list[ast.AST] = []
+    stack: list[ast.AST] = [statement]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(c for c in ast.iter_child_nodes(current) if not isinstance(c, nested))
+    return found
+
+
+def _backward_statement(loop: ast.For | ast.While) -> ast.stmt | None:
+    """The statement of the loop's body that calls `.backward()`."""
+    for statement in loop.body:
+        for node in _own_nodes(statement):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "backward"
+            ):
+                return statement
+    return None
+
+
+def _zero_grad_around(models: FileModels, loop: ast.AST) -> bool:
+    """zero_grad anywhere in the loop, or in a loop around it, or in the function around it."""
+    node: ast.AST | None = loop
+    while node is not None:
+        if isinstance(node, (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if (
+                    isinstance(inner, ast.Call)
+                    and isinstance(inner.func, ast.Attribute)
+                    and inner.func.attr in {"zero_grad", "zero_"}
+                ):
+                    return True
+        node = models.parents.get(node)
     return False
