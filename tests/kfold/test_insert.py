@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from lsprotocol import types
-from tests.conftest import lsp_session
+from tests.conftest import Session, lsp_session
 from tests.loadcheck.test_lsp_diagnostics import _open
 
 from torchls.loadcheck.fixes import Edit, apply_edits
@@ -51,6 +51,21 @@ for epoch in range(3):
 REPORT = '\nprint("INITS", __import__("json").dumps(INITIAL_WEIGHTS))\n'
 
 
+async def _listed(
+    session: Session, uri: str, line: int, character: int = 0, only: list[str] | None = None
+) -> list[types.CodeAction]:
+    """The code actions at a cursor, as the editor asks for them."""
+    at = types.Position(line=line, character=character)
+    listed = await session.client.text_document_code_action_async(
+        types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            range=types.Range(start=at, end=at),
+            context=types.CodeActionContext(diagnostics=[], only=only),
+        )
+    )
+    return [a for a in listed or [] if isinstance(a, types.CodeAction)]
+
+
 def _edits(action: types.CodeAction) -> list[Edit]:
     assert action.edit is not None and action.edit.document_changes
     change = action.edit.document_changes[0]
@@ -76,19 +91,7 @@ async def test_inserted_loop_runs_one_fresh_model_per_fold(
     end = PREPARED.count("\n")
     async with lsp_session(workspace=tmp_path) as session:
         uri = _open(session, path)
-        listed = await session.client.text_document_code_action_async(
-            types.CodeActionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                range=types.Range(
-                    start=types.Position(line=end, character=0),
-                    end=types.Position(line=end, character=0),
-                ),
-                context=types.CodeActionContext(
-                    diagnostics=[], only=[types.CodeActionKind.Refactor]
-                ),
-            )
-        )
-        actions = [a for a in listed or [] if isinstance(a, types.CodeAction)]
+        actions = await _listed(session, uri, end, only=[types.CodeActionKind.Refactor])
         action = next(a for a in actions if f"({splitter})" in a.title)
         assert action.kind == types.CodeActionKind.RefactorRewrite
         assert action.edit is None  # listed cheaply; the edit comes on resolve

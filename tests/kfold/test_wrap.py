@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from lsprotocol import types
 from tests.conftest import lsp_session
-from tests.kfold.test_insert import _edits
+from tests.kfold.test_insert import _edits, _listed
 from tests.loadcheck.test_lsp_diagnostics import _open
 
 from torchls.loadcheck.fixes import apply_edits
@@ -68,17 +67,7 @@ async def test_wrapped_loop_runs_once_per_fold_with_a_fresh_model(
     cursor = next(n for n, line in enumerate(lines) if "loss.backward()" in line)
     async with lsp_session(workspace=tmp_path) as session:
         uri = _open(session, path)
-        listed = await session.client.text_document_code_action_async(
-            types.CodeActionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                range=types.Range(
-                    start=types.Position(line=cursor, character=4),
-                    end=types.Position(line=cursor, character=4),
-                ),
-                context=types.CodeActionContext(diagnostics=[]),
-            )
-        )
-        actions = [a for a in listed or [] if isinstance(a, types.CodeAction)]
+        actions = await _listed(session, uri, cursor, 4)
         action = next(a for a in actions if "Wrap in k-fold" in a.title)
         resolved = await session.client.code_action_resolve_async(action)
     wrapped = apply_edits(text, _edits(resolved))

@@ -146,27 +146,20 @@ def _fold_loop_splitter(
     return None
 
 
-def _bound_in(body: list[ast.stmt], name: str) -> bool:
-    for statement in body:
-        for node in _scope_walk(statement):
-            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store):
-                return True
-    return False
-
-
-def _used_in(body: list[ast.stmt], name: str) -> bool:
-    for statement in body:
-        for node in _scope_walk(statement):
-            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Load):
-                return True
-    return False
+def _named_in(body: list[ast.stmt], name: str, context: type[ast.expr_context]) -> bool:
+    """Whether the body stores (ast.Store) or reads (ast.Load) `name`."""
+    return any(
+        isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, context)
+        for statement in body
+        for node in _scope_walk(statement)
+    )
 
 
 def _built_outside(models: FileModels, loop: ast.For) -> list[LintFinding]:
     stale: list[ast.Assign] = []
     for statement in _constructions_before(models, loop):
         name = _target_name(statement)
-        if _used_in(loop.body, name) and not _bound_in(loop.body, name):
+        if _named_in(loop.body, name, ast.Load) and not _named_in(loop.body, name, ast.Store):
             stale.append(statement)
     if not stale:
         return []

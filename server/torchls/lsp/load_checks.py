@@ -292,13 +292,16 @@ def _overlaps_span(span: Span, wanted: types.Range) -> bool:
     return (span.start_line, span.start_char) <= end and start <= (span.end_line, span.end_char)
 
 
-def _lint_diagnostic(finding: Finding) -> types.Diagnostic:
+def _lint_diagnostic(
+    finding: Finding, related: list[types.DiagnosticRelatedInformation] | None = None
+) -> types.Diagnostic:
     return types.Diagnostic(
         range=_range(finding.span),
         message=finding.message,
         severity=_SEVERITY[finding.severity],
         code=finding.code,
         source=SOURCE,
+        related_information=related or None,
     )
 
 
@@ -322,14 +325,7 @@ def _diagnostic(uri: str, report: SiteReport, finding: Finding) -> types.Diagnos
         else:
             location = types.Location(uri=uri, range=_range(report.site.span))
         related.append(types.DiagnosticRelatedInformation(location=location, message=item.message))
-    return types.Diagnostic(
-        range=_range(finding.span),
-        message=finding.message,
-        severity=_SEVERITY[finding.severity],
-        code=finding.code,
-        source=SOURCE,
-        related_information=related or None,
-    )
+    return _lint_diagnostic(finding, related)
 
 
 def _model_location(uri: str, report: SiteReport) -> types.Location:
