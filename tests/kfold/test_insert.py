@@ -91,9 +91,9 @@ async def test_inserted_loop_runs_one_fresh_model_per_fold(
     end = PREPARED.count("\n")
     async with lsp_session(workspace=tmp_path) as session:
         uri = _open(session, path)
-        actions = await _listed(session, uri, end, only=[types.CodeActionKind.Refactor])
+        actions = await _listed(session, uri, end, only=[types.CodeActionKind.Source])
         action = next(a for a in actions if f"({splitter})" in a.title)
-        assert action.kind == types.CodeActionKind.RefactorRewrite
+        assert action.kind == types.CodeActionKind.Source  # no light bulb on every line
         assert action.edit is None  # listed cheaply; the edit comes on resolve
         resolved = await session.client.code_action_resolve_async(action)
     text = apply_edits(PREPARED, _edits(resolved))

@@ -115,15 +115,21 @@ export async function openVSCode({ folder, vsix, userSettings = {}, trust = fals
   }
 }
 
-/** Opens a file of the workspace through Quick Open (Ctrl+P). */
+/** Opens a file of the workspace through Quick Open (Ctrl+P), trying again when a hover or a
+ * widget swallowed the keys. */
 export async function openFile(page, name) {
-  await page.keyboard.press('Control+P');
-  const input = page.locator('.quick-input-widget input');
-  await input.waitFor({ timeout: 10000 });
-  await input.fill(name);
-  await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 10000 });
-  await page.keyboard.press('Enter');
-  await page.waitForSelector(`.tab[aria-label^="${name}"]`, { timeout: 20000 });
+  const tab = page.locator(`.tab[aria-label^="${name}"]`);
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    await page.keyboard.press('Escape');
+    await page.keyboard.press('Control+P');
+    const input = page.locator('.quick-input-widget input');
+    if (!(await input.waitFor({ timeout: 10000 }).then(() => true, () => false))) continue;
+    await input.fill(name);
+    await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 10000 });
+    await page.keyboard.press('Enter');
+    if (await tab.first().waitFor({ timeout: 10000 }).then(() => true, () => false)) return;
+  }
+  await tab.first().waitFor({ timeout: 10000 });
 }
 
 export function screenshotPath(name) {

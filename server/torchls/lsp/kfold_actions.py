@@ -13,7 +13,11 @@ from torchls.lsp.load_checks import kind_wanted
 if TYPE_CHECKING:
     from torchls.lsp.server import TorchLanguageServer
 
-KIND = types.CodeActionKind.RefactorRewrite
+# Inserting is offered anywhere in a torch file: a source action (the editor's Source Action
+# menu), not a refactoring that would put a light bulb on every line. Wrapping is offered only
+# where there is a loop to wrap, as a refactoring.
+INSERT_KIND = types.CodeActionKind.Source
+WRAP_KIND = types.CodeActionKind.RefactorRewrite
 DATA_TAG = "torchls.kfold"
 
 
@@ -29,7 +33,9 @@ class KFoldActions:
         return support is not None and "edit" in support.properties
 
     def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
-        if not kind_wanted(KIND, params.context.only):
+        wants_insert = kind_wanted(INSERT_KIND, params.context.only)
+        wants_wrap = kind_wanted(WRAP_KIND, params.context.only)
+        if not (wants_insert or wants_wrap):
             return []
         uri = params.text_document.uri
         models = self.server.model_cost.models(uri)
@@ -41,14 +47,15 @@ class KFoldActions:
         if params.range.end.character == 0 and end > line:
             end -= 1  # a selection of whole lines ends at the start of the next one
         actions = []
-        offers = list(TITLES.items())
-        if can_wrap(models, line, end):
+        offers = list(TITLES.items()) if wants_insert else []
+        if wants_wrap and can_wrap(models, line, end):
             offers.insert(0, ("wrap", "Wrap in k-fold cross-validation"))
         for kind, title in offers:
             data = {"tag": DATA_TAG, "uri": uri, "version": document.version, "kind": kind}
             data["line"] = line
             data["end"] = end
-            action = types.CodeAction(title=f"torchls: {title}", kind=KIND, data=data)
+            action_kind = WRAP_KIND if kind == "wrap" else INSERT_KIND
+            action = types.CodeAction(title=f"torchls: {title}", kind=action_kind, data=data)
             if not self._resolves():
                 action = self.resolve(action)
                 if action.edit is None:

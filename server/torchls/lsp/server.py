@@ -214,6 +214,7 @@ def create_server() -> TorchLanguageServer:
             code_action_kinds=[
                 types.CodeActionKind.QuickFix,
                 types.CodeActionKind.RefactorRewrite,
+                types.CodeActionKind.Source,
             ],
             resolve_provider=True,
         ),
