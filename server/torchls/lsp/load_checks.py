@@ -24,6 +24,7 @@ from torchls.kfold.lint import LintFinding
 from torchls.kfold.lint import lint as kfold_lint
 from torchls.loadcheck.analysis import ERROR, INFORMATION, WARNING, Environment, Finding
 from torchls.loadcheck.checker import LoadChecker, SiteReport
+from torchls.loadcheck.fixes import Fix
 from torchls.source.models import FileModels
 from torchls.source.text import Lines, Span
 from torchls.worker.client import JobResult
@@ -51,6 +52,9 @@ class LoadChecks:
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._reports: dict[str, tuple[int | None, str, FileModels, list[SiteReport]]] = {}
         self._lint: dict[str, list[LintFinding]] = {}  # hand-written k-fold loops
+        # Fixes of a checked report, made once: editors ask for code actions on every cursor
+        # move, and each fix is verified by reading the edited file again.
+        self._fixes: dict[str, dict[int, list[Fix]]] = {}  # uri -> report index -> fixes
 
     @property
     def checker(self) -> LoadChecker:
@@ -115,6 +119,7 @@ class LoadChecks:
         if task is not None:
             task.cancel()
         self._lint.pop(uri, None)
+        self._fixes.pop(uri, None)
         if self._reports.pop(uri, None) is not None:
             self._publish(uri, None, [])
 
@@ -135,6 +140,7 @@ class LoadChecks:
             # Diagnostics of an older text would point at lines that have changed.
             self._reports.pop(uri, None)
             self._lint.pop(uri, None)
+            self._fixes.pop(uri, None)
             with contextlib.suppress(Exception):
                 self._publish(uri, None, [])
 
@@ -148,6 +154,7 @@ class LoadChecks:
         current = self.server.workspace.get_text_document(uri)
         if current.version != version or current.source != text:
             return reports  # edited meanwhile: the next check publishes
+        self._fixes.pop(uri, None)
         self._reports[uri] = (version, text, models, reports)
         try:
             self._lint[uri] = kfold_lint(models)
@@ -181,12 +188,12 @@ class LoadChecks:
         if not kind_wanted(types.CodeActionKind.QuickFix, params.context.only):
             return []
         actions = []
-        for report in reports:
+        for index, report in enumerate(reports):
             findings = [f for f in report.findings if f.severity in (ERROR, WARNING)]
             if not findings or not _overlaps(report, findings, params.range):
                 continue
             diagnostics = [_diagnostic(uri, report, finding) for finding in findings]
-            for fix in self.checker.fixes(models, report):
+            for fix in self._fixes_of(uri, index, models, report):
                 edit = types.TextEdit(range=_range(fix.edit.span), new_text=fix.edit.text)
                 actions.append(
                     types.CodeAction(
@@ -231,6 +238,12 @@ class LoadChecks:
                     )
                 )
         return actions
+
+    def _fixes_of(self, uri: str, index: int, models: FileModels, report: SiteReport) -> list[Fix]:
+        made = self._fixes.setdefault(uri, {})
+        if index not in made:
+            made[index] = self.checker.fixes(models, report)
+        return made[index]
 
     # -- file watching ---------------------------------------------------------------------------
 
