@@ -41,9 +41,7 @@ def insertion(models: FileModels, kind: str, line: int) -> Insertion | None:
     text = models.module.text
     lines = models.lines.lines
     line = max(0, min(line, len(lines)))
-    context = read_context(
-        tree, text, models.imports, lambda call: models.construction_target(call) is not None
-    )
+    context = read_context(models)
     inserted = render(kind, context, _indent_at(lines, line))
     imports = "".join(f"{i}\n" for i in inserted.imports)
     at = _import_line(tree)
@@ -84,10 +82,7 @@ def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
         return None  # re-indenting would change the string
     relative = [line[len(indent) :] if line.strip() else "" for line in lines]
     tabs = indent.startswith("\t") or any(line.startswith("\t") for line in relative)
-    context = read_context(
-        tree, models.module.text, models.imports,
-        lambda call: models.construction_target(call) is not None,
-    )  # fmt: skip
+    context = read_context(models)
     kind = "stratified" if context.classification else "kfold"
     wrapped = Wrapped(relative, _loader_of(models, statements), "\t" if tabs else "    ")
     inserted = render(kind, context, indent, wrapped)

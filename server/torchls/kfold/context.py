@@ -6,10 +6,10 @@ epochs and the batch size. The k-fold templates reuse these, so the inserted loo
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torchls.source.imports import ImportTable, dotted_name
+from torchls.source.models import FileModels
 
 _OPTIMIZER_PREFIX = "torch.optim."
 _SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
@@ -47,14 +47,12 @@ class TrainingContext:
         )
 
 
-def read_context(
-    tree: ast.Module,
-    text: str,
-    imports: ImportTable,
-    is_model: Callable[[ast.Call], bool] = lambda call: False,
-) -> TrainingContext:
-    """`is_model`: whether a call builds a model (source/models.py knows the file's classes)."""
-    context = TrainingContext(imports=imports)
+def read_context(models: FileModels) -> TrainingContext:
+    """What the file names; the model is the first construction source/models.py recognises."""
+    context = TrainingContext(imports=models.imports)
+    tree = models.tree
+    if tree is None:
+        return context
     context.top_level_imports = [
         s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))
     ]
@@ -62,44 +60,38 @@ def read_context(
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
             if isinstance(target, ast.Name) and isinstance(node.value, ast.Call):
-                _assignment(context, target.id, node.value, text, is_model)
+                _assignment(context, models, target.id, node.value)
         elif isinstance(node, ast.For) and context.epochs is None:
-            _epochs(context, node, text)
+            _epochs(context, models, node)
         elif isinstance(node, ast.Call) and context.batch_size is None:
             for keyword in node.keywords:
                 if keyword.arg == "batch_size":
-                    context.batch_size = _segment(text, keyword.value)
+                    context.batch_size = models.segment(keyword.value)
     return context
 
 
-def _assignment(
-    context: TrainingContext,
-    name: str,
-    call: ast.Call,
-    text: str,
-    is_model: Callable[[ast.Call], bool],
-) -> None:
+def _assignment(context: TrainingContext, models: FileModels, name: str, call: ast.Call) -> None:
     dotted = context.imports.resolve(call.func) or dotted_name(call.func) or ""
     short = dotted.rsplit(".", 1)[-1]
-    found = Found(name, _segment(text, call), dotted, _rest_arguments(call, text))
+    found = Found(name, models.segment(call), dotted, _rest_arguments(models, call))
     if short == "TensorDataset" and context.dataset is None:
         context.dataset = found
         if len(call.args) >= 2:
-            context.inputs = _segment(text, call.args[0])
-            context.labels = _segment(text, call.args[-1])
+            context.inputs = models.segment(call.args[0])
+            context.labels = models.segment(call.args[-1])
     elif dotted.startswith(_SCHEDULER_PREFIX) and context.scheduler is None:
         context.scheduler = found
     elif dotted.startswith(_OPTIMIZER_PREFIX) and context.optimizer is None:
         context.optimizer = found
     elif dotted.startswith("torch.nn.") and short.endswith("Loss") and context.loss is None:
         context.loss = found
-    elif context.model is None and is_model(call):
+    elif context.model is None and models.construction_target(call) is not None:
         context.model = found
     elif short.endswith("Dataset") and short != "TensorDataset" and context.dataset is None:
         context.dataset = found
 
 
-def _epochs(context: TrainingContext, loop: ast.For, text: str) -> None:
+def _epochs(context: TrainingContext, models: FileModels, loop: ast.For) -> None:
     """`for epoch in range(N)`: N."""
     target = loop.target
     call = loop.iter
@@ -111,19 +103,15 @@ def _epochs(context: TrainingContext, loop: ast.For, text: str) -> None:
         and call.func.id == "range"
         and len(call.args) == 1
     ):
-        context.epochs = _segment(text, call.args[0])
+        context.epochs = models.segment(call.args[0])
 
 
-def _rest_arguments(call: ast.Call, text: str) -> str:
+def _rest_arguments(models: FileModels, call: ast.Call) -> str:
     """The arguments after the first, as written: `, lr=1e-3` of `Adam(model.parameters(),
     lr=1e-3)`."""
-    rest = [_segment(text, a) for a in call.args[1:]]
+    rest = [models.segment(a) for a in call.args[1:]]
     rest += [
-        f"{k.arg}={_segment(text, k.value)}" if k.arg else f"**{_segment(text, k.value)}"
+        f"{k.arg}={models.segment(k.value)}" if k.arg else f"**{models.segment(k.value)}"
         for k in call.keywords
     ]
     return "".join(f", {part}" for part in rest)
-
-
-def _segment(text: str, node: ast.AST) -> str:
-    return ast.get_source_segment(text, node) or ""

@@ -174,7 +174,7 @@ def _built_outside(models: FileModels, loop: ast.For) -> list[LintFinding]:
     first = loop.body[0]
     line = models.lines.get(first.lineno - 1)
     indent = line[: len(line) - len(line.lstrip())]
-    text = "".join(f"{indent}{_statement_text(models, s)}\n" for s in stale)
+    text = "".join(f"{indent}{models.segment(s)}\n" for s in stale)
     at = Span(first.lineno - 1, 0, first.lineno - 1, 0)
     title = f"Build {listed} anew at the start of each fold"
     return [
@@ -214,10 +214,6 @@ def _constructions_before(models: FileModels, loop: ast.For) -> list[ast.Assign]
         elif dotted.startswith("torch.optim."):
             found["optimizer"] = statement
     return [found[k] for k in ("model", "optimizer", "scheduler") if k in found]
-
-
-def _statement_text(models: FileModels, statement: ast.stmt) -> str:
-    return ast.get_source_segment(models.module.text, statement) or ""
 
 
 def _shuffled_validation(models: FileModels, loop: ast.For) -> list[LintFinding]:

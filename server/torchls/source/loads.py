@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,7 @@ def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]
         call
         for call in models.calls
         if (isinstance(call.func, ast.Attribute) and call.func.attr in _SITE_METHODS)
-        or (isinstance(call.func, (ast.Name, ast.Attribute)) and _named_load_model(call.func))
+        or (models.imports.resolve(call.func) or "") in _LOAD_MODEL
     ]
     calls.sort(key=lambda call: (call.lineno, call.col_offset))
     for call in calls:
@@ -113,37 +112,6 @@ def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]
         sites.append(site)
     sites.sort(key=lambda site: (site.span.start_line, site.span.start_char))
     return sites
-
-
-def _named_load_model(func: ast.expr) -> bool:
-    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return name == "load_model" or name.startswith("load_model")
-
-
-_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
-
-
-def _segment(models: FileModels, node: ast.AST) -> str:
-    """The source text of a node, line endings kept (ast.get_source_segment re-splits the whole
-    file on every call, which a file with many loads cannot afford)."""
-    lines: list[str] | None = getattr(models, "_loads_lines", None)
-    if lines is None:
-        lines = list(_LINES.findall(models.module.text))
-        models._loads_lines = lines  # type: ignore[attr-defined]
-    try:
-        first: int = node.lineno - 1  # type: ignore[attr-defined]
-        last: int = (node.end_lineno or node.lineno) - 1  # type: ignore[attr-defined]
-        start: int = node.col_offset  # type: ignore[attr-defined]
-        end: int | None = node.end_col_offset  # type: ignore[attr-defined]
-    except AttributeError:
-        return ""
-    if end is None or not 0 <= first <= last < len(lines):
-        return ""
-    if first == last:
-        return lines[first].encode()[start:end].decode(errors="replace")
-    head = lines[first].encode()[start:].decode(errors="replace")
-    tail = lines[last].encode()[:end].decode(errors="replace")
-    return head + "".join(lines[first + 1 : last]) + tail
 
 
 def _construction(models: FileModels, call: ast.Call) -> ModelTarget | None:
@@ -187,7 +155,7 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
         receiver: ast.expr = func.value
         argument = state_dict
         site.argument = models._span(argument)
-        site.argument_text = _segment(models, argument) or ""
+        site.argument_text = models.segment(argument) or ""
         _follow_source(models, call, argument, site)
     elif (models.imports.resolve(func) or "") in _LOAD_MODEL and len(call.args) >= 2:
         site = LoadSite(span=models._span(call), line=call.lineno, kind="load_model")
@@ -219,7 +187,7 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
     last = [*call.args, *(k.value for k in call.keywords)]
     site.call_end = _end(models, last[-1])
     site.model = _model_of(models, receiver, call)
-    site.model_text = _segment(models, receiver) or ""
+    site.model_text = models.segment(receiver) or ""
     root = receiver.value if isinstance(receiver, ast.Attribute) else receiver
     if site.model is not None and isinstance(root, ast.Name):
         bound = _bound_value(models, root.id, call.lineno, call)
@@ -249,7 +217,7 @@ def _from_pretrained(models: FileModels, call: ast.Call) -> LoadSite | None:
         site.strict_span = site.keyword_spans["ignore_mismatched_sizes"]
     site.call_end = site.loader_end
     site.model = target
-    site.model_text = _segment(models, call.func) or ""
+    site.model_text = models.segment(call.func) or ""
     return site
 
 
@@ -295,7 +263,7 @@ def _from_checkpoint(models: FileModels, call: ast.Call) -> LoadSite | None:
         site.strict = False  # Lightning: strict=None means the module's `strict_loading`
     site.call_end = site.loader_end
     site.model = target
-    site.model_text = _segment(models, call.func.value) or ""
+    site.model_text = models.segment(call.func.value) or ""
     return site
 
 

@@ -134,6 +134,7 @@ class FileModels:
             }
         self._model_class_cache: dict[str, bool] = {}
         self._targets: list[ModelTarget] | None = None
+        self._source_lines: list[str] | None = None
         self.calls: list[ast.Call] = [node for node in self.parents if isinstance(node, ast.Call)]
 
     # -- model classes -------------------------------------------------------------------------
@@ -214,6 +215,23 @@ class FileModels:
         start = len(line[: match.start()].encode("utf-8"))  # `class Name`, keyword included
         end = len(line[: match.end(1)].encode("utf-8"))
         return self.lines.span(node.lineno, start, node.lineno, end)
+
+    def segment(self, node: ast.AST) -> str:
+        """The source text of a node, line endings kept. The lines are split once per file:
+        ast.get_source_segment splits the whole file again on every call."""
+        if self._source_lines is None:
+            self._source_lines = _SOURCE_LINES.findall(self.module.text)
+        lines = self._source_lines
+        first = getattr(node, "lineno", 0) - 1
+        last = (getattr(node, "end_lineno", None) or first + 1) - 1
+        start, end = getattr(node, "col_offset", 0), getattr(node, "end_col_offset", None)
+        if end is None or not 0 <= first <= last < len(lines):
+            return ""
+        if first == last:  # columns count UTF-8 bytes
+            return lines[first].encode()[start:end].decode(errors="replace")
+        head = lines[first].encode()[start:].decode(errors="replace")
+        tail = lines[last].encode()[:end].decode(errors="replace")
+        return head + "".join(lines[first + 1 : last]) + tail
 
     def _span(self, node: ast.AST) -> Span:
         return self.lines.span(
@@ -517,6 +535,9 @@ def read_directives(lines: Lines, first_line: int, statement_line: int) -> dict[
         if match and match.group(1) not in found:
             found[match.group(1)] = Directive(match.group(2), line)
     return found
+
+
+_SOURCE_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 def is_model_base_name(dotted: str) -> bool:
