@@ -168,3 +168,29 @@ async def test_a_step_without_zero_grad_is_found_and_fixed(tmp_path: Path) -> No
     grad_before = float(before.stdout.split("GRAD ")[1])
     grad_after = float(after.stdout.split("GRAD ")[1])
     assert grad_after < grad_before
+
+
+def test_the_underscore_typo_is_said_only_where_the_read_must_fail(tmp_path: Path) -> None:
+    from torchls.kfold.lint import lint
+    from torchls.source.models import FileModels
+    from torchls.source.project import Project
+
+    text = (
+        "import torch\n"
+        "loss_fct = torch.nn.MSELoss()\n"
+        "model = torch.nn.Linear(2, 2)\n"
+        "model_fc = torch.nn.Linear(2, 2)\n"
+        "print(model.fc)\n"  # model is bound before: a real attribute, maybe
+        "def step(loss):\n"
+        "    return loss.fct(1)\n"  # a parameter: bound by the call
+        "for x in []:\n"
+        "    loss = loss.fct(x, x)\n"  # read before any binding: the typo
+    )
+    path = tmp_path / "t.py"
+    path.write_text(text)
+    project = Project(str(tmp_path))
+    module = project.module_file(str(path))
+    assert module is not None
+    found = [f for f in lint(FileModels(project, module)) if f.finding.code == "underscore-typo"]
+    assert [(f.finding.span.start_line, f.finding.span.start_char) for f in found] == [(8, 11)]
+    assert found[0].fixes[0][0] == "Use `loss_fct`"

@@ -118,3 +118,35 @@ def test_a_cursor_in_a_function_wraps_its_training_loop(tmp_path: Path) -> None:
     assert "    print('start')  # cursor here\n" in wrapped  # left as it was
     assert "        for epoch in range(2):\n" in wrapped  # one level deeper, in the fold loop
     assert not can_wrap(models, 0, 0)  # `import torch`: nothing to wrap
+
+
+def test_a_loop_with_no_loader_to_rebind_is_not_offered(tmp_path: Path) -> None:
+    """Batches sliced by hand: the fold loop could not hand the code its fold's training part,
+    so wrapping would train on every fold's validation data. Nothing is offered."""
+    from torchls.kfold.actions import can_wrap, wrap
+    from torchls.source.models import FileModels
+    from torchls.source.project import Project
+
+    text = (
+        "import torch\n\nnet = torch.nn.Linear(3, 1)\n"
+        "x, y = torch.randn(32, 3), torch.randn(32, 1)\n"
+        "for epoch in range(2):\n"
+        "    for i in range(0, 32, 8):\n"
+        "        ((net(x[i : i + 8]) - y[i : i + 8]) ** 2).mean().backward()\n"
+    )
+    path = tmp_path / "sliced.py"
+    path.write_text(text)
+    project = Project(str(tmp_path))
+    module = project.module_file(str(path))
+    assert module is not None
+    models = FileModels(project, module)
+    assert not can_wrap(models, 6, 6) and wrap(models, 6, 6) is None
+    # The same loop over a DataLoader is offered.
+    path.write_text(
+        text.replace("for i in range(0, 32, 8):", "for xb, yb in batches:").replace(
+            "net = ", "batches = torch.utils.data.DataLoader([])\nnet = "
+        )
+    )
+    module = Project(str(tmp_path)).module_file(str(path))
+    assert module is not None
+    assert can_wrap(FileModels(project, module), 7, 7)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torchls.kfold.context import read_context
 from torchls.kfold.template import Wrapped, render
 from torchls.loadcheck.fixes import Edit, apply_edits
-from torchls.source.models import FileModels
+from torchls.source.models import FileModels, _function_scope
 from torchls.source.text import Span
 
 TITLES = {
@@ -70,7 +70,8 @@ def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
     if tree is None:
         return None
     statements = _selected(models, tree, start, end)
-    if not statements:
+    loader = _loader_of(models, statements)
+    if not statements or loader is None:
         return None
     first = statements[0].lineno - 1
     last = (statements[-1].end_lineno or statements[-1].lineno) - 1
@@ -84,7 +85,7 @@ def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
     tabs = indent.startswith("\t") or any(line.startswith("\t") for line in relative)
     context = read_context(models)
     kind = "stratified" if context.classification else "kfold"
-    wrapped = Wrapped(relative, _loader_of(models, statements), "\t" if tabs else "    ")
+    wrapped = Wrapped(relative, loader, "\t" if tabs else "    ")
     inserted = render(kind, context, indent, wrapped)
     block = Edit(Span(first, 0, last + 1, 0), inserted.code)
     imports = "".join(f"{i}\n" for i in inserted.imports)
@@ -99,8 +100,12 @@ def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
 
 
 def can_wrap(models: FileModels, start: int, end: int) -> bool:
-    """Cheap: whether there is something to wrap at this selection."""
-    return models.tree is not None and bool(_selected(models, models.tree, start, end))
+    """Cheap: whether there is something to wrap at this selection: a loop over a loader that
+    the fold loop can rebind to the fold's training part."""
+    if models.tree is None:
+        return False
+    statements = _selected(models, models.tree, start, end)
+    return bool(statements) and _loader_of(models, statements) is not None
 
 
 def _selected(models: FileModels, tree: ast.Module, start: int, end: int) -> list[ast.stmt]:
@@ -165,17 +170,23 @@ def _has_multiline_string(statements: list[ast.stmt]) -> bool:
     )
 
 
-def _loader_of(models: FileModels, statements: list[ast.stmt]) -> str:
-    """The name the selected code iterates that the file binds to a DataLoader."""
+def _loader_of(models: FileModels, statements: list[ast.stmt]) -> str | None:
+    """The name the selected code iterates its batches from: bound to a `DataLoader(...)` in its
+    scope, or named like a loader. None when there is none: the fold loop could not give the
+    code its fold's training data, and it would train on everything (validation folds too)."""
+    named = None
     for statement in statements:
         for node in ast.walk(statement):
             if isinstance(node, ast.For) and isinstance(node.iter, ast.Name):
-                value = models._lookup(node.iter.id, node.lineno)
+                name = node.iter.id
+                value = models._scoped_lookup(_function_scope(models, node))(name, node.lineno)
                 if isinstance(value, ast.Call):
                     dotted = models.imports.resolve(value.func) or ""
                     if dotted.endswith("DataLoader"):
-                        return node.iter.id
-    return "train_loader"
+                        return name
+                if named is None and "loader" in name.lower():
+                    named = name
+    return named
 
 
 def _indent_at(lines: list[str], line: int) -> str:

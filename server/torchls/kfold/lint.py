@@ -8,18 +8,22 @@ splitter is one of scikit-learn's KFold family. Findings:
 - a validation loader inside the fold loop shuffles;
 - a scaler or normaliser is fitted on the whole dataset before the split (the validation folds
   leak into it).
+Two training-loop mistakes that are not k-fold's own are found anywhere: `optimizer.step()` with no
+`zero_grad()`, and `loss.fct(...)` written for `loss_fct(...)` (a name read before it is bound,
+where the underscored name exists).
 Pure: no LSP types, no I/O.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 from dataclasses import dataclass, field
 
 from torchls.loadcheck.analysis import INFORMATION, WARNING, Finding
 from torchls.loadcheck.fixes import Edit
 from torchls.source.imports import dotted_name
-from torchls.source.models import FileModels, _scope_walk
+from torchls.source.models import FileModels, _bound_names, _scope_walk
 from torchls.source.text import Span
 
 SPLITTERS = {
@@ -54,6 +58,7 @@ def lint(models: FileModels) -> list[LintFinding]:
     for name, call in splitters.items():
         found += _splitter_findings(models, name, call)
     found += _missing_zero_grad(models, tree)
+    found += _underscore_typos(models, tree)
     for loop in [n for n in ast.walk(tree) if isinstance(n, ast.For)]:
         splitter = _fold_loop_splitter(models, loop, splitters)
         if splitter is None:
@@ -377,3 +382,81 @@ def _zero_grad_around(models: FileModels, loop: ast.AST) -> bool:
                     return True
         node = models.parents.get(node)
     return False
+
+
+def _underscore_typos(models: FileModels, tree: ast.Module) -> list[LintFinding]:
+    """`loss = loss.fct(out, y)` where `loss_fct = nn.CrossEntropyLoss()` was meant: `loss` is read
+    before anything binds it (a NameError on the first pass), and `loss_fct` is bound in scope.
+    Only reads that are certain to fail are reported, so a real attribute is never flagged."""
+    if any(isinstance(n, ast.alias) and n.name == "*" for n in ast.walk(tree)):
+        return []  # a star import may bind anything
+    found = []
+    module_bound = _first_bindings(tree.body)
+    scopes: list[tuple[ast.AST, list[ast.stmt]]] = [(tree, tree.body)]
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    scopes += [(n, n.body) for n in ast.walk(tree) if isinstance(n, functions)]
+    for scope, body in scopes:
+        own = _first_bindings(body)
+        visible = dict(module_bound)
+        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = scope.args
+            for argument in [
+                *arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                arguments.vararg, arguments.kwarg,
+            ]:  # fmt: skip
+                if argument is not None:
+                    own.setdefault(argument.arg, 0)
+            visible.update(_enclosing_bindings(models, scope))
+            visible.update(own)
+        for statement in body:
+            for node in _scope_walk(statement):
+                if not (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and isinstance(node.ctx, ast.Load)
+                ):
+                    continue
+                name, meant = node.value.id, f"{node.value.id}_{node.attr}"
+                if meant not in visible or hasattr(builtins, name):
+                    continue
+                first = own.get(name) if name in own else visible.get(name)
+                if first is not None and first < node.lineno:
+                    continue  # bound before: the attribute may well exist
+                if scope is not tree and name not in own and name in module_bound:
+                    continue  # a module-level name read from a function: bound by the call
+                span = models._span(node)
+                message = (
+                    f"`{name}.{node.attr}` reads `{name}` before anything assigns it (a NameError "
+                    f"here); `{meant}` (line {visible[meant]}) was probably meant."
+                )
+                fix = (f"Use `{meant}`", [Edit(span, meant)])
+                found.append(LintFinding(Finding(WARNING, "underscore-typo", message, span), [fix]))
+    return found
+
+
+def _first_bindings(body: list[ast.stmt]) -> dict[str, int]:
+    """Each name a scope binds, with the line of its first binding."""
+    first: dict[str, int] = {}
+    for statement in body:
+        for node in _scope_walk(statement):
+            for name in _bound_names(node):
+                line = getattr(node, "lineno", statement.lineno)
+                if name not in first or line < first[name]:
+                    first[name] = line
+    return first
+
+
+def _enclosing_bindings(models: FileModels, function: ast.AST) -> dict[str, int]:
+    """Names bound by the functions around a nested function (their parameters too): visible in
+    it from the moment it is called, so they count as bound before any line of it."""
+    bound: dict[str, int] = {}
+    node = models.parents.get(function)
+    while node is not None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for name in _first_bindings(node.body):
+                bound.setdefault(name, 0)
+            for argument in ast.walk(node.args):
+                if isinstance(argument, ast.arg):
+                    bound.setdefault(argument.arg, 0)
+        node = models.parents.get(node)
+    return bound

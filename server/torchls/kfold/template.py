@@ -140,7 +140,7 @@ def render(
     lines += [(unit + line) if line.strip() else line for line in body]
     add("scores = torch.tensor(fold_scores)")
     add('print(f"{N_SPLITS}-fold cross-validation: {scores.mean():.4f} +- {scores.std():.4f}")')
-    code = "".join(f"{indent}{line}\n" for line in lines)
+    code = "".join(f"{indent}{line}\n" if line.strip() else "\n" for line in lines)
     return Inserted(code, _missing_imports(kind, context))
 
 
