@@ -109,3 +109,38 @@ def test_real_vscode_smoke(vsix: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "# fail 0" in result.stdout
     assert (ROOT / "tests" / "vscode" / "artifacts" / "smoke-status-bar.png").is_file()
+
+
+def test_manifest_contributes_the_downgrade_command_menus_and_setting() -> None:
+    """The client's command, where it shows, and its setting; the server's id stays free."""
+    import re
+
+    manifest = json.loads((ROOT / "package.json").read_text())
+    contributes = manifest["contributes"]
+    commands = {c["command"]: c for c in contributes["commands"]}
+    assert commands["torchls.downgrade"]["title"] == "Downgrade checkpoint"
+    assert commands["torchls.downgrade"]["category"] == "TorchLS"
+    # vscode-languageclient registers the server's command under this id: a clash breaks it.
+    assert "torchls.downgradeCheckpoint" not in commands
+
+    palette = [m for m in contributes["menus"]["commandPalette"] if m["command"] == "torchls.downgrade"]
+    assert palette and all("when" not in m for m in palette)
+
+    (explorer,) = [m for m in contributes["menus"]["explorer/context"] if m["command"] == "torchls.downgrade"]
+    when = explorer["when"]
+    assert "explorerResourceIsFolder && resourcePath in torchls.modelFolders" in when
+    literal = re.search(r"resourceExtname =~ /(.+)/([a-z]*)\)", when)
+    assert literal is not None, when
+    assert literal.group(2) == "i"
+    extension = re.compile(literal.group(1), re.IGNORECASE)
+    for name in [".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".PT", ".SafeTensors"]:
+        assert extension.match(name), name
+    for name in [".py", ".json", ".ptx", "pt", ".pt.bak"]:
+        assert not extension.match(name), name
+
+    suffix = contributes["configuration"]["properties"]["torchls.downgrade.suffix"]
+    assert suffix["type"] == "string" and suffix["default"] == "legacy"
+    assert "<name>.<suffix><ext>" in suffix["markdownDescription"]
+    assert "<folder>-<suffix>/" in suffix["markdownDescription"]
+    # Commands are activation events by themselves from VS Code 1.74 on.
+    assert tuple(map(int, manifest["engines"]["vscode"].lstrip("^").split(".")[:2])) >= (1, 74)

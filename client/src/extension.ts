@@ -9,6 +9,7 @@ import {
   ServerOptions,
   TransportKind,
 } from 'vscode-languageclient/node';
+import { executeCommandMiddleware, registerDowngrade } from './downgrade';
 import { Interpreter, onDidChangePythonInterpreter, probeVersion, readCommandSetting, resolveInterpreter } from './python';
 import { ServerStatus, StatusItem } from './status';
 
@@ -24,6 +25,8 @@ let statusItem: StatusItem;
 let extensionPath: string;
 // Restarts are chained so that a burst of setting changes never runs two servers at once.
 let lifecycle: Promise<void> = Promise.resolve();
+// Settings only the client reads: changing them must not restart the server.
+const CLIENT_ONLY_SETTINGS = ['torchls.downgrade.'];
 
 function workerOptions(resource?: vscode.Uri): Record<string, unknown> {
   const config = vscode.workspace.getConfiguration('torchls', resource);
@@ -77,6 +80,9 @@ async function startServer(): Promise<void> {
     outputChannel: log,
     traceOutputChannel: log,
     revealOutputChannelOn: RevealOutputChannelOn.Never,
+    // The server's downgrade command, run from a code action or another extension, shows its
+    // result through the client like the client's own command does.
+    middleware: { executeCommand: executeCommandMiddleware },
     initializationOptions: {
       trusted: vscode.workspace.isTrusted,
       allowUserCode: config.get<boolean>('allowUserCode', true),
@@ -111,6 +117,20 @@ async function stopServer(): Promise<void> {
   }
 }
 
+/** The client once any start or restart in progress has ended: undefined if the server is down. */
+async function currentClient(): Promise<LanguageClient | undefined> {
+  await lifecycle.catch(() => undefined);
+  return client;
+}
+
+/** Whether a configuration change touches a setting the server reads. */
+function affectsServer(event: vscode.ConfigurationChangeEvent, extension: vscode.Extension<unknown>): boolean {
+  const properties: Record<string, unknown> = extension.packageJSON?.contributes?.configuration?.properties ?? {};
+  return Object.keys(properties)
+    .filter((key) => !CLIENT_ONLY_SETTINGS.some((prefix) => key.startsWith(prefix)))
+    .some((key) => event.affectsConfiguration(key));
+}
+
 function restart(reason: string): Promise<void> {
   lifecycle = lifecycle.then(async () => {
     log.info(`Restarting the server: ${reason}`);
@@ -130,11 +150,17 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand(COMMAND_RESTART, () => restart('the Restart command')),
     vscode.commands.registerCommand(COMMAND_SHOW_LOG, () => log.show()),
     vscode.workspace.onDidChangeConfiguration((event) => {
-      if (event.affectsConfiguration('torchls')) {
+      if (affectsServer(event, context.extension)) {
         void restart('a torchls setting changed');
       }
     }),
     vscode.workspace.onDidGrantWorkspaceTrust(() => restart('the workspace is now trusted')),
+    registerDowngrade({
+      client: currentClient,
+      showLog: () => log.show(),
+      restart: () => restart('the Restart button of a downgrade'),
+      log,
+    }),
   );
   const pythonWatcher = await onDidChangePythonInterpreter(() => {
     if (readCommandSetting('interpreter').length === 0) {

@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from torchls import __version__
 
 # Subcommands whose features later work fills in. They fail loudly rather than print fake output.
-_PLANNED = {
-    "downgrade": "re-saving a checkpoint in torch's legacy format",
-}
+_PLANNED: dict[str, str] = {}
 
 
 def _parse_tcp(value: str) -> tuple[str, int]:
@@ -86,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_check_arguments(check)
 
+    downgrade = commands.add_parser(
+        "downgrade",
+        help="re-save a checkpoint in torch's legacy format (for torch < 1.6), verified",
+        description="Load a checkpoint with torch.load(weights_only=True) (or a safetensors file, "
+        "or a Hugging Face model folder), save it with _use_new_zipfile_serialization=False next "
+        "to the original, read it back and compare every tensor, then move it into place. The "
+        "original is never changed. Exit codes: 0 written and verified, 1 refused or failed "
+        "(nothing written), 2 usage.",
+    )
+    from torchls.downgrade.command import add_arguments as add_downgrade_arguments
+
+    add_downgrade_arguments(downgrade)
+
     for name, what in _PLANNED.items():
         sub = commands.add_parser(name, help=f"{what} (not available yet)")
         sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -106,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from torchls.loadcheck.command import run as run_check
 
         return run_check(args)
+    if args.command == "downgrade":
+        from torchls.downgrade.command import run as run_downgrade
+
+        return run_downgrade(args)
     if args.command == "doctor":
         from torchls.doctor import run_doctor
 

@@ -26,14 +26,17 @@ class JobContext:
     workspace: str | None
     allow_user_code: bool
     memory_limit_mb: int
+    # One-shot workers report progress through it: (message, percentage or None).
+    emit: Callable[[str, float | None], None] | None = None
 
 
 class JobError(Exception):
     """A failure the job can describe in one sentence; `kind` is one of protocol.ERROR_*."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.data = data  # anything JSON the caller can act on (the globals refused, ...)
 
 
 # (import name, distribution names to look for)
@@ -137,10 +140,18 @@ def state_dict_shapes(context: JobContext, params: Params) -> Any:
     return shapes(context, params)
 
 
+def downgrade_checkpoint(context: JobContext, params: Params) -> Any:
+    """Re-save checkpoints in torch's legacy format and compare them (worker/downgrade.py)."""
+    from torchls.worker.downgrade import downgrade
+
+    return downgrade(context, params)
+
+
 _JOBS: dict[str, Job] = {
     "environment": environment,
     "profile": profile,
     "state_dict": state_dict_shapes,
+    "downgrade": downgrade_checkpoint,
 }
 _TEST_JOBS: dict[str, Job] = {
     "test.sleep": _test_sleep,

@@ -25,6 +25,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory-limit-mb", type=int, default=0)
     parser.add_argument("--workspace", default=None)
     parser.add_argument("--allow-user-code", action="store_true")
+    # Run one request and exit, sending progress events on the way: for long jobs (Downgrade)
+    # that a user may cancel, which kills this process and not the long-lived worker.
+    parser.add_argument("--one-shot", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -67,8 +70,11 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="torchls-parent-watch", daemon=True).start()
 
 
-def _error(request_id: Any, kind: str, message: str) -> dict[str, Any]:
-    return {"id": request_id, "ok": False, "error": {"kind": kind, "message": message}}
+def _error(request_id: Any, kind: str, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"kind": kind, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"id": request_id, "ok": False, "error": error}
 
 
 def main(argv: list[str]) -> int:
@@ -76,10 +82,15 @@ def main(argv: list[str]) -> int:
     channel = _take_protocol_stream()
     _exit_with_parent()
     _limit_memory(args.memory_limit_mb)
+
+    def emit(message: str, percentage: float | None) -> None:
+        _send(channel, {"event": "progress", "message": message, "percentage": percentage})
+
     context = JobContext(
         workspace=args.workspace,
         allow_user_code=args.allow_user_code,
         memory_limit_mb=args.memory_limit_mb,
+        emit=emit if args.one_shot else None,
     )
     # The workspace goes on sys.path when a job first needs the user's modules (after torch
     # is imported): see profiling._Loader.
@@ -107,13 +118,19 @@ def main(argv: list[str]) -> int:
             # The heap may be in any state after a MemoryError: start afresh.
             return 3
         except JobError as exc:
-            _send(channel, _error(request_id, exc.kind, str(exc)))
+            _send(channel, _error(request_id, exc.kind, str(exc), exc.data))
+            if args.one_shot:
+                return 0
             continue
         except BaseException as exc:  # user code can raise anything, SystemExit included
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             print(traceback.format_exc(), file=sys.stderr)
             _send(channel, _error(request_id, protocol.ERROR_INTERNAL, detail))
+            if args.one_shot:
+                return 0
             continue
         elapsed = time.perf_counter() - started
         _send(channel, {"id": request_id, "ok": True, "result": result, "seconds": elapsed})
+        if args.one_shot:
+            return 0
     return 0
