@@ -88,9 +88,10 @@ def _print(outcome: Outcome, form: str) -> None:
         for name in outcome.skipped:
             print(f"  not copied: {name}")
     else:
+        castable = "Ask for a cast" in outcome.message
         hint = {
             "exists": " (--force replaces it)",
-            "unsupported-dtypes": " (--cast does it)" if "Ask for a cast" in outcome.message else "",
+            "unsupported-dtypes": " (--cast does it)" if castable else "",
             "refused-globals": " (--allow-global MODULE.NAME allows one)" if outcome.globals else "",
         }.get(outcome.reason, "")
         print(f"torchls downgrade: {outcome.message}{hint}", file=sys.stderr)
