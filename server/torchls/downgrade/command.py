@@ -92,6 +92,6 @@ def _print(outcome: Outcome, form: str) -> None:
         hint = {
             "exists": " (--force replaces it)",
             "unsupported-dtypes": " (--cast does it)" if castable else "",
-            "refused-globals": " (--allow-global MODULE.NAME allows one)" if outcome.globals else "",
+            "refused-globals": " (--allow-global MODULE.NAME each)" if outcome.globals else "",
         }.get(outcome.reason, "")
         print(f"torchls downgrade: {outcome.message}{hint}", file=sys.stderr)
