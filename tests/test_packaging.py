@@ -123,10 +123,14 @@ def test_manifest_contributes_the_downgrade_command_menus_and_setting() -> None:
     # vscode-languageclient registers the server's command under this id: a clash breaks it.
     assert "torchls.downgradeCheckpoint" not in commands
 
-    palette = [m for m in contributes["menus"]["commandPalette"] if m["command"] == "torchls.downgrade"]
+    palette = [
+        m for m in contributes["menus"]["commandPalette"] if m["command"] == "torchls.downgrade"
+    ]
     assert palette and all("when" not in m for m in palette)
 
-    (explorer,) = [m for m in contributes["menus"]["explorer/context"] if m["command"] == "torchls.downgrade"]
+    (explorer,) = [
+        m for m in contributes["menus"]["explorer/context"] if m["command"] == "torchls.downgrade"
+    ]
     when = explorer["when"]
     assert "explorerResourceIsFolder && resourcePath in torchls.modelFolders" in when
     literal = re.search(r"resourceExtname =~ /(.+)/([a-z]*)\)", when)

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { ExecuteCommandRequest, ExecuteCommandSignature, LanguageClient, State } from 'vscode-languageclient/node';
-import { ModelFolderTracker, SEARCH_EXCLUDE, SEARCH_LIMIT } from './modelFolders';
+import { findModelFolders, ModelFolderTracker, SEARCH_EXCLUDE, SEARCH_LIMIT } from './modelFolders';
 
 /** The client's command (palette, Explorer). Not the server's id: that one is auto-registered. */
 export const COMMAND_DOWNGRADE = 'torchls.downgrade';
@@ -176,11 +176,15 @@ function byLabel(a: TargetItem, b: TargetItem): number {
   return a.label.localeCompare(b.label);
 }
 
-async function targetItems(tracker: ModelFolderTracker): Promise<TargetItem[]> {
+async function targetItems(): Promise<TargetItem[]> {
   const suffix = configuredSuffix() ?? DEFAULT_SUFFIX;
-  const files = await vscode.workspace.findFiles(`**/*.{${CHECKPOINT_EXTENSIONS.join(',')}}`, SEARCH_EXCLUDE, SEARCH_LIMIT);
+  // Searched afresh (the tracker's first search may not have ended); the pick shows busy meanwhile.
+  const [files, folders] = await Promise.all([
+    vscode.workspace.findFiles(`**/*.{${CHECKPOINT_EXTENSIONS.join(',')}}`, SEARCH_EXCLUDE, SEARCH_LIMIT),
+    findModelFolders(),
+  ]);
   const fileItems = files.filter((uri) => !isDowngradeOutput(uri, suffix, false)).map((uri) => targetItem(uri, false));
-  const folderItems = tracker.folders.filter((uri) => !isDowngradeOutput(uri, suffix, true)).map((uri) => targetItem(uri, true));
+  const folderItems = folders.filter((uri) => !isDowngradeOutput(uri, suffix, true)).map((uri) => targetItem(uri, true));
   const separator = (label: string): TargetItem => ({ label, kind: vscode.QuickPickItemKind.Separator });
   return [
     { label: '$(folder-opened) Browse for a checkpoint file...', browse: 'file', alwaysShow: true },
@@ -204,8 +208,8 @@ async function browse(kind: 'file' | 'folder'): Promise<vscode.Uri[] | undefined
   });
 }
 
-async function askForTargets(tracker: ModelFolderTracker): Promise<vscode.Uri[] | undefined> {
-  const picked = await vscode.window.showQuickPick(targetItems(tracker), {
+async function askForTargets(): Promise<vscode.Uri[] | undefined> {
+  const picked = await vscode.window.showQuickPick(targetItems(), {
     title: TITLE,
     placeHolder: 'A checkpoint file or a Hugging Face model folder to re-save for torch < 1.6',
     matchOnDescription: true,
@@ -244,7 +248,7 @@ async function chooseTargets(tracker: ModelFolderTracker, clicked: unknown, sele
     return fromExplorer;
   }
   const active = activeCheckpoint();
-  return active ? [active] : askForTargets(tracker);
+  return active ? [active] : askForTargets();
 }
 
 // ---- talking to the server ----

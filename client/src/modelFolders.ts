@@ -50,7 +50,7 @@ export async function findModelFolders(): Promise<vscode.Uri[]> {
 export class ModelFolderTracker implements vscode.Disposable {
   private readonly disposables: vscode.Disposable[] = [];
   // By fsPath, the form the `resourcePath` context key compares against.
-  private found = new Map<string, vscode.Uri>();
+  private found = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   // Each refresh gets a number; a slow search that finishes after a newer one is dropped.
   private generation = 0;
@@ -71,11 +71,6 @@ export class ModelFolderTracker implements vscode.Disposable {
     return this.found.has(uri.fsPath);
   }
 
-  /** Model folders found by the last search. */
-  get folders(): vscode.Uri[] {
-    return [...this.found.values()];
-  }
-
   // A save_pretrained writes several files at once: one search for the burst, not one per file.
   private schedule(): void {
     if (this.timer) {
@@ -91,8 +86,8 @@ export class ModelFolderTracker implements vscode.Disposable {
       if (generation !== this.generation) {
         return;
       }
-      this.found = new Map(folders.map((folder) => [folder.fsPath, folder]));
-      await vscode.commands.executeCommand('setContext', MODEL_FOLDERS_CONTEXT_KEY, [...this.found.keys()]);
+      this.found = new Set(folders.map((folder) => folder.fsPath));
+      await vscode.commands.executeCommand('setContext', MODEL_FOLDERS_CONTEXT_KEY, [...this.found]);
     } catch (error) {
       this.log.warn(`Looking for model folders: ${error instanceof Error ? error.message : String(error)}`);
     }

@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 
 from torchls import __version__, status
 from torchls.config import InitOptions, parse_init_options
+from torchls.lsp.downgrade import CMD_DOWNGRADE, DowngradeCommand
 from torchls.lsp.kfold_actions import KFoldActions
 from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
 from torchls.lsp.model_cost import ModelCost
@@ -52,6 +53,7 @@ class TorchLanguageServer(LanguageServer):
         self.model_cost = ModelCost(self)
         self.load_checks = LoadChecks(self)
         self.kfold = KFoldActions(self)
+        self.downgrade = DowngradeCommand(self)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -262,6 +264,10 @@ def create_server() -> TorchLanguageServer:
             ls.publish_status(ls._status(status.STARTING, "restarting the worker"))
             await ls.probe_environment()
         return ls.current_status.as_json()
+
+    @server.command(CMD_DOWNGRADE)
+    async def downgrade_checkpoint(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
+        return await ls.downgrade.run(args)
 
     if test_jobs_enabled():
 

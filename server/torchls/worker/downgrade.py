@@ -84,6 +84,7 @@ def downgrade(context: JobContext, params: Params) -> dict[str, Any]:
             torch.save(prepared, handle, _use_new_zipfile_serialization=False)
             handle.flush()
             os.fsync(handle.fileno())
+        _pause_for_tests()
         say(f"verifying {name}", base + share * 0.7)
         with torch.serialization.safe_globals(extra):
             reloaded = torch.load(temp, weights_only=True, map_location="cpu")
@@ -103,6 +104,17 @@ def downgrade(context: JobContext, params: Params) -> dict[str, Any]:
         del again, reloaded
     say("done", 100.0)
     return {"outputs": results, "torch": str(torch.__version__)}
+
+
+def _pause_for_tests() -> None:
+    """Tests interrupt a downgrade after the temporary file is written: they hold it here."""
+    from torchls.worker.protocol import test_jobs_enabled
+
+    seconds = os.environ.get("TORCHLS_TEST_DOWNGRADE_PAUSE")
+    if seconds and test_jobs_enabled():
+        import time
+
+        time.sleep(float(seconds))
 
 
 def _import_globals(names: list[str]) -> list[Any]:
