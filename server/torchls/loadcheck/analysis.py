@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torchls.compare import ANY_SHAPE, Comparison, KeyGroup, Shape, compare, group_keys
 from torchls.source.loads import LoadSite, Step
+from torchls.source.pins import TorchPin
 from torchls.source.text import Span
 
 ERROR, WARNING, INFORMATION = "error", "warning", "information"
@@ -44,6 +46,8 @@ class Environment:
 
     torch_version: str | None = None
     cuda: bool | None = None
+    # The workspace pins torch < 1.6 (source/pins.py): it cannot read zip-format checkpoints.
+    old_torch_pin: TorchPin | None = None
 
     @property
     def weights_only_default(self) -> bool:
@@ -106,6 +110,7 @@ class Checkpoint:
     candidates: list[str]  # containers whose values are all tensors
     weights_only: Mapping[str, Any] | None
     root_type: str
+    zip_format: bool = False  # torch >= 1.6's format (also a model folder's weights file)
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any]) -> Checkpoint:
@@ -134,6 +139,8 @@ class Checkpoint:
             candidates=[str(c["path"]) for c in summary.get("candidates", [])],
             weights_only=summary.get("weights_only"),
             root_type=str(tree.get("type", "dict")) if isinstance(tree, Mapping) else "dict",
+            zip_format="torch-zip"
+            in {summary.get("format"), (summary.get("details") or {}).get("weights_format")},
         )
 
     @property
@@ -145,7 +152,9 @@ class Checkpoint:
 @dataclass(frozen=True)
 class Related:
     message: str
-    where: str  # "checkpoint" | "model" | "site"
+    where: str  # "checkpoint" | "model" | "site" | "file" (at `path`, 0-based `line`)
+    path: str | None = None
+    line: int = 0
 
 
 @dataclass
@@ -207,6 +216,7 @@ def analyse(
             )
         return outcome
     _loader_findings(site, checkpoint, environment, outcome)
+    _old_torch_finding(site, checkpoint, environment, outcome)
     _key_findings(site, checkpoint, model, outcome)
     return outcome
 
@@ -278,6 +288,24 @@ def _loader_findings(
                 span,
             )
         )
+
+
+def _old_torch_finding(
+    site: LoadSite, checkpoint: Checkpoint, environment: Environment, outcome: Outcome
+) -> None:
+    pin = environment.old_torch_pin
+    if pin is None or not checkpoint.zip_format:
+        return
+    newest = f"torch {pin.newest}" if pin.newest else "a torch older than 1.6"
+    name = Path(pin.file).name
+    message = (
+        f"This workspace pins {newest} (`{pin.requirement}` in {name}), which cannot load this "
+        'checkpoint: it was saved in the zip format of torch >= 1.6 ("is a zip archive"). '
+        '"Downgrade checkpoint" writes a copy old torch can load.'
+    )
+    related = [Related(f"torch is pinned here: {pin.requirement}", "file", pin.file, pin.line)]
+    span = site.path_span or site.loader_span or site.span
+    outcome.findings.append(Finding(WARNING, "zip-for-old-torch", message, span, related))
 
 
 # -- the keys ---------------------------------------------------------------------------------

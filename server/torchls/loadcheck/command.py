@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torchls.checkpoint.isolated import read_isolated_async
 from torchls.loadcheck.analysis import ERROR, WARNING, Environment
 from torchls.loadcheck.checker import LoadChecker, SiteReport
 from torchls.source.models import FileModels
+from torchls.source.pins import torch_pin
 from torchls.source.project import Project
 from torchls.worker.client import WorkerClient, WorkerSettings
 
@@ -115,6 +117,7 @@ async def _check_all(
             probe = await worker.run("environment")
             torch = probe.value.get("libraries", {}).get("torch", {}) if probe.ok else {}
             environment = Environment(torch.get("version"), torch.get("cuda"))
+        environment = replace(environment, old_torch_pin=torch_pin(settings.workspace or "."))
         checker = LoadChecker(
             read_isolated_async,
             lambda params: worker.run("state_dict", params),

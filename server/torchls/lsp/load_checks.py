@@ -20,12 +20,15 @@ from lsprotocol import types
 from pygls.uris import from_fs_path
 
 from torchls.checkpoint.isolated import read_isolated_async
+from torchls.downgrade.targets import output_path
 from torchls.kfold.lint import LintFinding
 from torchls.kfold.lint import lint as kfold_lint
 from torchls.loadcheck.analysis import ERROR, INFORMATION, WARNING, Environment, Finding
 from torchls.loadcheck.checker import LoadChecker, SiteReport
 from torchls.loadcheck.fixes import Fix
+from torchls.lsp.downgrade import CMD_DOWNGRADE
 from torchls.source.models import FileModels
+from torchls.source.pins import torch_pin
 from torchls.source.text import Lines, Span
 from torchls.worker.client import JobResult
 
@@ -77,7 +80,8 @@ class LoadChecks:
 
     def _environment(self) -> Environment:
         current = self.server.current_status
-        return Environment(current.torch, current.cuda)
+        root = self.server.workspace_root
+        return Environment(current.torch, current.cuda, torch_pin(root) if root else None)
 
     # -- scheduling ------------------------------------------------------------------------------
 
@@ -193,6 +197,7 @@ class LoadChecks:
             if not findings or not _overlaps(report, findings, params.range):
                 continue
             diagnostics = [_diagnostic(uri, report, finding) for finding in findings]
+            actions += _downgrade_actions(uri, version, text, report, diagnostics)
             for fix in self._fixes_of(uri, index, models, report):
                 edit = types.TextEdit(range=_range(fix.edit.span), new_text=fix.edit.text)
                 actions.append(
@@ -325,10 +330,77 @@ def _range(span: Span) -> types.Range:
     )
 
 
+def _downgrade_actions(
+    uri: str,
+    version: int | None,
+    text: str,
+    report: SiteReport,
+    diagnostics: list[types.Diagnostic],
+) -> list[types.CodeAction]:
+    """The zip-for-old-torch warning's fixes: run Downgrade on the checkpoint (a command: it
+    writes a legacy copy beside it, the source is not changed), and once that copy exists, load
+    it instead (an edit of the path's string literal)."""
+    matching = [d for d in diagnostics if d.code == "zip-for-old-torch"]
+    if not matching or not report.checkpoint_path:
+        return []
+    checkpoint = Path(report.checkpoint_path).absolute()
+    title = f"torchls: Downgrade {checkpoint.name} for torch < 1.6 (writes a legacy copy)"
+    command = types.Command(title=title, command=CMD_DOWNGRADE, arguments=[checkpoint.as_uri()])
+    actions = [
+        types.CodeAction(
+            title=title, kind=types.CodeActionKind.QuickFix, diagnostics=matching, command=command
+        )
+    ]
+    legacy = output_path(checkpoint)
+    span = report.site.path_span
+    literal = ""
+    if span is not None and span.start_line == span.end_line:
+        line = Lines(text).get(span.start_line)
+        if line.isascii():  # then the span's UTF-16 columns are str indexes
+            literal = line[span.start_char : span.end_char]
+    if legacy.is_file() and _is_legacy_file(legacy) and span is not None:
+        quote = literal[:1]
+        if quote in {"'", '"'} and literal.endswith(quote) and checkpoint.name in literal:
+            head, _, tail = literal.rpartition(checkpoint.name)
+            edit = types.TextEdit(range=_range(span), new_text=head + legacy.name + tail)
+            actions.append(
+                types.CodeAction(
+                    title=f"torchls: Load {legacy.name} instead (the legacy copy)",
+                    kind=types.CodeActionKind.QuickFix,
+                    diagnostics=matching,
+                    is_preferred=True,
+                    edit=types.WorkspaceEdit(
+                        document_changes=[
+                            types.TextDocumentEdit(
+                                text_document=types.OptionalVersionedTextDocumentIdentifier(
+                                    uri=uri, version=version
+                                ),
+                                edits=[edit],
+                            )
+                        ]
+                    ),
+                )
+            )
+    return actions
+
+
+def _is_legacy_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) == b"\x80\x02"
+    except OSError:
+        return False
+
+
 def _diagnostic(uri: str, report: SiteReport, finding: Finding) -> types.Diagnostic:
     related = []
     for item in finding.related:
-        if item.where == "checkpoint" and report.checkpoint_path:
+        if item.where == "file" and item.path:
+            location = types.Location(
+                uri=from_fs_path(item.path) or uri,
+                range=_range(Span(item.line, 0, item.line, 0)),
+            )
+        elif item.where == "checkpoint" and report.checkpoint_path:
             location = types.Location(
                 uri=from_fs_path(str(Path(report.checkpoint_path).absolute())) or uri,
                 range=_range(Span(0, 0, 0, 0)),
