@@ -134,7 +134,7 @@ async def downgrade(
         outcome.seconds = time.perf_counter() - started
         return outcome
     except TargetError as exc:
-        return Outcome(False, exc.reason, f"{source.name}: {exc}", source)
+        return Outcome(False, exc.reason, str(exc), source)
     except _Refused as exc:
         refused = Outcome(False, exc.reason, str(exc), source, **exc.extra)
         if exc.reason == "exists":
