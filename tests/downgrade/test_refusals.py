@@ -172,3 +172,21 @@ def test_a_zip_that_is_not_a_torch_archive(tmp_path: Path) -> None:
     done = _cli(str(source))
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
+
+
+async def test_an_output_folder_is_never_replaced_by_a_file_or_emptied(tmp_path: Path) -> None:
+    source = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, source)
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "precious.txt").write_text("keep")
+    outcome = await run(source, output=shelf, overwrite=True)
+    assert outcome.ok and outcome.output == shelf / "w.legacy.pt"  # written into the folder
+    assert (shelf / "precious.txt").read_text() == "keep"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    torch.save({"w": torch.ones(2)}, model / "pytorch_model.bin")
+    refused = await run(model, output=shelf, overwrite=True)
+    assert not refused.ok and "is not a model folder torchls wrote" in refused.message
+    assert (shelf / "precious.txt").read_text() == "keep"

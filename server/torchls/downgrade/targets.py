@@ -78,6 +78,8 @@ def plan(source: Path, output: Path | None = None, suffix: str = DEFAULT_SUFFIX)
     source = source.expanduser()
     if not source.exists():
         raise TargetError("not-found", f"{source} does not exist")
+    if output is not None and output.is_dir() and not source.is_dir():
+        output = output / output_path(source, suffix).name  # into that folder, the usual name
     if source.is_dir():
         if not is_model_folder(source):
             raise TargetError(
@@ -101,6 +103,12 @@ def _check_output(target: Target) -> None:
         raise TargetError("error", f"the output folder {out} must be outside the model folder")
     if not out.parent.is_dir():
         raise TargetError("error", f"the output's folder {out.parent} does not exist")
+    if target.folder and out.exists() and not (out.is_dir() and is_model_folder(out)):
+        # Replacing it (when asked) removes it: only ever an earlier output, never a folder
+        # that happens to have the name.
+        raise TargetError(
+            "error", f"{out} exists and is not a model folder torchls wrote; choose another output"
+        )
 
 
 def _plan_folder(folder: Path, output: Path) -> Target:
