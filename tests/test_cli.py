@@ -33,12 +33,11 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     assert f"usage: torchls {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["downgrade"])
-def test_planned_commands_say_so_instead_of_faking_output(command: str) -> None:
-    result = run_cli(command, "examples")
-    assert result.returncode == 3
-    assert result.stdout == ""
-    assert result.stderr.startswith(f"torchls {command}: not available yet")
+def test_downgrade_of_a_folder_without_a_model_says_why_in_one_line() -> None:
+    result = run_cli("downgrade", "examples")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("torchls downgrade: ") and result.stderr.count("\n") == 1
+    assert "without a Hugging Face model" in result.stderr
 
 
 def test_no_command_is_a_usage_error() -> None:

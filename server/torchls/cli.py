@@ -9,9 +9,6 @@ from collections.abc import Sequence
 
 from torchls import __version__
 
-# Subcommands whose features later work fills in. They fail loudly rather than print fake output.
-_PLANNED: dict[str, str] = {}
-
 
 def _parse_tcp(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
@@ -96,10 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     from torchls.downgrade.command import add_arguments as add_downgrade_arguments
 
     add_downgrade_arguments(downgrade)
-
-    for name, what in _PLANNED.items():
-        sub = commands.add_parser(name, help=f"{what} (not available yet)")
-        sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     return parser
 
 
@@ -125,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from torchls.doctor import run_doctor
 
         return run_doctor(python=args.python, as_json=args.json)
-    print(f"torchls {args.command}: not available yet ({_PLANNED[args.command]}).", file=sys.stderr)
-    return 3
+    raise AssertionError(f"unhandled command {args.command}")  # argparse allows no other
 
 
 def _inspect(args: argparse.Namespace) -> int:
