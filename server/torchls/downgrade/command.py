@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -66,9 +67,19 @@ def run(args: argparse.Namespace) -> int:
             done = "" if percentage is None else f"{percentage:3.0f}% "
             print(f"\r\033[K{done}{message}", end="", file=sys.stderr, flush=True)
 
+    async def main() -> Outcome:
+        # SIGTERM and SIGHUP (a closed terminal, `kill`) stop it like Ctrl+C: the worker is
+        # killed and the temporary file removed, instead of the process dying half-way.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            if task is not None:
+                loop.add_signal_handler(number, task.cancel)
+        return await downgrade(Path(args.path), options, environment, progress)
+
     try:
-        outcome = asyncio.run(downgrade(Path(args.path), options, environment, progress))
-    except KeyboardInterrupt:
+        outcome = asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ntorchls downgrade: stopped; nothing was written", file=sys.stderr)
         return 130
     if progress is not None:

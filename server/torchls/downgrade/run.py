@@ -29,7 +29,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,23 @@ async def downgrade(
         read = environment.read_summary or _read_in_child
         summaries = {s: await read(s) for o in target.outputs for s in o.sources}
         _preflight(target, summaries, options, environment)
+        # The format the reader found, not the one the name suggests (safetensors in a .pt).
+        target.outputs = [
+            replace(
+                o,
+                format="safetensors"
+                if all(summaries[s].get("format") == "safetensors" for s in o.sources)
+                else "torch",
+            )
+            for o in target.outputs
+        ]
+        sizes = sum(s.stat().st_size for o in target.outputs for s in o.sources)
+        if environment.memory_limit_mb:
+            # The input is mapped (address space) and read back once: room for both, above the
+            # limit set for building models.
+            environment = replace(
+                environment, memory_limit_mb=environment.memory_limit_mb + 3 * (sizes >> 20)
+            )
         outcome = await _convert(target, options, environment, say, temps)
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -255,7 +272,10 @@ async def _convert(
         _check_written(Path(written["temp"]), summary, written, options)
     if staging is not None:
         for copy in target.copies:
-            shutil.copy2(copy, staging / copy.name)
+            if copy.is_dir() and not copy.is_symlink():
+                shutil.copytree(copy, staging / copy.name, symlinks=True)
+            else:
+                shutil.copy2(copy, staging / copy.name, follow_symlinks=False)
         _fsync_dir(staging)
     final = target.output
     if final.exists():  # overwrite was asked for: replace it as late as possible
@@ -266,7 +286,8 @@ async def _convert(
         else:
             final.unlink()
     (staging or files[0]).replace(final)
-    temps.clear()
+    temps[:] = [t for t in temps if ".old-" in t.name]  # the replaced folder: removed below
+    _remove(temps)
     _fsync_dir(final.parent)
     tensors = sum(len(w["tensors"]) for w in result["outputs"])
     size = sum(int(w["bytes"]) for w in result["outputs"])

@@ -103,6 +103,8 @@ def _check_output(target: Target) -> None:
         raise TargetError("error", f"the output folder {out} must be outside the model folder")
     if not out.parent.is_dir():
         raise TargetError("error", f"the output's folder {out.parent} does not exist")
+    if not target.folder and out.is_dir():
+        raise TargetError("error", f"{out} is a folder; choose another output")
     if target.folder and out.exists() and not (out.is_dir() and is_model_folder(out)):
         # Replacing it (when asked) removes it: only ever an earlier output, never a folder
         # that happens to have the name.
@@ -112,11 +114,9 @@ def _check_output(target: Target) -> None:
 
 
 def _plan_folder(folder: Path, output: Path) -> Target:
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    bin_shards = [n for n in names if _SHARD.match(n) and n.endswith(".bin")]
-    st_shards = [n for n in names if _SHARD.match(n) and n.endswith(".safetensors")]
+    entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    names = [p.name for p in entries if p.is_file()]
     outputs: list[Output] = []
-    weights: set[str] = set(bin_shards) | set(st_shards) | set(_WEIGHT_FILES) | set(_INDEXES)
     if "pytorch_model.bin" in names:
         outputs.append(Output("pytorch_model.bin", (folder / "pytorch_model.bin",), "torch"))
     elif "pytorch_model.bin.index.json" in names:
@@ -131,9 +131,21 @@ def _plan_folder(folder: Path, output: Path) -> Target:
         outputs.append(Output("pytorch_model.bin", sources, "safetensors"))
     else:
         raise TargetError("not-a-checkpoint", f"{folder} has no weights torchls can convert")
-    copies = [folder / n for n in names if n not in weights]
+    # Weights: the usual names, and whatever an index names (shards may be called anything).
+    weights = {n for n in names if _SHARD.match(n)} | set(_WEIGHT_FILES) | set(_INDEXES)
+    for index in _INDEXES:
+        if index in names:
+            weights |= set(_index_shards(folder / index))
+    written = {o.name for o in outputs}
     if any(o.format == "torch" and o.name != "pytorch_model.bin" for o in outputs):
-        copies.append(folder / "pytorch_model.bin.index.json")  # the shards keep their names
+        written.add("pytorch_model.bin.index.json")  # the shards keep their names: copied as is
+    copies = [
+        entry
+        for entry in entries
+        if (entry.name not in weights or entry.name in written - {o.name for o in outputs})
+        and entry.name != ".git"
+        and ".tmp-" not in entry.name
+    ]
     carried = {s.name for o in outputs for s in o.sources} | {c.name for c in copies}
     skipped = [f"{n} (the legacy weights replace it)" for n in names if n in weights - carried]
     return Target(folder, output, True, outputs, copies, skipped)

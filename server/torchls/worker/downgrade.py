@@ -13,6 +13,7 @@ after its own check, and deletes it if this process dies or is cancelled half-wa
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import mmap
@@ -78,7 +79,7 @@ def downgrade(context: JobContext, params: Params) -> dict[str, Any]:
         refused: list[tuple[str, str]] = []
         prepared = _legacy_safe(original, bool(params.get("cast")), (casts, refused), {}, "")
         if refused:
-            raise _unsupported(name, refused)
+            raise _unsupported(name, refused, bool(params.get("cast")))
         say(f"writing {Path(temp).name}", base + share * 0.4)
         with open(temp, "wb") as handle:
             torch.save(prepared, handle, _use_new_zipfile_serialization=False)
@@ -145,14 +146,31 @@ def _load_sources(sources: list[str], form: str) -> Any:
                 merged[key] = tensor
         return merged
     (source,) = sources
+    # Memory-mapped when torch can (zip format, a name the C++ side can encode).
+    mapped = _is_zip(source) and _encodable(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(source, weights_only=True, map_location="cpu", mmap=_is_zip(source))
+            return torch.load(source, weights_only=True, map_location="cpu", mmap=mapped)
+    except MemoryError:
+        raise
     except Exception as exc:  # torch's UnpicklingError carries the refused global
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        kind = "refused-globals" if "weights_only" in str(exc) else "error"
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if "Cannot allocate memory" in text:
+            raise JobError(
+                "memory", f"loading {Path(source).name} needs more memory than the worker's limit"
+            ) from None
+        kind = "refused-globals" if "Unsupported global" in text else "error"
         raise JobError(kind, f"torch.load refused {Path(source).name}: {first}") from None
+
+
+def _encodable(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_zip(path: str) -> bool:
@@ -196,9 +214,9 @@ def _read_safetensors(path: str) -> dict[str, Any]:
     return tensors
 
 
-def _unsupported(name: str, refused: list[tuple[str, str]]) -> JobError:
+def _unsupported(name: str, refused: list[tuple[str, str]], cast: bool) -> JobError:
     dtypes = sorted({dtype for _, dtype in refused})
-    castable = all(dtype in CAST_TO for dtype in dtypes)
+    castable = not cast and all(dtype in CAST_TO for dtype in dtypes)
     where = ", ".join(f"{label} ({dtype})" for label, dtype in refused[:3])
     more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
     advice = " Cast them (float8 -> float32, uint -> wider int, complex32 -> complex64) to go on."
@@ -223,7 +241,11 @@ def _legacy_safe(value: Any, cast: bool, found: Found, seen: dict[int, Any], whe
 
     if isinstance(value, torch.Tensor):
         if id(value) in seen:
-            return seen[id(value)]
+            prepared = seen[id(value)]
+            if prepared.dtype != value.dtype:  # the same tensor, cast once: said for each place
+                found[0].append(f"{where or 'the root'}: {_dtype_name(value)} -> "
+                                f"{_dtype_name(prepared)}")  # fmt: skip
+            return prepared
         tensor = value.detach()
         if type(tensor) is not torch.Tensor:
             tensor = tensor.as_subclass(torch.Tensor)
@@ -235,17 +257,25 @@ def _legacy_safe(value: Any, cast: bool, found: Found, seen: dict[int, Any], whe
         if name in NO_LEGACY or (name in CAST_TO and not cast):
             found[1].append((where or "the root", name))
         elif name in CAST_TO:
-            tensor = tensor.to(getattr(torch, CAST_TO[name]))
-            found[0].append(f"{where or 'the root'}: {name} -> {CAST_TO[name]}")
+            wider = tensor.to(getattr(torch, CAST_TO[name]))
+            if name.startswith("uint") and wider.numel() and bool((wider < 0).any()):
+                # uint64 values of 2**63 and more have no int64: casting would change them.
+                found[1].append((f"{where or 'the root'} (values >= 2**63)", name))
+            else:
+                tensor = wider
+                found[0].append(f"{where or 'the root'}: {name} -> {CAST_TO[name]}")
         seen[id(value)] = tensor
         return tensor
     if isinstance(value, dict):
-        rebuilt = type(value)() if type(value) in _PLAIN_MAPPINGS else {}
+        # A shallow copy keeps the mapping's type and its attributes (the `_metadata` an
+        # OrderedDict from state_dict() carries, a defaultdict's factory, a Counter).
+        try:
+            rebuilt = copy.copy(value)
+            rebuilt.clear()
+        except Exception:
+            rebuilt = {}  # the comparison then reports the changed type
         for key, item in value.items():
             rebuilt[key] = _legacy_safe(item, cast, found, seen, f"{where}[{key!r}]")
-        metadata = getattr(value, "_metadata", None)
-        if metadata is not None:
-            rebuilt._metadata = metadata  # type: ignore[attr-defined]
         return rebuilt
     if isinstance(value, (list, tuple)):
         items = [
@@ -257,13 +287,8 @@ def _legacy_safe(value: Any, cast: bool, found: Found, seen: dict[int, Any], whe
     return value
 
 
-def _plain_mappings() -> tuple[type, ...]:
-    from collections import OrderedDict
-
-    return (dict, OrderedDict)
-
-
-_PLAIN_MAPPINGS = _plain_mappings()
+def _dtype_name(tensor: Any) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _compare(original: Any, written: Any, where: str, cast: set[str]) -> str | None:
@@ -281,16 +306,35 @@ def _compare(original: Any, written: Any, where: str, cast: set[str]) -> str | N
         if expected.is_neg():
             expected = expected.resolve_neg()
         if expected.dtype != written.dtype and any(c.startswith(f"{label}:") for c in cast):
+            # A cast must be exact: back in the original dtype it is the original, bit for bit,
+            # and an unsigned value never turns negative.
+            unsigned = _dtype_name(expected).startswith("uint")
+            if unsigned and written.numel() and bool((written < 0).any()):
+                return f"{label}: the cast changed values"
+            back = _tensor_difference(expected, written.to(expected.dtype), label)
+            if back:
+                return back
             expected = expected.to(written.dtype)
         return _tensor_difference(expected, written, label)
     if isinstance(original, dict):
-        if not isinstance(written, dict) or list(original) != list(written):
-            return f"{label}: the keys differ"
-        for key in original:
-            problem = _compare(original[key], written[key], f"{where}[{key!r}]", cast)
+        if type(original) is not type(written) or len(original) != len(written):
+            return f"{label}: the mapping changed ({type(original).__name__} of {len(original)})"
+        # Keys in order (pickle keeps it), each compared like a value: NaN and tensor keys too.
+        for n, (a, b) in enumerate(zip(original, written, strict=True)):
+            problem = _compare(a, b, f"{where}.keys()[{n}]", cast)
+            if problem:
+                return problem
+        for (key, a), b in zip(original.items(), written.values(), strict=True):
+            problem = _compare(a, b, f"{where}[{key!r}]", cast)
             if problem:
                 return problem
         return None
+    if isinstance(original, (set, frozenset)):
+        if type(original) is not type(written) or len(original) != len(written):
+            return f"{label}: the set changed"
+        if any(isinstance(item, torch.Tensor) for item in original):
+            return f"{label}: a set holding tensors cannot be compared item by item"
+        return None if original == written else f"{label}: the set changed"
     if isinstance(original, (list, tuple)):
         if type(original) is not type(written) or len(original) != len(written):
             return f"{label}: the sequence differs"
