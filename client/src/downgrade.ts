@@ -45,7 +45,9 @@ interface DowngradeSuccess {
 
 interface DowngradeFailure {
   ok: false;
-  reason: 'exists' | 'refused-globals' | 'unsupported-dtypes' | 'cancelled' | 'not-a-checkpoint' | 'error';
+  reason:
+    | 'exists' | 'refused-globals' | 'unsupported-dtypes' | 'already-legacy' | 'not-a-checkpoint'
+    | 'not-found' | 'untrusted' | 'cancelled' | 'verify' | 'error';
   message: string;
   output?: string;
   globals?: string[];
