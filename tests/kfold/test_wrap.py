@@ -97,13 +97,20 @@ def test_a_cursor_in_a_function_wraps_its_training_loop(tmp_path: Path) -> None:
     from torchls.source.project import Project
 
     text = (
-        "import torch\n\n\ndef main(loader, net, opt, criterion):\n"
+        "import torch\n\n\ndef main():\n"
         "    print('start')  # cursor here\n"
+        "    x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))\n"
+        "    data = torch.utils.data.TensorDataset(x, y)\n"
+        "    loader = torch.utils.data.DataLoader(data, batch_size=4)\n"
+        "    net = torch.nn.Linear(3, 2)\n"
+        "    opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+        "    criterion = torch.nn.CrossEntropyLoss()\n"
         "    for epoch in range(2):\n"
         "        for xb, yb in loader:\n"
         "            opt.zero_grad()\n"
         "            criterion(net(xb), yb).backward()\n"
         "            opt.step()\n"
+        "\n\nmain()\n"
     )
     path = tmp_path / "fn.py"
     path.write_text(text)
@@ -117,7 +124,14 @@ def test_a_cursor_in_a_function_wraps_its_training_loop(tmp_path: Path) -> None:
     wrapped = apply_edits(text, made.edits)
     assert "    print('start')  # cursor here\n" in wrapped  # left as it was
     assert "        for epoch in range(2):\n" in wrapped  # one level deeper, in the fold loop
+    assert "        net = torch.nn.Linear(3, 2)\n" in wrapped  # rebuilt per fold
     assert not can_wrap(models, 0, 0)  # `import torch`: nothing to wrap
+    path.write_text(wrapped)
+    done = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr + wrapped
+    assert len(re.findall(r"^fold \d: validation loss", done.stdout, re.M)) == 5
 
 
 def test_a_loop_with_no_loader_to_rebind_is_not_offered(tmp_path: Path) -> None:
@@ -130,9 +144,11 @@ def test_a_loop_with_no_loader_to_rebind_is_not_offered(tmp_path: Path) -> None:
     text = (
         "import torch\n\nnet = torch.nn.Linear(3, 1)\n"
         "x, y = torch.randn(32, 3), torch.randn(32, 1)\n"
+        "opt = torch.optim.SGD(net.parameters())\n"
         "for epoch in range(2):\n"
         "    for i in range(0, 32, 8):\n"
-        "        ((net(x[i : i + 8]) - y[i : i + 8]) ** 2).mean().backward()\n"
+        "        torch.nn.functional.mse_loss(net(x[i : i + 8]), y[i : i + 8]).backward()\n"
+        "        opt.step()\n"
     )
     path = tmp_path / "sliced.py"
     path.write_text(text)
@@ -140,13 +156,18 @@ def test_a_loop_with_no_loader_to_rebind_is_not_offered(tmp_path: Path) -> None:
     module = project.module_file(str(path))
     assert module is not None
     models = FileModels(project, module)
-    assert not can_wrap(models, 6, 6) and wrap(models, 6, 6) is None
-    # The same loop over a DataLoader is offered.
+    assert not can_wrap(models, 7, 7) and wrap(models, 7, 7) is None
+    # The same loop over a DataLoader of a dataset is offered.
     path.write_text(
-        text.replace("for i in range(0, 32, 8):", "for xb, yb in batches:").replace(
-            "net = ", "batches = torch.utils.data.DataLoader([])\nnet = "
+        text.replace("for i in range(0, 32, 8):", "for xb, yb in batches:")
+        .replace("x[i : i + 8]", "xb")
+        .replace("y[i : i + 8]", "yb")
+        .replace(
+            "opt = ",
+            "data = torch.utils.data.TensorDataset(x, y)\n"
+            "batches = torch.utils.data.DataLoader(data)\nopt = ",
         )
     )
     module = Project(str(tmp_path)).module_file(str(path))
     assert module is not None
-    assert can_wrap(FileModels(project, module), 7, 7)
+    assert can_wrap(FileModels(project, module), 9, 9)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from torchls.kfold.context import read_context
+from torchls.kfold.context import read_context, top_level_imports
 from torchls.kfold.template import Wrapped, render
+from torchls.kfold.wrapping import plan
 from torchls.loadcheck.fixes import Edit, apply_edits
-from torchls.source.models import FileModels, _function_scope
+from torchls.source.models import FileModels
 from torchls.source.text import Span
 
 TITLES = {
@@ -34,28 +35,37 @@ def available(models: FileModels) -> bool:
 
 def insertion(models: FileModels, kind: str, line: int) -> Insertion | None:
     """The edits that insert the `kind` loop before `line` (0-based), or None when the result
-    would not parse."""
+    would not compile. Above the file's imports (or its docstring, or `from __future__`), the
+    loop goes right after them instead."""
     tree = models.tree
     if tree is None or kind not in TITLES:
         return None
-    text = models.module.text
     lines = models.lines.lines
     line = max(0, min(line, len(lines)))
-    context = read_context(models)
+    at = _import_line(models, tree)
+    line = max(line, at)
+    context = read_context(models, line)
     inserted = render(kind, context, _indent_at(lines, line))
     imports = "".join(f"{i}\n" for i in inserted.imports)
-    at = _import_line(tree)
     if imports and at == line:
         edits = [Edit(Span(line, 0, line, 0), imports + inserted.code)]
     elif imports:
         edits = [Edit(Span(at, 0, at, 0), imports), Edit(Span(line, 0, line, 0), inserted.code)]
     else:
         edits = [Edit(Span(line, 0, line, 0), inserted.code)]
+    return _checked(models, TITLES[kind], edits)
+
+
+def _checked(models: FileModels, title: str, edits: list[Edit]) -> Insertion | None:
+    """The edits in the file's own line endings, if the edited file compiles."""
+    text = models.module.text
+    if "\r\n" in text:
+        edits = [Edit(e.span, e.text.replace("\r\n", "\n").replace("\n", "\r\n")) for e in edits]
     try:
-        ast.parse(apply_edits(text, edits))
-    except (SyntaxError, ValueError, RecursionError):
+        compile(apply_edits(text, edits), models.module.path or "<file>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    return Insertion(TITLES[kind], edits)
+    return Insertion(title, edits)
 
 
 WRAP_TITLE = "Wrap in k-fold cross-validation ({splitter})"
@@ -63,15 +73,16 @@ WRAP_TITLE = "Wrap in k-fold cross-validation ({splitter})"
 
 def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
     """Rewrite the selected statements (lines `start`..`end`, 0-based; or, for a cursor, the
-    training loop around it) so that they run once per fold, with a fresh model and optimizer,
-    the training loader they iterate rebound to the fold's training part, and a validation pass
-    after them."""
+    training loop around it) so that they run once per fold: the loader they iterate rebuilt on
+    the fold's training part of its own dataset, the model, optimizer and scheduler they use
+    rebuilt from their own calls, and a validation pass after them. None when any of that is
+    not certain (see wrapping.py)."""
     tree = models.tree
     if tree is None:
         return None
     statements = _selected(models, tree, start, end)
-    loader = _loader_of(models, statements)
-    if not statements or loader is None:
+    made = plan(models, statements)
+    if not statements or made is None:
         return None
     first = statements[0].lineno - 1
     last = (statements[-1].end_lineno or statements[-1].lineno) - 1
@@ -83,29 +94,26 @@ def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
         return None  # re-indenting would change the string
     relative = [line[len(indent) :] if line.strip() else "" for line in lines]
     tabs = indent.startswith("\t") or any(line.startswith("\t") for line in relative)
-    context = read_context(models)
-    kind = "stratified" if context.classification else "kfold"
-    wrapped = Wrapped(relative, loader, "\t" if tabs else "    ")
-    inserted = render(kind, context, indent, wrapped)
+    kind = "stratified" if made.stratify else "kfold"
+    wrapped = Wrapped(relative, made, "\t" if tabs else "    ", top_level_imports(tree))
+    inserted = render(kind, read_context(models, first), indent, wrapped)
     block = Edit(Span(first, 0, last + 1, 0), inserted.code)
     imports = "".join(f"{i}\n" for i in inserted.imports)
-    at = _import_line(tree)
-    edits = [Edit(Span(at, 0, at, 0), imports), block] if imports else [block]
-    try:
-        ast.parse(apply_edits(models.module.text, edits))
-    except (SyntaxError, ValueError, RecursionError):
+    at = _import_line(models, tree)
+    if imports and at > first:
         return None
+    edits = [Edit(Span(at, 0, at, 0), imports), block] if imports else [block]
     splitter = "StratifiedKFold" if kind == "stratified" else "KFold"
-    return Insertion(WRAP_TITLE.format(splitter=splitter), edits)
+    return _checked(models, WRAP_TITLE.format(splitter=splitter), edits)
 
 
 def can_wrap(models: FileModels, start: int, end: int) -> bool:
-    """Cheap: whether there is something to wrap at this selection: a loop over a loader that
-    the fold loop can rebind to the fold's training part."""
+    """Cheap: whether there is something to wrap at this selection, that wrap can rebuild per
+    fold for certain."""
     if models.tree is None:
         return False
     statements = _selected(models, models.tree, start, end)
-    return bool(statements) and _loader_of(models, statements) is not None
+    return bool(statements) and plan(models, statements) is not None
 
 
 def _selected(models: FileModels, tree: ast.Module, start: int, end: int) -> list[ast.stmt]:
@@ -170,25 +178,6 @@ def _has_multiline_string(statements: list[ast.stmt]) -> bool:
     )
 
 
-def _loader_of(models: FileModels, statements: list[ast.stmt]) -> str | None:
-    """The name the selected code iterates its batches from: bound to a `DataLoader(...)` in its
-    scope, or named like a loader. None when there is none: the fold loop could not give the
-    code its fold's training data, and it would train on everything (validation folds too)."""
-    named = None
-    for statement in statements:
-        for node in ast.walk(statement):
-            if isinstance(node, ast.For) and isinstance(node.iter, ast.Name):
-                name = node.iter.id
-                value = models._scoped_lookup(_function_scope(models, node))(name, node.lineno)
-                if isinstance(value, ast.Call):
-                    dotted = models.imports.resolve(value.func) or ""
-                    if dotted.endswith("DataLoader"):
-                        return name
-                if named is None and "loader" in name.lower():
-                    named = name
-    return named
-
-
 def _indent_at(lines: list[str], line: int) -> str:
     """The indentation of the first code line from `line` on: the inserted loop becomes a
     statement of the same block."""
@@ -198,8 +187,9 @@ def _indent_at(lines: list[str], line: int) -> str:
     return ""
 
 
-def _import_line(tree: ast.Module) -> int:
-    """0-based line after the last top-level import (or after the docstring)."""
+def _import_line(models: FileModels, tree: ast.Module) -> int:
+    """0-based line after the last top-level import (or after the docstring); with neither,
+    after the comments that open the file (a shebang, a coding line)."""
     last = 0
     for index, statement in enumerate(tree.body):
         if isinstance(statement, (ast.Import, ast.ImportFrom)) or (
@@ -209,4 +199,9 @@ def _import_line(tree: ast.Module) -> int:
             and isinstance(statement.value.value, str)
         ):
             last = statement.end_lineno or statement.lineno
+    if last == 0:
+        for text in models.lines.lines:
+            if not text.startswith("#"):
+                break
+            last += 1
     return last

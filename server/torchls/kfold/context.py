@@ -9,11 +9,16 @@ import ast
 from dataclasses import dataclass, field
 
 from torchls.source.imports import ImportTable, dotted_name
-from torchls.source.models import FileModels
+from torchls.source.models import FileModels, _scope_walk
 
 _OPTIMIZER_PREFIX = "torch.optim."
 _SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
-_CLASSIFICATION_LOSSES = {"CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss"}
+_CLASSIFICATION_LOSSES = {
+    "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "cross_entropy", "nll_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits",
+}  # fmt: skip
+_MULTICLASS = {"CrossEntropyLoss", "NLLLoss", "cross_entropy", "nll_loss"}
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Found:
     call: str  # "SmallConvNet(num_classes=10)"
     callee: str = ""  # "SmallConvNet", "torch.optim.Adam"
     arguments: str = ""  # the call's arguments after the first: ", lr=1e-3"
+    functional: bool = False  # a function used as is (`F.mse_loss`), not a call to make
 
 
 @dataclass
@@ -38,7 +44,7 @@ class TrainingContext:
     epochs: str | None = None  # "2" or "EPOCHS"
     batch_size: str | None = None
     imports: ImportTable = field(default_factory=ImportTable)
-    top_level_imports: list[ast.stmt] = field(default_factory=list)
+    top_level: dict[str, str] = field(default_factory=dict)  # names bound by top-level imports
 
     @property
     def classification(self) -> bool:
@@ -46,28 +52,115 @@ class TrainingContext:
             _CLASSIFICATION_LOSSES
         )
 
+    @property
+    def multiclass(self) -> bool:
+        """Outputs with one score per class: accuracy is the argmax."""
+        return self.loss is not None and self.loss.callee.rsplit(".", 1)[-1] in _MULTICLASS
 
-def read_context(models: FileModels) -> TrainingContext:
-    """What the file names; the model is the first construction source/models.py recognises."""
+
+def read_context(models: FileModels, line: int | None = None) -> TrainingContext:
+    """What the file names where code goes before `line` (0-based; the end of the file when
+    None): only what is bound there (in the functions around the line, then at module level,
+    before it), never a name local to another function. The model is the one the optimizer
+    trains (any call bound to that name), else the first construction source/models.py
+    recognises."""
     context = TrainingContext(imports=models.imports)
     tree = models.tree
     if tree is None:
         return context
-    context.top_level_imports = [
-        s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))
-    ]
-    for node in ast.walk(tree):
+    context.top_level = top_level_imports(tree)
+    end = len(models.lines.lines) if line is None else line
+    nodes = _visible_nodes(models, tree, end)
+    calls: dict[str, ast.Call] = {}
+    for node in nodes:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
             if isinstance(target, ast.Name) and isinstance(node.value, ast.Call):
+                calls.setdefault(target.id, node.value)
                 _assignment(context, models, target.id, node.value)
-        elif isinstance(node, ast.For) and context.epochs is None:
+    for node in nodes:
+        if isinstance(node, ast.For) and context.epochs is None:
             _epochs(context, models, node)
         elif isinstance(node, ast.Call) and context.batch_size is None:
             for keyword in node.keywords:
                 if keyword.arg == "batch_size":
                     context.batch_size = models.segment(keyword.value)
+    if context.loss is None:
+        _functional_loss(context, models, nodes)
+    if context.optimizer is not None:
+        trained = _parameters_owner(context.optimizer)
+        call = calls.get(trained) if trained else None
+        if call is not None:
+            found = Found(trained or "", models.segment(call), models.segment(call.func))
+            context.model = found
     return context
+
+
+def top_level_imports(tree: ast.Module) -> dict[str, str]:
+    """Names bound by the module's own top-level imports (not a function's)."""
+    names: dict[str, str] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Import):
+            for alias in statement.names:
+                if alias.asname:
+                    names[alias.asname] = alias.name
+                else:
+                    names[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        elif isinstance(statement, ast.ImportFrom) and statement.level == 0 and statement.module:
+            for alias in statement.names:
+                names[alias.asname or alias.name] = f"{statement.module}.{alias.name}"
+    return names
+
+
+def _visible_nodes(models: FileModels, tree: ast.Module, line: int) -> list[ast.AST]:
+    """The nodes of the statements that run before `line` in its scopes: the functions around
+    it, innermost first, then the module; not entering other functions or classes."""
+    scopes: list[list[ast.stmt]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, _FUNCTIONS) and node.lineno - 1 < line <= (node.end_lineno or 0) - 1:
+            scopes.append(node.body)
+    scopes.sort(key=lambda body: -body[0].lineno)
+    scopes.append(tree.body)
+    found: list[ast.AST] = []
+    for body in scopes:
+        for statement in body:
+            if (statement.end_lineno or statement.lineno) - 1 >= line:
+                break
+            found += _scope_walk(statement)
+    return found
+
+
+def _parameters_owner(optimizer: Found) -> str | None:
+    """`Adam(net.parameters(), ...)`: `net`."""
+    try:
+        call = ast.parse(optimizer.call, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(call, ast.Call) or not call.args:
+        return None
+    first = call.args[0]
+    if (
+        isinstance(first, ast.Call)
+        and isinstance(first.func, ast.Attribute)
+        and first.func.attr == "parameters"
+        and isinstance(first.func.value, ast.Name)
+    ):
+        return first.func.value.id
+    return None
+
+
+def _functional_loss(context: TrainingContext, models: FileModels, nodes: list[ast.AST]) -> None:
+    """`F.mse_loss(out, y)` called where no `...Loss()` is built: that function is the loss."""
+    for node in nodes:
+        if isinstance(node, ast.Call):
+            dotted = context.imports.resolve(node.func) or ""
+            short = dotted.rsplit(".", 1)[-1]
+            if dotted.startswith("torch.nn.functional.") and (
+                short.endswith("loss") or short in _CLASSIFICATION_LOSSES
+            ):
+                text = models.segment(node.func)
+                context.loss = Found(text, text, dotted, functional=True)
+                return
 
 
 def _assignment(context: TrainingContext, models: FileModels, name: str, call: ast.Call) -> None:

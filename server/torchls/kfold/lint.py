@@ -59,10 +59,14 @@ def lint(models: FileModels) -> list[LintFinding]:
         found += _splitter_findings(models, name, call)
     found += _missing_zero_grad(models, tree)
     found += _underscore_typos(models, tree)
+    named = {id(call) for call in splitters.values()}
     for loop in [n for n in ast.walk(tree) if isinstance(n, ast.For)]:
         splitter = _fold_loop_splitter(models, loop, splitters)
         if splitter is None:
             continue
+        if id(splitter) not in named:  # `for ... in KFold(...).split(X)`
+            named.add(id(splitter))
+            found += _splitter_findings(models, "", splitter)
         found += _built_outside(models, loop)
         found += _shuffled_validation(models, loop)
         found += _scaler_before(models, loop)
@@ -89,6 +93,7 @@ def _splitter_findings(models: FileModels, name: str, call: ast.Call) -> list[Li
     seed = _keyword(call, "random_state")
     span = models._span(call)
     end = _end_of_arguments(models, call)
+    comma = ", " if call.args or call.keywords else ""
     shuffles = (
         shuffle is not None
         and isinstance(shuffle.value, ast.Constant)
@@ -99,19 +104,16 @@ def _splitter_findings(models: FileModels, name: str, call: ast.Call) -> list[Li
             f"{kind} without shuffle=True makes its folds from the data in file order: sorted or "
             "grouped data gives folds that differ from each other, and scores that mislead."
         )
-        added = ", shuffle=True" + ("" if seed else ", random_state=0")
-        title = f"Shuffle the folds: {kind}(...{added})"
-        return [
-            LintFinding(
-                Finding(WARNING, "kfold-no-shuffle", message, span), [(title, [Edit(end, added)])]
-            )
-        ]
+        added = "shuffle=True" + ("" if seed else ", random_state=0")
+        title = f"Shuffle the folds: {kind}(..., {added})"
+        edit = Edit(end, comma + added)
+        return [LintFinding(Finding(WARNING, "kfold-no-shuffle", message, span), [(title, [edit])])]
     if shuffles and seed is None:
         message = (
             f"{kind} shuffles without a random_state: the folds, and so the scores, change on "
             "every run."
         )
-        fix = ("Fix the folds: random_state=0", [Edit(end, ", random_state=0")])
+        fix = ("Fix the folds: random_state=0", [Edit(end, comma + "random_state=0")])
         return [LintFinding(Finding(INFORMATION, "kfold-no-seed", message, span), [fix])]
     return []
 
@@ -161,11 +163,33 @@ def _named_in(body: list[ast.stmt], name: str, context: type[ast.expr_context]) 
 
 
 def _built_outside(models: FileModels, loop: ast.For) -> list[LintFinding]:
+    """The model, optimizer or scheduler built before the fold loop and trained in it with no
+    fresh start per fold. Not said when the fold loop starts the object afresh itself
+    (`load_state_dict`, `reset_parameters`, `apply`, a `reset...`/`init...` helper), when the
+    model before the loop is only a template (`copy.deepcopy(base)`) or is never trained in it
+    (a frozen feature extractor): no `.parameters()` of it in the loop, no stale optimizer on it."""
+    constructions = _constructions_before(models, loop)
+    used = [
+        s
+        for s in constructions.values()
+        if _named_in(loop.body, _target_name(s), ast.Load)
+        and not _named_in(loop.body, _target_name(s), ast.Store)
+        and not _refreshed_in(loop, _target_name(s))
+    ]
+    stale_optimizer = constructions.get("optimizer") in used
     stale: list[ast.Assign] = []
-    for statement in _constructions_before(models, loop):
+    for kind, statement in constructions.items():
+        if statement not in used:
+            continue
         name = _target_name(statement)
-        if _named_in(loop.body, name, ast.Load) and not _named_in(loop.body, name, ast.Store):
-            stale.append(statement)
+        if kind == "model":
+            optimizer = constructions.get("optimizer")
+            trained = _parameters_read_in(loop.body, name) or (
+                stale_optimizer and optimizer is not None and _parameters_read_in([optimizer], name)
+            )
+            if not trained:
+                continue
+        stale.append(statement)
     if not stale:
         return []
     names = [_target_name(s) for s in stale]
@@ -190,17 +214,54 @@ def _built_outside(models: FileModels, loop: ast.For) -> list[LintFinding]:
     ]
 
 
+def _parameters_read_in(body: list[ast.stmt], name: str) -> bool:
+    """`name.parameters()` somewhere in these statements."""
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"parameters", "named_parameters"}
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == name
+        for statement in body
+        for node in ast.walk(statement)
+    )
+
+
+_REFRESHING_METHODS = {"load_state_dict", "reset_parameters", "apply"}
+
+
+def _refreshed_in(loop: ast.For, name: str) -> bool:
+    """The loop starts `name` afresh, or hands it to something that may: `name.load_state_dict(
+    ...)`, `reset(name)`, `init_weights(name)`, `copy.deepcopy(name)` (a template copied)."""
+    for node in ast.walk(loop):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in _REFRESHING_METHODS
+            and isinstance(func.value, ast.Name)
+            and func.value.id == name
+        ):
+            return True
+        callee = (dotted_name(func) or "").rsplit(".", 1)[-1].lower()
+        passed = any(isinstance(a, ast.Name) and a.id == name for a in node.args)
+        if passed and ("reset" in callee or "init" in callee or "copy" in callee):
+            return True
+    return False
+
+
 def _target_name(statement: ast.Assign) -> str:
     target = statement.targets[0]
     return target.id if isinstance(target, ast.Name) else ""
 
 
-def _constructions_before(models: FileModels, loop: ast.For) -> list[ast.Assign]:
+def _constructions_before(models: FileModels, loop: ast.For) -> dict[str, ast.Assign]:
     """The model's construction, then the optimizer's (and a scheduler's) before the loop."""
     parent = models.parents.get(loop)
     body = getattr(parent, "body", None)
     if not isinstance(body, list) or loop not in body:
-        return []
+        return {}
     found: dict[str, ast.Assign] = {}
     for statement in body[: body.index(loop)]:
         if not (
@@ -218,7 +279,7 @@ def _constructions_before(models: FileModels, loop: ast.For) -> list[ast.Assign]
             found["scheduler"] = statement
         elif dotted.startswith("torch.optim."):
             found["optimizer"] = statement
-    return [found[k] for k in ("model", "optimizer", "scheduler") if k in found]
+    return {k: found[k] for k in ("model", "optimizer", "scheduler") if k in found}
 
 
 def _shuffled_validation(models: FileModels, loop: ast.For) -> list[LintFinding]:
@@ -251,34 +312,58 @@ def _shuffled_validation(models: FileModels, loop: ast.For) -> list[LintFinding]
     return found
 
 
+_LABEL_ENCODERS = {"LabelEncoder", "LabelBinarizer", "MultiLabelBinarizer"}
+
+
 def _scaler_before(models: FileModels, loop: ast.For) -> list[LintFinding]:
-    """`scaler.fit(X)` / `X = scaler.fit_transform(X)` before the loop that splits X."""
+    """`scaler.fit(X)` / `X = StandardScaler().fit_transform(X)` before the loop that splits X.
+    Not a label encoder (fitting it on every label leaks nothing a model learns from), and not a
+    fit inside another loop before (most likely another per-fold loop)."""
     parent = models.parents.get(loop)
     body = getattr(parent, "body", None)
     if not isinstance(body, list) or loop not in body:
         return []
     found = []
+    loops = (ast.For, ast.AsyncFor, ast.While)
     for statement in body[: body.index(loop)]:
+        if isinstance(statement, loops):
+            continue
         for node in _scope_walk(statement):
-            if (
+            if not (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
                 and node.func.attr in _SCALER_METHODS
-                and isinstance(node.func.value, ast.Name)
-                and _scaler_like(models, node.func.value.id, body)
             ):
-                message = (
-                    f"`{node.func.value.id}.{node.func.attr}` sees the whole dataset before the "
-                    "split, so every validation fold has leaked into it; fit it on each fold's "
-                    "training part inside the loop."
-                )
-                found.append(
-                    LintFinding(Finding(WARNING, "kfold-leak", message, models._span(node)))
-                )
+                continue
+            owner = node.func.value
+            if isinstance(owner, ast.Name):
+                scaler = _scaler_like(models, _construction_of(owner.id, body))
+            elif isinstance(owner, ast.Call):
+                scaler = _scaler_like(models, owner)
+            else:
+                continue
+            if not scaler or any(isinstance(p, loops) for p in _ancestors(models, node, parent)):
+                continue
+            message = (
+                f"`{models.segment(owner)}.{node.func.attr}` sees the whole dataset before the "
+                "split, so every validation fold has leaked into it; fit it on each fold's "
+                "training part inside the loop."
+            )
+            found.append(LintFinding(Finding(WARNING, "kfold-leak", message, models._span(node))))
     return found
 
 
-def _scaler_like(models: FileModels, name: str, body: list[ast.stmt]) -> bool:
+def _ancestors(models: FileModels, node: ast.AST, stop: ast.AST | None) -> list[ast.AST]:
+    """The nodes around `node`, up to (not including) `stop`."""
+    found = []
+    current = models.parents.get(node)
+    while current is not None and current is not stop:
+        found.append(current)
+        current = models.parents.get(current)
+    return found
+
+
+def _construction_of(name: str, body: list[ast.stmt]) -> ast.Call | None:
     for statement in body:
         if (
             isinstance(statement, ast.Assign)
@@ -287,16 +372,26 @@ def _scaler_like(models: FileModels, name: str, body: list[ast.stmt]) -> bool:
             and statement.targets[0].id == name
             and isinstance(statement.value, ast.Call)
         ):
-            dotted = models.imports.resolve(statement.value.func) or ""
-            return dotted.startswith("sklearn.preprocessing.") or dotted.startswith(
-                "sklearn.decomposition."
-            )
-    return False
+            return statement.value
+    return None
+
+
+def _scaler_like(models: FileModels, call: ast.Call | None) -> bool:
+    if call is None:
+        return False
+    dotted = models.imports.resolve(call.func) or ""
+    if dotted.rsplit(".", 1)[-1] in _LABEL_ENCODERS:
+        return False
+    return dotted.startswith("sklearn.preprocessing.") or dotted.startswith(
+        "sklearn.decomposition."
+    )
 
 
 def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding]:
-    """A batch loop that calls `optimizer.step()` and `.backward()` but never `zero_grad()`:
-    gradients add up across batches (and folds)."""
+    """A batch loop that calls `optimizer.step()` and `.backward()` but never clears the
+    gradients in that loop: they add up across batches (and folds). Gradients count as cleared
+    by `zero_grad()`, `.zero_()`, `p.grad = None`, a step with a closure, or a call to a helper
+    of this file that does any of these."""
     optimizers = {
         statement.targets[0].id
         for statement in ast.walk(tree)
@@ -309,6 +404,20 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
             "torch.optim.lr_scheduler."
         )
     }
+    # Optimizers passed in: parameters named like one.
+    optimizers |= {
+        argument.arg
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for argument in ast.walk(node.args)
+        if isinstance(argument, ast.arg)
+        and (argument.arg in {"opt", "optim"} or argument.arg.startswith("optimizer"))
+    }
+    clearing = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _clears_gradients(node)
+    }
     found = []
     for loop in [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))]:
         calls = {
@@ -320,7 +429,7 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
         stepped = sorted(name for name, attr in calls if attr == "step" and name in optimizers)
         if not stepped or not any(attr == "backward" for _, attr in calls):
             continue
-        if _zero_grad_around(models, loop):
+        if _clears_gradients(loop) or _calls_any(loop, clearing):
             continue
         backward = _backward_statement(loop)
         name = stepped[0]
@@ -338,6 +447,38 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
         where = models._span(loop.target if isinstance(loop, ast.For) else loop.test)
         found.append(LintFinding(Finding(WARNING, "no-zero-grad", message, where), fixes))
     return found
+
+
+def _clears_gradients(node: ast.AST) -> bool:
+    for inner in ast.walk(node):
+        if (
+            isinstance(inner, ast.Call)
+            and isinstance(inner.func, ast.Attribute)
+            and (
+                inner.func.attr in {"zero_grad", "zero_"}
+                or (inner.func.attr == "step" and (inner.args or inner.keywords))
+            )
+        ):
+            return True
+        targets = inner.targets if isinstance(inner, ast.Assign) else []
+        if isinstance(inner, (ast.AnnAssign, ast.AugAssign)):
+            targets = [inner.target]
+        if isinstance(inner, ast.Delete):
+            targets = inner.targets
+        if any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in targets):
+            return True
+    return False
+
+
+def _calls_any(node: ast.AST, names: set[str]) -> bool:
+    """Whether `node` calls a function named one of `names` (`f()`, `self.f()`)."""
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Call):
+            func = inner.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name in names:
+                return True
+    return False
 
 
 def _own_nodes(statement: ast.stmt) -> list[ast.AST]:
@@ -368,95 +509,139 @@ def _backward_statement(loop: ast.For | ast.While) -> ast.stmt | None:
     return None
 
 
-def _zero_grad_around(models: FileModels, loop: ast.AST) -> bool:
-    """zero_grad anywhere in the loop, or in a loop around it, or in the function around it."""
-    node: ast.AST | None = loop
-    while node is not None:
-        if isinstance(node, (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)):
-            for inner in ast.walk(node):
-                if (
-                    isinstance(inner, ast.Call)
-                    and isinstance(inner.func, ast.Attribute)
-                    and inner.func.attr in {"zero_grad", "zero_"}
-                ):
-                    return True
-        node = models.parents.get(node)
-    return False
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+# Calls through which a file can bind names torchls cannot see.
+_DYNAMIC = {"globals", "locals", "vars", "exec", "eval"}
 
 
 def _underscore_typos(models: FileModels, tree: ast.Module) -> list[LintFinding]:
-    """`loss = loss.fct(out, y)` where `loss_fct = nn.CrossEntropyLoss()` was meant: `loss` is read
-    before anything binds it (a NameError on the first pass), and `loss_fct` is bound in scope.
-    Only reads that are certain to fail are reported, so a real attribute is never flagged."""
+    """`loss = loss.fct(out, y)` where `loss_fct = nn.CrossEntropyLoss()` was meant. Strictly
+    conservative: said only where the read must fail, that is where nothing in the scopes the
+    read can see binds the name except the very assignment the read is part of (so the first
+    time it runs, the name is unbound), and the underscored name is bound there."""
     if any(isinstance(n, ast.alias) and n.name == "*" for n in ast.walk(tree)):
         return []  # a star import may bind anything
+    if any(
+        isinstance(n, (ast.Global, ast.Nonlocal)) or (isinstance(n, ast.Name) and n.id in _DYNAMIC)
+        for n in ast.walk(tree)
+    ):
+        return []
     found = []
-    module_bound = _first_bindings(tree.body)
-    scopes: list[tuple[ast.AST, list[ast.stmt]]] = [(tree, tree.body)]
-    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
-    scopes += [(n, n.body) for n in ast.walk(tree) if isinstance(n, functions)]
-    for scope, body in scopes:
-        own = _first_bindings(body)
-        visible = dict(module_bound)
-        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            arguments = scope.args
-            for argument in [
-                *arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
-                arguments.vararg, arguments.kwarg,
-            ]:  # fmt: skip
-                if argument is not None:
-                    own.setdefault(argument.arg, 0)
-            visible.update(_enclosing_bindings(models, scope))
-            visible.update(own)
-        for statement in body:
-            for node in _scope_walk(statement):
-                if not (
-                    isinstance(node, ast.Attribute)
-                    and isinstance(node.value, ast.Name)
-                    and isinstance(node.ctx, ast.Load)
-                ):
-                    continue
-                name, meant = node.value.id, f"{node.value.id}_{node.attr}"
-                if meant not in visible or hasattr(builtins, name):
-                    continue
-                first = own.get(name) if name in own else visible.get(name)
-                if first is not None and first < node.lineno:
-                    continue  # bound before: the attribute may well exist
-                if scope is not tree and name not in own and name in module_bound:
-                    continue  # a module-level name read from a function: bound by the call
-                span = models._span(node)
-                message = (
-                    f"`{name}.{node.attr}` reads `{name}` before anything assigns it (a NameError "
-                    f"here); `{meant}` (line {visible[meant]}) was probably meant."
-                )
-                fix = (f"Use `{meant}`", [Edit(span, meant)])
-                found.append(LintFinding(Finding(WARNING, "underscore-typo", message, span), [fix]))
+    bindings: dict[int, dict[str, list[ast.AST]]] = {}  # per scope, each name's binding nodes
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+        ):
+            continue
+        name, meant = node.value.id, f"{node.value.id}_{node.attr}"
+        if hasattr(builtins, name) or name.startswith("__"):
+            continue
+        chain = _scope_chain(models, node)
+        binders: list[ast.AST] = []
+        meant_line = None
+        for scope in chain:
+            table = bindings.get(id(scope))
+            if table is None:
+                table = bindings[id(scope)] = _scope_bindings(scope)
+            binders += table.get(name, [])
+            if meant_line is None and table.get(meant):
+                meant_line = min(getattr(b, "lineno", 0) for b in table[meant])
+        if meant_line is None or not _bound_only_by_its_own_assignment(models, node, binders):
+            continue
+        span = models._span(node)
+        message = (
+            f"`{name}.{node.attr}` reads `{name}` before anything assigns it (a NameError "
+            f"here); `{meant}` (line {meant_line}) was probably meant."
+        )
+        fix = (f"Use `{meant}`", [Edit(span, meant)])
+        found.append(LintFinding(Finding(WARNING, "underscore-typo", message, span), [fix]))
     return found
 
 
-def _first_bindings(body: list[ast.stmt]) -> dict[str, int]:
-    """Each name a scope binds, with the line of its first binding."""
-    first: dict[str, int] = {}
-    for statement in body:
-        for node in _scope_walk(statement):
-            for name in _bound_names(node):
-                line = getattr(node, "lineno", statement.lineno)
-                if name not in first or line < first[name]:
-                    first[name] = line
-    return first
+def _scope_chain(models: FileModels, node: ast.AST) -> list[ast.AST]:
+    """The scopes a read can see, innermost first: functions, lambdas and classes around it,
+    then the module. (Comprehensions count as part of the scope around them: their bindings
+    then count for more reads than they reach, which only makes the lint say less.)"""
+    chain: list[ast.AST] = []
+    current = models.parents.get(node)
+    while current is not None:
+        if isinstance(current, (*_SCOPES, ast.Module)):
+            chain.append(current)
+        current = models.parents.get(current)
+    return chain
 
 
-def _enclosing_bindings(models: FileModels, function: ast.AST) -> dict[str, int]:
-    """Names bound by the functions around a nested function (their parameters too): visible in
-    it from the moment it is called, so they count as bound before any line of it."""
-    bound: dict[str, int] = {}
-    node = models.parents.get(function)
-    while node is not None:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for name in _first_bindings(node.body):
-                bound.setdefault(name, 0)
-            for argument in ast.walk(node.args):
-                if isinstance(argument, ast.arg):
-                    bound.setdefault(argument.arg, 0)
+def _scope_bindings(scope: ast.AST) -> dict[str, list[ast.AST]]:
+    """Every node that binds a name in this scope (parameters, targets of any kind, imports,
+    defs, except and match captures, comprehension targets), not entering nested scopes."""
+    table: dict[str, list[ast.AST]] = {}
+    roots: list[ast.AST] = []
+    if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        for argument in ast.walk(scope.args):
+            if isinstance(argument, ast.arg):
+                table.setdefault(argument.arg, []).append(argument)
+        roots = list(scope.body) if isinstance(scope.body, list) else [scope.body]
+    elif isinstance(scope, (ast.ClassDef, ast.Module)):
+        roots = list(scope.body)
+    stack = roots
+    while stack:
+        current = stack.pop()
+        for name in _binder_names(current):
+            table.setdefault(name, []).append(current)
+        if isinstance(current, _SCOPES):
+            continue  # its name is bound here; its insides are its own scope
+        stack.extend(ast.iter_child_nodes(current))
+    return table
+
+
+def _binder_names(node: ast.AST) -> list[str]:
+    names = list(_bound_names(node))
+    if isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+        names.append(node.name)
+    if isinstance(node, ast.MatchMapping) and node.rest:
+        names.append(node.rest)
+    if isinstance(node, ast.Lambda):
+        return []
+    type_name = getattr(node, "name", None)  # type parameters (3.12)
+    if type(node).__name__ in {"TypeVar", "ParamSpec", "TypeVarTuple"} and type_name:
+        names.append(type_name)
+    return names
+
+
+def _bound_only_by_its_own_assignment(
+    models: FileModels, read: ast.AST, binders: list[ast.AST]
+) -> bool:
+    """Whether every binding of the name is a plain target of the one `name = ...` statement
+    whose value contains the read, evaluated there and then (not in a lambda), and not under a
+    `try` that could catch the NameError."""
+    if not binders:
+        return False  # unbound anywhere: a runtime name (builtins, injected), not this typo
+    statement = models.parents.get(binders[0])
+    targets = (
+        statement.targets
+        if isinstance(statement, ast.Assign)
+        else [statement.target]
+        if isinstance(statement, ast.AnnAssign)
+        else []
+    )
+    if not (
+        isinstance(statement, (ast.Assign, ast.AnnAssign))
+        and statement.value is not None
+        and all(models.parents.get(b) is statement for b in binders)
+        and all(isinstance(b, ast.Name) and any(b is t for t in targets) for b in binders)
+    ):
+        return False
+    node = models.parents.get(read)
+    while node is not None and node is not statement:
+        if isinstance(node, _SCOPES):
+            return False
         node = models.parents.get(node)
-    return bound
+    if node is None:
+        return False  # the read is not in that statement
+    while node is not None:
+        if isinstance(node, ast.Try) and node.handlers:
+            return False
+        node = models.parents.get(node)
+    return True

@@ -16,9 +16,10 @@ a `# torchls:` comment saying what to put there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torchls.kfold.context import TrainingContext
+from torchls.kfold.wrapping import WrapPlan
 
 SPLITTERS = {
     "stratified": "StratifiedKFold",
@@ -35,26 +36,34 @@ class Inserted:
 
 @dataclass(frozen=True)
 class Wrapped:
-    """Code the user selected, to run once per fold: its lines relative to its block, the
-    training loader it iterates, and the names it trains with."""
+    """Code the user selected, to run once per fold: its lines relative to its block, and what
+    it trains with (see wrapping.py)."""
 
     lines: list[str]
-    loader: str = "train_loader"
+    plan: WrapPlan
     unit: str = "    "  # one indentation level, as the file writes it
+    imports: dict[str, str] = field(default_factory=dict)  # the file's top-level imports
+
+
+_PLACEHOLDER_MODEL = (
+    "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear({outputs}))"
+    "  # torchls: PLACEHOLDER, put your model here"
+)
 
 
 def render(
     kind: str, context: TrainingContext, indent: str = "", wrapped: Wrapped | None = None
 ) -> Inserted:
+    if wrapped is not None:
+        return _render_wrapped(kind, wrapped, indent)
     splitter = SPLITTERS[kind]
     lines: list[str] = []
     add = lines.append
-    unit = wrapped.unit if wrapped else "    "
 
     dataset = context.dataset.name if context.dataset else None
+    dataset_placeholder = dataset is None
     labels = context.labels
-    how = "wrapped" if wrapped else "inserted"
-    add(f"# k-fold cross-validation ({how} by torchls): a fresh model and optimizer per fold")
+    add("# k-fold cross-validation (inserted by torchls): a fresh model and optimizer per fold")
     if dataset is None:
         add(
             "dataset = TensorDataset(torch.randn(100, 8), torch.randint(0, 2, (100,)))"
@@ -66,8 +75,7 @@ def render(
         add(f"labels = torch.tensor([int({dataset}[i][1]) for i in range(len({dataset}))])")
         labels = "labels"
     add("N_SPLITS = 5")
-    if wrapped is None:
-        add(f"EPOCHS = {context.epochs or '10'}")
+    add(f"EPOCHS = {context.epochs or '10'}")
     add(f"BATCH_SIZE = {context.batch_size or '32'}")
     add(f"fold_labels = torch.as_tensor({labels}).cpu().numpy()")
     add(f"splitter = {splitter}(n_splits=N_SPLITS, shuffle=True, random_state=0)")
@@ -80,82 +88,127 @@ def render(
     add(f"for fold, (train_idx, val_idx) in enumerate({split}):")
     body: list[str] = []
     put = body.append
-    loader = wrapped.loader if wrapped else "train_loader"
     put(
-        f"{loader} = DataLoader(Subset({dataset}, train_idx.tolist()), "
+        f"train_loader = DataLoader(Subset({dataset}, train_idx.tolist()), "
         "batch_size=BATCH_SIZE, shuffle=True)"
     )
     put(
         f"val_loader = DataLoader(Subset({dataset}, val_idx.tolist()), "
         "batch_size=BATCH_SIZE, shuffle=False)"
     )
-    model = context.model.name if wrapped and context.model else "model"
-    optimizer = context.optimizer.name if wrapped and context.optimizer else "optimizer"
-    model_call = context.model.call if context.model else "torch.nn.LazyLinear(2)"
-    note = "" if context.model else "  # torchls: your model"
-    put(f"{model} = {model_call}{note}")
+    multiclass = context.multiclass or context.loss is None
+    if context.model:
+        put(f"model = {context.model.call}")
+    else:
+        outputs = "int(fold_labels.max()) + 1" if multiclass else "1"
+        put("model = " + _PLACEHOLDER_MODEL.format(outputs=outputs))
     if context.optimizer:
         put(
-            f"{optimizer} = {_callee(context.optimizer.call)}({model}.parameters()"
+            f"optimizer = {_callee(context.optimizer.call)}(model.parameters()"
             f"{context.optimizer.arguments})"
         )
     else:
-        put(f"{optimizer} = torch.optim.Adam({model}.parameters(), lr=1e-3)")
+        put("optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)")
+    plateau = False
     if context.scheduler:
-        name = context.scheduler.name if wrapped else "scheduler"
-        put(f"{name} = {_callee(context.scheduler.call)}({optimizer}{context.scheduler.arguments})")
-    loss_fn = context.loss.name if wrapped and context.loss else "loss_fn"
-    if not (wrapped and context.loss):
-        loss = context.loss.call if context.loss else "torch.nn.CrossEntropyLoss()"
-        put(f"{loss_fn} = {loss}")
-    if wrapped:
-        body += wrapped.lines
+        plateau = context.scheduler.callee.endswith("ReduceLROnPlateau")
+        put(
+            f"scheduler = {_callee(context.scheduler.call)}(optimizer{context.scheduler.arguments})"
+        )
+    if context.loss and context.loss.functional:
+        put(f"loss_fn = {context.loss.call}")
     else:
-        put("for epoch in range(EPOCHS):")
-        put("    model.train()")
-        put("    for inputs, targets in train_loader:")
-        put("        optimizer.zero_grad()")
-        put("        loss = loss_fn(model(inputs), targets)")
-        put("        loss.backward()")
-        put("        optimizer.step()")
-        if context.scheduler:
-            put("    scheduler.step()")
-    put(f"{model}.eval()")
-    put("val_loss, correct, seen = 0.0, 0, 0")
-    put("with torch.no_grad():")
-    put("    for inputs, targets in val_loader:")
-    put(f"        outputs = {model}(inputs)")
-    put(f"        val_loss += {loss_fn}(outputs, targets).item() * len(targets)")
-    classification = context.classification or context.loss is None
-    if classification:
-        put("        correct += (outputs.argmax(dim=1) == targets).sum().item()")
-    put("        seen += len(targets)")
-    if classification:
-        put("score = correct / seen  # accuracy")
-    else:
-        put("score = val_loss / seen  # validation loss")
-    put("fold_scores.append(score)")
-    put('print(f"fold {fold}: validation loss {val_loss / seen:.4f}, score {score:.4f}")')
-    put(f'torch.save({model}.state_dict(), f"model_fold{{fold}}.pt")')
-    lines += [(unit + line) if line.strip() else line for line in body]
-    add("scores = torch.tensor(fold_scores)")
-    add('print(f"{N_SPLITS}-fold cross-validation: {scores.mean():.4f} +- {scores.std():.4f}")')
+        put(f"loss_fn = {context.loss.call if context.loss else 'torch.nn.CrossEntropyLoss()'}")
+    put("for epoch in range(EPOCHS):")
+    put("    model.train()")
+    put("    for inputs, targets in train_loader:")
+    put("        optimizer.zero_grad()")
+    put("        loss = loss_fn(model(inputs), targets)")
+    put("        loss.backward()")
+    put("        optimizer.step()")
+    if context.scheduler:
+        # ReduceLROnPlateau steps on a metric: the epoch's last training loss.
+        put("    scheduler.step(loss.item())" if plateau else "    scheduler.step()")
+    body += _validation("model", "loss_fn", multiclass)
+    lines += [("    " + line) if line.strip() else line for line in body]
+    lines += _summary()
     code = "".join(f"{indent}{line}\n" if line.strip() else "\n" for line in lines)
-    return Inserted(code, _missing_imports(kind, context))
+    return Inserted(
+        code, _missing_imports(kind, context.top_level, dataset_placeholder=dataset_placeholder)
+    )
+
+
+def _render_wrapped(kind: str, wrapped: Wrapped, indent: str) -> Inserted:
+    plan = wrapped.plan
+    splitter = SPLITTERS[kind]
+    lines: list[str] = []
+    add = lines.append
+    add("# k-fold cross-validation (wrapped by torchls): a fresh model and optimizer per fold")
+    add("N_SPLITS = 5")
+    if plan.stratify:
+        labels = plan.labels or (f"[int({plan.dataset}[i][1]) for i in range(len({plan.dataset}))]")
+        add(f"fold_labels = torch.as_tensor({labels}).cpu().numpy()")
+        split = "splitter.split(fold_labels, fold_labels)"
+    else:
+        split = f"splitter.split(torch.arange(len({plan.dataset})).numpy())"
+    add(f"splitter = {splitter}(n_splits=N_SPLITS, shuffle=True, random_state=0)")
+    add("fold_scores = []")
+    add(f"for fold, (train_idx, val_idx) in enumerate({split}):")
+    body = [f"{plan.loader} = {plan.train_loader}", f"val_loader = {plan.val_loader}"]
+    body += plan.rebuild
+    body += wrapped.lines
+    body += _validation(plan.model, plan.loss, plan.multiclass)
+    unit = wrapped.unit
+    lines += [(unit + line) if line.strip() else line for line in body]
+    lines += _summary()
+    code = "".join(f"{indent}{line}\n" if line.strip() else "\n" for line in lines)
+    return Inserted(code, _missing_imports(kind, wrapped.imports, loader=False))
+
+
+def _validation(model: str, loss_fn: str, multiclass: bool) -> list[str]:
+    body = [f"{model}.eval()", "val_loss, correct, seen = 0.0, 0, 0", "with torch.no_grad():"]
+    body += [
+        "    for inputs, targets in val_loader:",
+        f"        outputs = {model}(inputs)",
+        f"        val_loss += {loss_fn}(outputs, targets).item() * len(targets)",
+    ]
+    if multiclass:
+        body.append("        correct += (outputs.argmax(dim=1) == targets).sum().item()")
+    body.append("        seen += len(targets)")
+    if multiclass:
+        body.append("score = correct / seen  # accuracy")
+    else:
+        body.append("score = val_loss / seen  # validation loss")
+    body += [
+        "fold_scores.append(score)",
+        'print(f"fold {fold}: validation loss {val_loss / seen:.4f}, score {score:.4f}")',
+        f'torch.save({model}.state_dict(), f"model_fold{{fold}}.pt")',
+    ]
+    return body
+
+
+def _summary() -> list[str]:
+    return [
+        "scores = torch.tensor(fold_scores)",
+        'print(f"{N_SPLITS}-fold cross-validation: {scores.mean():.4f} +- {scores.std():.4f}")',
+    ]
 
 
 def _callee(call: str) -> str:
     return call.split("(", 1)[0]
 
 
-def _missing_imports(kind: str, context: TrainingContext) -> list[str]:
+def _missing_imports(
+    kind: str, bound: dict[str, str], dataset_placeholder: bool = False, loader: bool = True
+) -> list[str]:
     """`import torch` and `from module import a, b` lines for the names the loop uses that the
     file does not bind to the same thing already, one line per module."""
-    wanted = [f"sklearn.model_selection.{SPLITTERS[kind]}", "torch.utils.data.DataLoader"]
+    wanted = [f"sklearn.model_selection.{SPLITTERS[kind]}"]
+    if loader:
+        wanted.append("torch.utils.data.DataLoader")
     wanted.append("torch.utils.data.Subset")
-    if context.dataset is None:
+    if dataset_placeholder:
         wanted.append("torch.utils.data.TensorDataset")
-    bound = context.imports.names
     lines = [] if bound.get("torch") == "torch" else ["import torch"]
     by_module: dict[str, list[str]] = {}
     for dotted in wanted:
