@@ -85,6 +85,10 @@ class LoadChecks:
 
     # -- scheduling ------------------------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def schedule(self, uri: str, delay: float = 0.0) -> None:
         if not uri.endswith((".py", ".pyi")) and not _is_python(self.server, uri):
             return

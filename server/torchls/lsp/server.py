@@ -255,6 +255,10 @@ def create_server() -> TorchLanguageServer:
             **ls.current_status.as_json(),
             "heavy_modules_loaded": loaded,
             "profiles_cached": ls.model_cost.cache.size,
+            # What is queued: stays bounded however fast the user types (tests check it).
+            "worker_jobs_waiting": ls.worker.jobs_waiting if ls.worker else 0,
+            "checks_pending": ls.load_checks.pending,
+            "background_tasks": len(ls._tasks),
         }
 
     @server.command(CMD_RESTART_WORKER)

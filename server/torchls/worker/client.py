@@ -74,6 +74,10 @@ class _TurnLock:
     def locked(self) -> bool:
         return self._held
 
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, _, waiter in self._waiters if not waiter.done())
+
     @contextlib.asynccontextmanager
     async def turn(self, priority: int = 0) -> AsyncIterator[None]:
         await self._acquire(priority)
@@ -153,6 +157,11 @@ class WorkerClient:
         self.starts = 0
         self.last_exit: str | None = None
         self._closed = False
+
+    @property
+    def jobs_waiting(self) -> int:
+        """Jobs queued behind the one running: bounded by the callers (one per document)."""
+        return self._lock.waiting
 
     @property
     def pid(self) -> int | None:
