@@ -16,12 +16,15 @@ need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v rg >/dev/null || need+=(ripgrep)
 dpkg -s libkrb5-dev >/dev/null 2>&1 || need+=(libkrb5-dev)
+# Emacs + eglot for tests/editors (Neovim comes from PyPI: Debian's 0.7 is too old).
+command -v emacs >/dev/null || need+=(emacs-nox)
+dpkg -s elpa-eglot >/dev/null 2>&1 || need+=(elpa-eglot)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "chromium: $(command -v chromium)  ripgrep: $(command -v rg)"
+echo "chromium: $(command -v chromium)  ripgrep: $(command -v rg)  emacs: $(command -v emacs)"
 
 step "Python environment (.venv)"
 PYTHON=${PYTHON:-python3}
