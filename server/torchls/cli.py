@@ -134,6 +134,10 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # pygls logs every message it sends at INFO: the editor's Output channel would show
+        # little else. `--log-level DEBUG` keeps them (with torchls.trace.server for both ways).
+        logging.getLogger("pygls").setLevel(logging.WARNING)
     from torchls.lsp.server import create_server
 
     server = create_server()
