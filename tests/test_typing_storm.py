@@ -159,7 +159,10 @@ async def test_typing_fast_leaves_current_diagnostics_and_an_idle_server(tmp_pat
     assert max(s["worker_jobs_waiting"] for s in queued) <= 2
     assert max(s["checks_pending"] for s in queued) <= 1
     assert queued[-1]["worker_jobs_waiting"] == 0 and queued[-1]["checks_pending"] == 0
-    print(f"final diagnostics {settle:.2f} s after the last keystroke; idle after {idle:.1f} s")
+    waiting = max(s["worker_jobs_waiting"] for s in queued)
+    pending = max(s["checks_pending"] for s in queued)
+    print(f"final diagnostics {settle:.2f} s after the last keystroke; idle after {idle:.1f} s; "
+          f"at most {waiting} worker jobs waiting, {pending} checks pending")  # fmt: skip
 
 
 async def _hover_until(session: Session, uri: str, text: str, needle: str) -> str:
