@@ -119,3 +119,38 @@ async def test_inserted_loop_runs_one_fresh_model_per_fold(
     assert sorted(p.name for p in tmp_path.glob("model_fold*.pt")) == [
         f"model_fold{i}.pt" for i in range(5)
     ]
+
+
+def test_a_dataset_built_inside_the_dataloader_call_is_reused(tmp_path: Path) -> None:
+    """examples/train.py's style: `DataLoader(TensorDataset(x, y), ...)`, no dataset name. The
+    loop must split that data, not a placeholder the model cannot take (a real VS Code run
+    found this: the placeholder's 8 features broke a conv net)."""
+    from torchls.kfold.actions import insertion
+    from torchls.source.models import FileModels
+    from torchls.source.project import Project
+
+    text = (
+        "import torch\nfrom torch import nn\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n\n"
+        "torch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))\n"
+        "x = torch.randn(30, 3, 8, 8)\ny = torch.randint(0, 3, (30,))\n"
+        "loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "loss_fn = nn.CrossEntropyLoss()\n"
+    )
+    path = tmp_path / "inline.py"
+    path.write_text(text)
+    project = Project(str(tmp_path))
+    module = project.module_file(str(path))
+    assert module is not None
+    made = insertion(FileModels(project, module), "stratified", len(text.splitlines()))
+    assert made is not None
+    result = apply_edits(text, made.edits)
+    assert "dataset = TensorDataset(x, y)" in result and "torch.randn(100, 8)" not in result
+    path.write_text(result)
+    done = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(re.findall(r"^fold \d: validation loss", done.stdout, re.M)) == 5

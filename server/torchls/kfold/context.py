@@ -30,6 +30,7 @@ class Found:
     callee: str = ""  # "SmallConvNet", "torch.optim.Adam"
     arguments: str = ""  # the call's arguments after the first: ", lr=1e-3"
     functional: bool = False  # a function used as is (`F.mse_loss`), not a call to make
+    inline: bool = False  # built inside another call (`DataLoader(TensorDataset(x, y))`): no name
 
 
 @dataclass
@@ -85,6 +86,8 @@ def read_context(models: FileModels, line: int | None = None) -> TrainingContext
             for keyword in node.keywords:
                 if keyword.arg == "batch_size":
                     context.batch_size = models.segment(keyword.value)
+    if context.dataset is None:
+        _inline_dataset(context, models, nodes)
     if context.loss is None:
         _functional_loss(context, models, nodes)
     if context.optimizer is not None:
@@ -147,6 +150,29 @@ def _parameters_owner(optimizer: Found) -> str | None:
     ):
         return first.func.value.id
     return None
+
+
+def _inline_dataset(context: TrainingContext, models: FileModels, nodes: list[ast.AST]) -> None:
+    """`DataLoader(TensorDataset(x, y), ...)`: the dataset is built in the loader's call and has
+    no name; the inserted loop builds the same one (`dataset = TensorDataset(x, y)`)."""
+    for node in nodes:
+        if not isinstance(node, ast.Call):
+            continue
+        dotted = context.imports.resolve(node.func) or dotted_name(node.func) or ""
+        if not dotted.endswith("DataLoader"):
+            continue
+        given = node.args[0] if node.args else None
+        given = given or next((k.value for k in node.keywords if k.arg == "dataset"), None)
+        if not isinstance(given, ast.Call):
+            continue
+        callee = context.imports.resolve(given.func) or dotted_name(given.func) or ""
+        if not callee.endswith("Dataset"):
+            continue
+        context.dataset = Found("dataset", models.segment(given), callee, inline=True)
+        if callee.endswith("TensorDataset") and len(given.args) >= 2:
+            context.inputs = models.segment(given.args[0])
+            context.labels = models.segment(given.args[-1])
+        return
 
 
 def _functional_loss(context: TrainingContext, models: FileModels, nodes: list[ast.AST]) -> None:

@@ -64,6 +64,8 @@ def render(
     dataset_placeholder = dataset is None
     labels = context.labels
     add("# k-fold cross-validation (inserted by torchls): a fresh model and optimizer per fold")
+    if context.dataset is not None and context.dataset.inline:
+        add(f"{dataset} = {context.dataset.call}  # the dataset your DataLoader is built on")
     if dataset is None:
         add(
             "dataset = TensorDataset(torch.randn(100, 8), torch.randint(0, 2, (100,)))"
