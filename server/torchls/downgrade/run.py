@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from torchls.checkpoint.errors import CheckpointError
+from torchls.cost import report
 from torchls.downgrade.targets import DEFAULT_SUFFIX, Target, TargetError, plan
-from torchls.worker.client import BOOT_SCRIPT
+from torchls.worker.client import worker_argv
 from torchls.worker.downgrade import CAST_TO, NO_LEGACY
 
 Progress = Callable[[str, float | None], None]
@@ -292,7 +293,7 @@ async def _convert(
     tensors = sum(len(w["tensors"]) for w in result["outputs"])
     size = sum(int(w["bytes"]) for w in result["outputs"])
     casts = [c for w in result["outputs"] for c in w["cast"]]
-    what = f"{tensors} tensors, {_size(size)}"
+    what = f"{tensors} tensors, {report.size(size)}"
     if casts:
         what += f", {len(casts)} cast"
     message = (
@@ -339,11 +340,7 @@ def _check_written(
 
 
 async def _run_worker(params: dict[str, Any], env: Environment, say: Progress) -> dict[str, Any]:
-    argv = [*env.command, BOOT_SCRIPT, "--one-shot", "--memory-limit-mb", str(env.memory_limit_mb)]
-    if env.workspace:
-        argv += ["--workspace", env.workspace]
-    if env.trusted:
-        argv.append("--allow-user-code")
+    argv = worker_argv(env.command, env.memory_limit_mb, env.workspace, env.trusted, "--one-shot")
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE,
@@ -415,12 +412,3 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

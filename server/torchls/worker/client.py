@@ -24,6 +24,25 @@ from torchls.worker import protocol
 log = logging.getLogger(__name__)
 
 BOOT_SCRIPT = str(Path(__file__).with_name("boot.py"))
+
+
+def worker_argv(
+    command: tuple[str, ...],
+    memory_limit_mb: int,
+    workspace: str | None,
+    allow_user_code: bool,
+    *extra: str,
+) -> list[str]:
+    """The command line of a worker process (the long-lived one, or a one-shot with
+    `--one-shot` in `extra`)."""
+    argv = [*command, BOOT_SCRIPT, *extra, "--memory-limit-mb", str(memory_limit_mb)]
+    if workspace:
+        argv += ["--workspace", workspace]
+    if allow_user_code:
+        argv.append("--allow-user-code")
+    return argv
+
+
 # Job results (per-layer tables, key lists) can be large; asyncio's default line limit is 64 KiB.
 _LINE_LIMIT = 256 * 1024 * 1024
 
@@ -287,11 +306,9 @@ class WorkerClient:
         if current is not None and current.proc.returncode is None:
             return current
         settings = self.settings
-        argv = [*settings.command, BOOT_SCRIPT, "--memory-limit-mb", str(settings.memory_limit_mb)]
-        if settings.workspace:
-            argv += ["--workspace", settings.workspace]
-        if settings.allow_user_code:
-            argv.append("--allow-user-code")
+        argv = worker_argv(
+            settings.command, settings.memory_limit_mb, settings.workspace, settings.allow_user_code
+        )
         env = dict(os.environ if settings.env is None else settings.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         cwd = (

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchls.checkpoint.dtypes import SAFETENSORS_DTYPE
 from torchls.worker.jobs import JobContext, JobError, Params
 
 # Dtypes torch's legacy format writes but cannot read back (measured with torch 2.13: the
@@ -36,14 +37,6 @@ CAST_TO: dict[str, str] = {
 }  # fmt: skip
 # Sub-byte and bit dtypes: neither format can hold them in a way old torch reads.
 NO_LEGACY = {"float4_e2m1fn_x2", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2"}
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
-    "C64": "complex64", "C128": "complex128",
-}  # fmt: skip
 
 Emit = Callable[[str, float | None], None]
 
@@ -197,7 +190,7 @@ def _read_safetensors(path: str) -> dict[str, Any]:
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        dtype_name = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        dtype_name = SAFETENSORS_DTYPE.get(entry.get("dtype"))
         if dtype_name is None:
             raise JobError("error", f"{key}: safetensors dtype {entry.get('dtype')} is unknown")
         dtype = getattr(torch, dtype_name)
