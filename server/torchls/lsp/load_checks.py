@@ -25,7 +25,7 @@ from torchls.kfold.lint import LintFinding
 from torchls.kfold.lint import lint as kfold_lint
 from torchls.loadcheck.analysis import ERROR, INFORMATION, WARNING, Environment, Finding
 from torchls.loadcheck.checker import LoadChecker, SiteReport
-from torchls.loadcheck.fixes import Fix
+from torchls.loadcheck.fixes import Edit, Fix
 from torchls.lsp.downgrade import CMD_DOWNGRADE
 from torchls.source.models import FileModels
 from torchls.source.pins import torch_pin
@@ -203,49 +203,16 @@ class LoadChecks:
             diagnostics = [_diagnostic(uri, report, finding) for finding in findings]
             actions += _downgrade_actions(uri, version, text, report, diagnostics)
             for fix in self._fixes_of(uri, index, models, report):
-                edit = types.TextEdit(range=_range(fix.edit.span), new_text=fix.edit.text)
+                fixed = [d for d in diagnostics if d.code in fix.fixes]
                 actions.append(
-                    types.CodeAction(
-                        title=f"torchls: {fix.title}",
-                        kind=types.CodeActionKind.QuickFix,
-                        diagnostics=[d for d in diagnostics if d.code in fix.fixes],
-                        is_preferred=fix.preferred,
-                        edit=types.WorkspaceEdit(
-                            document_changes=[
-                                types.TextDocumentEdit(
-                                    text_document=types.OptionalVersionedTextDocumentIdentifier(
-                                        uri=uri, version=version
-                                    ),
-                                    edits=[edit],
-                                )
-                            ]
-                        ),
-                    )
+                    _quick_fix(uri, version, fix.title, [fix.edit], fixed, fix.preferred)
                 )
         for item in self._lint.get(uri, []):
             if not _overlaps_span(item.finding.span, params.range):
                 continue
             for title, edits in item.fixes:
-                actions.append(
-                    types.CodeAction(
-                        title=f"torchls: {title}",
-                        kind=types.CodeActionKind.QuickFix,
-                        diagnostics=[_lint_diagnostic(item.finding)],
-                        edit=types.WorkspaceEdit(
-                            document_changes=[
-                                types.TextDocumentEdit(
-                                    text_document=types.OptionalVersionedTextDocumentIdentifier(
-                                        uri=uri, version=version
-                                    ),
-                                    edits=[
-                                        types.TextEdit(range=_range(e.span), new_text=e.text)
-                                        for e in edits
-                                    ],
-                                )
-                            ]
-                        ),
-                    )
-                )
+                lint = [_lint_diagnostic(item.finding)]
+                actions.append(_quick_fix(uri, version, title, edits, lint))
         return actions
 
     def _fixes_of(self, uri: str, index: int, models: FileModels, report: SiteReport) -> list[Fix]:
@@ -366,26 +333,34 @@ def _downgrade_actions(
         quote = literal[:1]
         if quote in {"'", '"'} and literal.endswith(quote) and checkpoint.name in literal:
             head, _, tail = literal.rpartition(checkpoint.name)
-            edit = types.TextEdit(range=_range(span), new_text=head + legacy.name + tail)
-            actions.append(
-                types.CodeAction(
-                    title=f"torchls: Load {legacy.name} instead (the legacy copy)",
-                    kind=types.CodeActionKind.QuickFix,
-                    diagnostics=matching,
-                    is_preferred=True,
-                    edit=types.WorkspaceEdit(
-                        document_changes=[
-                            types.TextDocumentEdit(
-                                text_document=types.OptionalVersionedTextDocumentIdentifier(
-                                    uri=uri, version=version
-                                ),
-                                edits=[edit],
-                            )
-                        ]
-                    ),
-                )
-            )
+            edit = Edit(span, head + legacy.name + tail)
+            title = f"Load {legacy.name} instead (the legacy copy)"
+            actions.append(_quick_fix(uri, version, title, [edit], matching, preferred=True))
     return actions
+
+
+def _quick_fix(
+    uri: str,
+    version: int | None,
+    title: str,
+    edits: Sequence[Edit],
+    diagnostics: list[types.Diagnostic],
+    preferred: bool | None = None,
+) -> types.CodeAction:
+    """A quick fix as one versioned edit of the document (an editor drops it once the text
+    has changed)."""
+    text_edits = [types.TextEdit(range=_range(e.span), new_text=e.text) for e in edits]
+    change = types.TextDocumentEdit(
+        text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version),
+        edits=list(text_edits),
+    )
+    return types.CodeAction(
+        title=f"torchls: {title}",
+        kind=types.CodeActionKind.QuickFix,
+        diagnostics=diagnostics,
+        is_preferred=preferred,
+        edit=types.WorkspaceEdit(document_changes=[change]),
+    )
 
 
 def _is_legacy_file(path: Path) -> bool:
