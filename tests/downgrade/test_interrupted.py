@@ -80,7 +80,9 @@ async def test_a_worker_killed_from_outside_leaves_nothing(tmp_path: Path, pause
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
 
 
-def test_ctrl_c_on_the_cli_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_cli_leaves_nothing(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl+C, and SIGTERM (`kill`, a closed terminal), which once left a 453 MB partial file."""
     source = _checkpoint(tmp_path)
     before = fingerprint(source)
     env = dict(
@@ -95,7 +97,7 @@ def test_ctrl_c_on_the_cli_leaves_nothing(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         asyncio.run(_wait_for_temp(tmp_path))
-        cli.send_signal(signal.SIGINT)
+        cli.send_signal(stop)
         _out, err = cli.communicate(timeout=60)
     finally:
         if cli.poll() is None:

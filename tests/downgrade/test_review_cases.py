@@ -6,11 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -112,30 +107,3 @@ async def test_mapping_types_odd_keys_and_safetensors_under_another_name(tmp_pat
     assert converted.ok, converted.message
     assert torch.equal(torch.load(tmp_path / "st_as.legacy.pt", weights_only=True)["w"],
                        torch.arange(4.0))  # fmt: skip
-
-
-def test_sigterm_on_the_cli_leaves_no_partial_file(tmp_path: Path) -> None:
-    source = tmp_path / "big.pt"
-    torch.save({f"w{i}": torch.randn(256, 256) for i in range(8)}, source)
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT / "server"),
-        TORCHLS_WORKER_TEST_JOBS="1",
-        TORCHLS_TEST_DOWNGRADE_PAUSE="60",
-    )
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "torchls", "downgrade", str(source)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not any(".tmp-" in p.name for p in tmp_path.iterdir()):
-            assert time.monotonic() < deadline, "no temporary file appeared"
-            time.sleep(0.05)
-        cli.send_signal(signal.SIGTERM)
-        _out, err = cli.communicate(timeout=60)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-    assert cli.returncode == 130 and "nothing was written" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
