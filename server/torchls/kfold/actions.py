@@ -118,17 +118,20 @@ def can_wrap(models: FileModels, start: int, end: int) -> bool:
 
 def _selected(models: FileModels, tree: ast.Module, start: int, end: int) -> list[ast.stmt]:
     if start == end:  # a cursor: the epoch loop around it, or in the function around it
-        loops = [node for node in ast.walk(tree) if _is_epoch_loop(node)]
+        # Editors ask on every cursor move: the file's nodes come from the index FileModels
+        # built once (`parents`, in ast.walk's order), not from walking the tree again.
+        nodes = list(models.parents)
+        loops = [node for node in nodes if _is_epoch_loop(node)]
         around = [loop for loop in loops if _spans(loop, start)]
         if around:
             return [around[-1]]  # type: ignore[list-item]
         functions = [
             node
-            for node in ast.walk(tree)
+            for node in nodes
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _spans(node, start)
         ]
         if functions:
-            inner = [loop for loop in loops if _is_inside(loop, functions[-1])]
+            inner = [loop for loop in loops if _is_inside(models, loop, functions[-1])]
             return inner[:1]  # type: ignore[return-value]
         return []
     for node in ast.walk(tree):
@@ -154,8 +157,13 @@ def _spans(node: ast.AST, line: int) -> bool:
     return first <= line <= (getattr(node, "end_lineno", None) or first + 1) - 1
 
 
-def _is_inside(inner: ast.AST, outer: ast.AST) -> bool:
-    return any(node is inner for node in ast.walk(outer))
+def _is_inside(models: FileModels, inner: ast.AST, outer: ast.AST) -> bool:
+    node = models.parents.get(inner)
+    while node is not None:
+        if node is outer:
+            return True
+        node = models.parents.get(node)
+    return False
 
 
 def _bodies(node: ast.AST) -> list[list[ast.stmt]]:

@@ -11,12 +11,50 @@ none. Pure: no LSP types, no I/O."""
 from __future__ import annotations
 
 import ast
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from torchls.source.imports import dotted_name
 from torchls.source.models import FileModels, _bound_names, _function_scope, _scope_walk
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+# Every name a scope binds, indexed in one walk and kept for the scopes seen last: editors list
+# code actions on every cursor move, and each asks about several names.
+_INDEXES: OrderedDict[int, tuple[list[ast.stmt], dict[str, list[ast.AST] | None]]] = OrderedDict()
+_INDEXES_KEPT = 64
+
+
+def _binding_index(models: FileModels, body: list[ast.stmt]) -> dict[str, list[ast.AST] | None]:
+    """name -> its plain `name = <call>` statements in `body`, or None when the scope binds the
+    name any other way too."""
+    cached = _INDEXES.get(id(body))
+    if cached is not None and cached[0] is body:
+        _INDEXES.move_to_end(id(body))
+        return cached[1]
+    index: dict[str, list[ast.AST] | None] = {}
+    for statement in body:
+        for node in _scope_walk(statement):
+            for name in _bound_names(node):
+                found = index.setdefault(name, [])
+                if found is None:
+                    continue
+                parent = models.parents.get(node)
+                if (
+                    isinstance(node, ast.Name)
+                    and isinstance(parent, ast.Assign)
+                    and len(parent.targets) == 1
+                    and parent.targets[0] is node
+                    and isinstance(parent.value, ast.Call)
+                ):
+                    found.append(parent)
+                else:
+                    index[name] = None
+    _INDEXES[id(body)] = (body, index)
+    while len(_INDEXES) > _INDEXES_KEPT:
+        _INDEXES.popitem(last=False)
+    return index
+
+
 _MULTICLASS = {"CrossEntropyLoss", "NLLLoss", "cross_entropy", "nll_loss"}
 _BINARY = {
     "BCEWithLogitsLoss", "BCELoss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
@@ -167,23 +205,7 @@ class _Resolver:
     def _bindings(self, body: list[ast.stmt], name: str) -> list[ast.AST] | None:
         """The plain `name = <call>` statements of a scope; None when the scope binds the name
         any other way too (a loop target, `with ... as`, `+=`, an unpacking, an import)."""
-        found: list[ast.AST] = []
-        for statement in body:
-            for node in _scope_walk(statement):
-                if name not in _bound_names(node):
-                    continue
-                parent = self.models.parents.get(node)
-                if (
-                    isinstance(node, ast.Name)
-                    and isinstance(parent, ast.Assign)
-                    and len(parent.targets) == 1
-                    and parent.targets[0] is node
-                    and isinstance(parent.value, ast.Call)
-                ):
-                    found.append(parent)
-                else:
-                    return None
-        return found
+        return _binding_index(self.models, body).get(name, [])
 
     def parameter(self, name: str) -> bool:
         return isinstance(self.scope, _FUNCTIONS) and name in self._parameters(self.scope)
