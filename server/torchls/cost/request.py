@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchls.files import read_bounded
 from torchls.source.inputs import from_setting
 from torchls.source.models import ModelTarget
 from torchls.source.project import Project
 from torchls.source.spec import InputSpec
+
+# A Hugging Face config.json is a few KiB; past this the server does not read it (the worker,
+# under its memory limit, is what builds the model from it).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,14 @@ def prepare(
     for folder in _local_folders(params, project, document_path):
         # from_pretrained("./dir"): the answer depends on the folder's config.json
         digest.update(folder.encode())
-        with contextlib.suppress(OSError):
-            digest.update((Path(folder) / "config.json").read_bytes()[: 1 << 20])
+        # Bounded: a config.json of gigabytes must not be read by the server.
+        config_path = Path(folder) / "config.json"
+        config = read_bounded(config_path, MAX_CONFIG_BYTES)
+        if config is None:  # too large to read here: its size and time stand for it
+            with contextlib.suppress(OSError):
+                info = config_path.stat()
+                config = f"{info.st_size}:{info.st_mtime_ns}".encode()
+        digest.update(config or b"")
     params["sources"] = sources
     digest.update(
         json.dumps({k: v for k, v in params.items() if k != "sources"}, sort_keys=True).encode()

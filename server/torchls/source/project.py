@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from torchls.files import read_bounded
 from torchls.source.imports import ImportTable, read_imports
 
 # Text of an open document, by absolute path, or None to read the file from disk.
@@ -64,13 +65,8 @@ class Project:
             text = self._open_text(path)
             if text is not None:
                 return text
-        try:
-            file = Path(path)
-            if file.stat().st_size > MAX_FILE_BYTES:
-                return None
-            return file.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
+        data = read_bounded(path, MAX_FILE_BYTES)
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def module_name(self, path: str) -> tuple[str, bool, str]:
         """(dotted name, is a package, the folder to put on sys.path) for a workspace file.
