@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 
 from lsprotocol import types
-
 from tests.conftest import lsp_session
+
 from torchls.files import read_bounded
 
 
