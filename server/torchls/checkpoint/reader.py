@@ -209,7 +209,12 @@ def _describe_unknown(path: Path, head: bytes, size: int) -> str:
             "data precedes a zip archive: torch.load would read this file as a legacy pickle, "
             "not as the zip archive, so torchls refuses the ambiguous file"
         )
-    return f"not a checkpoint format torchls knows (it starts with {head[:8]!r})"
+    # Its bytes are not quoted: the path may name a file that is not the user's to show
+    # (torch.load("/etc/shadow")), and a diagnostic is read by whoever sees the editor.
+    return (
+        "not a checkpoint format torchls knows (neither a torch zip archive, a legacy torch "
+        "pickle, nor safetensors)"
+    )
 
 
 def _describe_tar(path: Path) -> str:
