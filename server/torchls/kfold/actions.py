@@ -11,7 +11,7 @@ from torchls.kfold.template import Wrapped, render
 from torchls.kfold.wrapping import plan
 from torchls.loadcheck.fixes import Edit, apply_edits
 from torchls.source.models import FileModels
-from torchls.source.text import Span
+from torchls.source.text import Span, indentation, line_ending, with_line_ending
 
 TITLES = {
     "stratified": "Insert stratified k-fold cross-validation (StratifiedKFold)",
@@ -59,8 +59,8 @@ def insertion(models: FileModels, kind: str, line: int) -> Insertion | None:
 def _checked(models: FileModels, title: str, edits: list[Edit]) -> Insertion | None:
     """The edits in the file's own line endings, if the edited file compiles."""
     text = models.module.text
-    if "\r\n" in text:
-        edits = [Edit(e.span, e.text.replace("\r\n", "\n").replace("\n", "\r\n")) for e in edits]
+    ending = line_ending(text)
+    edits = [Edit(e.span, with_line_ending(e.text, ending)) for e in edits]
     try:
         compile(apply_edits(text, edits), models.module.path or "<file>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -87,12 +87,14 @@ def wrap(models: FileModels, start: int, end: int) -> Insertion | None:
     first = statements[0].lineno - 1
     last = (statements[-1].end_lineno or statements[-1].lineno) - 1
     lines = models.lines.lines[first : last + 1]
-    indent = lines[0][: len(lines[0]) - len(lines[0].lstrip())]
-    if any(line.strip() and not line.startswith(indent) for line in lines):
-        return None
     if _has_multiline_string(statements):
         return None  # re-indenting would change the string
-    relative = [line[len(indent) :] if line.strip() else "" for line in lines]
+    # A form feed in a line's indentation only resets Python's count: the code is re-indented.
+    lines = [indentation(line) + code if (code := line.lstrip(" \t\f")) else "" for line in lines]
+    indent = indentation(lines[0])
+    if any(line and not line.startswith(indent) for line in lines):
+        return None
+    relative = [line[len(indent) :] for line in lines]
     tabs = indent.startswith("\t") or any(line.startswith("\t") for line in relative)
     kind = "stratified" if made.stratify else "kfold"
     wrapped = Wrapped(relative, made, "\t" if tabs else "    ", top_level_imports(tree))
@@ -190,8 +192,10 @@ def _indent_at(lines: list[str], line: int) -> str:
     """The indentation of the first code line from `line` on: the inserted loop becomes a
     statement of the same block."""
     for text in lines[line:]:
-        if text.strip() and not text.lstrip().startswith("#"):
-            return text[: len(text) - len(text.lstrip())]
+        indent = indentation(text)
+        code = text[len(text) - len(text.lstrip(" \t\f")) :]
+        if code and not code.startswith("#"):
+            return indent
     return ""
 
 

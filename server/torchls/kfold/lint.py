@@ -24,7 +24,7 @@ from torchls.loadcheck.analysis import INFORMATION, WARNING, Finding
 from torchls.loadcheck.fixes import Edit
 from torchls.source.imports import dotted_name
 from torchls.source.models import FileModels, _bound_names, _scope_walk
-from torchls.source.text import Span
+from torchls.source.text import Span, indentation, line_ending, with_line_ending
 
 SPLITTERS = {
     "KFold", "StratifiedKFold", "GroupKFold", "RepeatedKFold", "RepeatedStratifiedKFold",
@@ -70,6 +70,13 @@ def lint(models: FileModels) -> list[LintFinding]:
         found += _built_outside(models, loop)
         found += _shuffled_validation(models, loop)
         found += _scaler_before(models, loop)
+    # Fixes that add lines end them as the file does (a CRLF or lone-CR file stays one).
+    ending = line_ending(models.module.text)
+    for item in found:
+        item.fixes = [
+            (title, [Edit(e.span, with_line_ending(e.text, ending)) for e in edits])
+            for title, edits in item.fixes
+        ]
     return found
 
 
@@ -200,18 +207,30 @@ def _built_outside(models: FileModels, loop: ast.For) -> list[LintFinding]:
         f"{lines}): every fold after the first starts from the weights and optimizer state the "
         "previous fold trained, so the folds are not independent and the scores are too high."
     )
-    first = loop.body[0]
-    line = models.lines.get(first.lineno - 1)
-    indent = line[: len(line) - len(line.lstrip())]
-    text = "".join(f"{indent}{models.segment(s)}\n" for s in stale)
-    at = Span(first.lineno - 1, 0, first.lineno - 1, 0)
+    edit = _insert_before(models, loop.body[0], [models.segment(s) for s in stale])
     title = f"Build {listed} anew at the start of each fold"
     return [
         LintFinding(
             Finding(WARNING, "kfold-shared-model", message, models._span(loop.target)),
-            [(title, [Edit(at, text)])],
+            [(title, [edit])],
         )
     ]
+
+
+def _insert_before(models: FileModels, statement: ast.stmt, code: list[str]) -> Edit:
+    """Statements put right before `statement`: lines of its indentation when it starts its
+    line, else on its line (`for b in data: loss.backward()`, `y = 0; loss.backward()`), where
+    a new line would land outside its block or before the statements ahead of it."""
+    line = models.lines.get(statement.lineno - 1)
+    ahead = line.encode()[: statement.col_offset].decode(errors="ignore")
+    if not ahead.strip(" \t\f"):
+        indent = indentation(line)
+        at = Span(statement.lineno - 1, 0, statement.lineno - 1, 0)
+        return Edit(at, "".join(f"{indent}{c}\n" for c in code))
+    span = models.lines.span(
+        statement.lineno, statement.col_offset, statement.lineno, statement.col_offset
+    )
+    return Edit(span, "".join(f"{c}; " for c in code))
 
 
 def _parameters_read_in(body: list[ast.stmt], name: str) -> bool:
@@ -439,10 +458,7 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
         )
         fixes = []
         if backward is not None:
-            line = models.lines.get(backward.lineno - 1)
-            indent = line[: len(line) - len(line.lstrip())]
-            at = Span(backward.lineno - 1, 0, backward.lineno - 1, 0)
-            edit = Edit(at, f"{indent}{name}.zero_grad()\n")
+            edit = _insert_before(models, backward, [f"{name}.zero_grad()"])
             fixes.append((f"Clear the gradients first: {name}.zero_grad()", [edit]))
         where = models._span(loop.target if isinstance(loop, ast.For) else loop.test)
         found.append(LintFinding(Finding(WARNING, "no-zero-grad", message, where), fixes))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from torchls.source.imports import dotted_name
 from torchls.source.models import FileModels, _bound_names, _function_scope, _scope_walk
+from torchls.source.text import split_lines_keepends
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # Every name a scope binds, indexed in one walk and kept for the scopes seen last: editors list
@@ -393,8 +394,8 @@ def _loader_text(
 
 def _offset(models: FileModels, lineno: int, col: int) -> int:
     """A byte offset into the file from ast's 1-based line and UTF-8 column."""
-    lines = models.module.text.encode().splitlines(keepends=True)
-    return sum(len(line) for line in lines[: lineno - 1]) + col
+    lines = split_lines_keepends(models.module.text)
+    return sum(len(line.encode()) for line in lines[: lineno - 1]) + col
 
 
 def _loss(

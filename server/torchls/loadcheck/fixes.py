@@ -25,7 +25,7 @@ from torchls.loadcheck.analysis import (
     tied_missing,
 )
 from torchls.source.loads import LoadSite, Step
-from torchls.source.text import Span
+from torchls.source.text import Span, offset_at, position_at
 
 # Re-reads the edited text: the site that starts where the original started, and its outcome.
 Recheck = Callable[[str], tuple[LoadSite, Outcome] | None]
@@ -374,48 +374,20 @@ def diff(old: str, new: str) -> Edit:
     end = 0
     while end < limit - start and old[len(old) - 1 - end] == new[len(new) - 1 - end]:
         end += 1
-    first = _position(old, start)
-    last = _position(old, len(old) - end)
+    # A boundary between the \r and the \n of one line break is no LSP position.
+    if 0 < start < len(old) and old[start - 1 : start + 1] == "\r\n":
+        start -= 1
+    stop = len(old) - end
+    if 0 < stop < len(old) and old[stop - 1 : stop + 1] == "\r\n":
+        end -= 1
+    first = position_at(old, start)
+    last = position_at(old, len(old) - end)
     return Edit(Span(first[0], first[1], last[0], last[1]), new[start : len(new) - end])
-
-
-def _position(text: str, offset: int) -> tuple[int, int]:
-    """(line, UTF-16 character) of a str index, lines split as Python splits them."""
-    line = 0
-    line_start = 0
-    for match in _LINE_END.finditer(text, 0, offset):
-        if match.end() > offset:
-            break
-        line += 1
-        line_start = match.end()
-    column = sum(2 if ord(c) > 0xFFFF else 1 for c in text[line_start:offset])
-    return line, column
 
 
 def apply_edits(text: str, edits: list[Edit]) -> str:
     for edit in sorted(edits, key=lambda e: (e.span.start_line, e.span.start_char), reverse=True):
-        start = _offset(text, edit.span.start_line, edit.span.start_char)
-        end = _offset(text, edit.span.end_line, edit.span.end_char)
+        start = offset_at(text, edit.span.start_line, edit.span.start_char)
+        end = offset_at(text, edit.span.end_line, edit.span.end_char)
         text = text[:start] + edit.text + text[end:]
     return text
-
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
-
-
-def _offset(text: str, line: int, utf16_char: int) -> int:
-    """The str index of an LSP position (0-based line, UTF-16 character)."""
-    start = 0
-    for _ in range(line):
-        match = _LINE_END.search(text, start)
-        if match is None:
-            return len(text)
-        start = match.end()
-    end_match = _LINE_END.search(text, start)
-    line_text = text[start : end_match.start() if end_match else len(text)]
-    units = 0
-    for index, char in enumerate(line_text):
-        if units >= utf16_char:
-            return start + index
-        units += 2 if ord(char) > 0xFFFF else 1
-    return start + len(line_text)

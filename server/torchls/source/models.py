@@ -20,7 +20,7 @@ from torchls.source import inputs as inputs_module
 from torchls.source.imports import ImportTable, dotted_name
 from torchls.source.project import ModuleFile, Project
 from torchls.source.spec import InputSpec
-from torchls.source.text import Lines, Span
+from torchls.source.text import Lines, Span, split_lines_keepends
 from torchls.source.values import (
     Value,
     describe,
@@ -220,7 +220,7 @@ class FileModels:
         """The source text of a node, line endings kept. The lines are split once per file:
         ast.get_source_segment splits the whole file again on every call."""
         if self._source_lines is None:
-            self._source_lines = _SOURCE_LINES.findall(self.module.text)
+            self._source_lines = split_lines_keepends(self.module.text)
         lines = self._source_lines
         first = getattr(node, "lineno", 0) - 1
         last = (getattr(node, "end_lineno", None) or first + 1) - 1
@@ -535,9 +535,6 @@ def read_directives(lines: Lines, first_line: int, statement_line: int) -> dict[
         if match and match.group(1) not in found:
             found[match.group(1)] = Directive(match.group(2), line)
     return found
-
-
-_SOURCE_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 def is_model_base_name(dotted: str) -> bool:
