@@ -90,7 +90,11 @@ class LoadChecks:
         return len(self._pending)
 
     def schedule(self, uri: str, delay: float = 0.0) -> None:
-        if not uri.endswith((".py", ".pyi")) and not _is_python(self.server, uri):
+        kind = self.server.model_cost.kind(uri)
+        if not kind.analysed:
+            return
+        named = kind.on_disk and uri.endswith((".py", ".pyi"))
+        if not named and not _is_python(self.server, uri):
             return
         previous = self._pending.pop(uri, None)
         if previous is not None:
@@ -158,7 +162,10 @@ class LoadChecks:
             return []
         document = self.server.workspace.get_text_document(uri)
         version, text = document.version, document.source
-        reports = await self.checker.check(models, self.server.workspace_root)
+        reports: list[SiteReport] = []
+        # Checkpoint paths are relative to the file: only a file on disk has loads to check.
+        if self.server.model_cost.kind(uri).on_disk:
+            reports = await self.checker.check(models, self.server.workspace_root)
         current = self.server.workspace.get_text_document(uri)
         if current.version != version or current.source != text:
             return reports  # edited meanwhile: the next check publishes

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -17,6 +20,7 @@ from torchls import status
 from torchls.cost import report
 from torchls.cost.cache import ProfileCache
 from torchls.cost.request import PreparedProfile, prepare
+from torchls.lsp.document_kinds import ELSEWHERE, FILE, DocumentKind, document_kind
 from torchls.source.models import FileModels, ModelTarget
 from torchls.source.project import ModuleFile, Project
 from torchls.worker import protocol
@@ -48,28 +52,44 @@ class ModelCost:
 
     # -- documents -----------------------------------------------------------------------------
 
+    def kind(self, uri: str) -> DocumentKind:
+        return document_kind(uri, self.server.workspace_root)
+
     def project(self) -> Project:
         documents = self.server.workspace.text_documents
 
         def open_text(path: str) -> str | None:
-            for document in documents.values():
-                if document.path == path:
+            for uri, document in documents.items():
+                kind = self.kind(uri)
+                if kind.analysed and kind.path == path:
                     return str(document.source)
             return None
 
         return Project(self.server.workspace_root, open_text)
 
-    def models(self, uri: str) -> FileModels | None:
+    def models(self, uri: str, elsewhere: bool = False) -> FileModels | None:
+        """The document's models, if it gets features (document_kind); with `elsewhere`, also
+        for documents that get none, to say so on a hover."""
+        kind = self.kind(uri)
         document = self.server.workspace.get_text_document(uri)
-        if not document.path.endswith((".py", ".pyi")):
+        path = kind.path
+        if kind.kind == ELSEWHERE and elsewhere:
+            # Placed where no workspace file is: nothing of today's workspace is read for it.
+            name = re.sub(r"[^\w.-]", "_", Path(document.path or "").name) or "document"
+            path = str(Path(os.sep, "torchls-elsewhere", name))
+        if path is None or not (kind.analysed or elsewhere):
+            return None
+        if kind.kind == FILE and not path.endswith((".py", ".pyi")):
+            return None
+        if kind.kind != FILE and document.language_id not in ("python", None, ""):
             return None
         source = document.source
         cached = self._parsed.get(uri)
         if cached is not None and cached[0] == document.version and cached[1] == source:
             return cached[2]
         project = self.project()
-        module_name, is_package, _ = project.module_name(document.path)
-        module = ModuleFile(document.path, module_name, is_package, source)
+        module_name, is_package, _ = project.module_name(path)
+        module = ModuleFile(path, module_name, is_package, source)
         models = FileModels(project, module)
         self._parsed[uri] = (document.version, source, models)
         return models
@@ -126,7 +146,9 @@ class ModelCost:
     # -- hover ---------------------------------------------------------------------------------
 
     async def hover(self, params: types.HoverParams) -> types.Hover | None:
-        models = self.models(params.text_document.uri)
+        uri = params.text_document.uri
+        kind = self.kind(uri)
+        models = self.models(uri, elsewhere=True)
         if models is None:
             return None
         target = models.target_at(params.position.line, params.position.character)
@@ -137,7 +159,7 @@ class ModelCost:
             start=types.Position(line=span.start_line, character=span.start_char),
             end=types.Position(line=span.end_line, character=span.end_char),
         )
-        blocker = self.blocker()
+        blocker = kind.refusal() if kind.kind == ELSEWHERE else self.blocker()
         if blocker is not None:
             return _hover(report.blocked_markdown(target.name, blocker), hover_range)
         prepared = self._prepare(models, target)

@@ -180,6 +180,9 @@ def create_server() -> TorchLanguageServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: TorchLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        refused = ls.model_cost.kind(params.text_document.uri).refused()
+        if refused is not None:
+            log.info("%s: %s", params.text_document.uri, refused)
         # Diagnostics first: their worker job queues ahead of the hover warm-up.
         ls.load_checks.schedule(params.text_document.uri)
         ls.model_cost.warm(params.text_document.uri)
