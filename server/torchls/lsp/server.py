@@ -11,9 +11,9 @@ import sys
 import time
 from collections import deque
 from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from torchls import __version__, status
@@ -22,6 +22,7 @@ from torchls.lsp.downgrade import CMD_DOWNGRADE, DowngradeCommand
 from torchls.lsp.kfold_actions import KFoldActions
 from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
 from torchls.lsp.model_cost import ModelCost
+from torchls.lsp.protocol import RobustLanguageServer
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
 from torchls.worker.protocol import test_jobs_enabled
 
@@ -34,6 +35,7 @@ HEAVY_MODULES = ("torch", "thop", "transformers", "sklearn", "numpy")
 CMD_STATUS = "torchls.status"
 CMD_RESTART_WORKER = "torchls.restartWorker"
 CMD_TEST_RUN_JOB = "torchls.test.runWorkerJob"
+CMD_TEST_DOCUMENT_TEXT = "torchls.test.documentText"
 
 # A worker that dies this often within the window is not restarted eagerly any more; it still
 # starts again on the next request that needs it.
@@ -41,7 +43,7 @@ _CRASH_WINDOW_SECONDS = 60.0
 _CRASHES_BEFORE_BACKOFF = 3
 
 
-class TorchLanguageServer(LanguageServer):
+class TorchLanguageServer(RobustLanguageServer):
     def __init__(self) -> None:
         super().__init__("torchls", __version__)
         self.options = InitOptions()
@@ -285,5 +287,13 @@ def create_server() -> TorchLanguageServer:
             timeout = float(args[2]) if len(args) > 2 and args[2] is not None else None
             assert ls.worker is not None
             return (await ls.worker.run(job, params, timeout)).as_json()
+
+        @server.command(CMD_TEST_DOCUMENT_TEXT)
+        def document_text(ls: TorchLanguageServer, *args: Any) -> dict[str, Any] | None:
+            """The server's copy of an open document, for tests that compare it with theirs."""
+            document = ls.workspace.text_documents.get(unquote(str(args[0]))) if args else None
+            if document is None:
+                return None
+            return {"text": document.source, "version": document.version}
 
     return server
