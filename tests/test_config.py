@@ -42,8 +42,8 @@ def test_each_bad_field_falls_back_alone() -> None:
             "worker": {"timeoutSeconds": True, "interpreter": [3]},
         }
     )
-    assert options.trusted is True  # 1 is not a boolean
-    assert options.allow_user_code is False  # the good field survives
+    assert options.trusted is False  # 1 is not a boolean: a safety switch reads it as "no"
+    assert options.allow_user_code is False
     assert options.worker.timeout_seconds == 30.0
     assert options.worker.interpreter == ()
     assert len(warnings) == 3

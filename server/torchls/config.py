@@ -2,7 +2,10 @@
 
 Every client sends something different (VS Code sends everything, Neovim often nothing, a typo
 in a user's config sends garbage). Each field is checked on its own; a bad value is replaced by
-its default and the reason is returned as a warning to log, never raised.
+its default and the reason is returned as a warning to log, never raised -- except the two
+safety switches, where a value that is not a boolean (`"false"`, `0`, `"no"`) reads as "no":
+whoever wrote it meant something, and guessing "yes" would run workspace code they may have
+meant to keep from running.
 """
 
 from __future__ import annotations
@@ -40,14 +43,18 @@ class InitOptions:
         return self.worker.interpreter or (sys.executable,)
 
 
-def _read_bool(raw: Mapping[str, Any], key: str, default: bool, warnings: list[str]) -> bool:
-    value = raw.get(key, default)
+def _read_safety_switch(raw: Mapping[str, Any], key: str, warnings: list[str]) -> bool:
+    """A switch that lets workspace code run: absent means yes, anything but `true` means no."""
+    if key not in raw:
+        return True
+    value = raw[key]
     if isinstance(value, bool):
         return value
     warnings.append(
-        f"initializationOptions.{key} must be true or false, not {value!r}; using {default}"
+        f"initializationOptions.{key} must be true or false, not {value!r}; "
+        "using false (no workspace code runs)"
     )
-    return default
+    return False
 
 
 def _read_number(
@@ -110,10 +117,12 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
     if raw is None:
         return InitOptions(), warnings
     if not isinstance(raw, Mapping):
+        # Whatever the client meant to say about trust is in there, unreadable: fail closed.
         warnings.append(
-            f"initializationOptions must be an object, not {type(raw).__name__}; using defaults"
+            f"initializationOptions must be an object, not {type(raw).__name__}; using defaults, "
+            "with workspace code not allowed to run"
         )
-        return InitOptions(), warnings
+        return InitOptions(allow_user_code=False), warnings
 
     defaults = WorkerOptions()
     worker_raw = raw.get("worker", {})
@@ -143,8 +152,8 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
             warnings.append(f"initializationOptions.{key} is not a torchls option; ignored")
     return (
         InitOptions(
-            trusted=_read_bool(raw, "trusted", True, warnings),
-            allow_user_code=_read_bool(raw, "allowUserCode", True, warnings),
+            trusted=_read_safety_switch(raw, "trusted", warnings),
+            allow_user_code=_read_safety_switch(raw, "allowUserCode", warnings),
             worker=worker,
             default_input_shapes=_read_shapes(raw.get("defaultInputShapes"), warnings),
         ),

@@ -14,7 +14,9 @@ import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
+# After the standard library (`-I -S` leaves nothing else): the folder holding torchls holds
+# other packages too, and none of them may stand in for a standard module.
+sys.path.append(os.path.dirname(os.path.dirname(_here)))
 
 
 def main() -> int:

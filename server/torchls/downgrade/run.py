@@ -36,6 +36,7 @@ from typing import Any
 from torchls.checkpoint.errors import CheckpointError
 from torchls.cost import report
 from torchls.downgrade.targets import DEFAULT_SUFFIX, Target, TargetError, plan
+from torchls.boundary import worker_environment
 from torchls.worker.client import worker_argv
 from torchls.worker.downgrade import CAST_TO, NO_LEGACY
 
@@ -348,6 +349,7 @@ async def _run_worker(params: dict[str, Any], env: Environment, say: Progress) -
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # cancelling kills its whole group
         limit=64 * 1024 * 1024,
+        env=worker_environment(env.workspace),  # no PYTHONPATH into the workspace
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     stderr_task = asyncio.ensure_future(proc.stderr.read())

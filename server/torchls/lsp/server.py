@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
-from torchls import __version__, status
+from torchls import __version__, boundary, status
 from torchls.config import InitOptions, parse_init_options
 from torchls.lsp.downgrade import CMD_DOWNGRADE, DowngradeCommand
 from torchls.lsp.kfold_actions import KFoldActions
@@ -60,8 +60,12 @@ class TorchLanguageServer(RobustLanguageServer):
     # -- set-up --------------------------------------------------------------------------------
 
     def configure(self, params: types.InitializeParams) -> list[str]:
+        if self.worker is not None:
+            self._forget_first_initialize()
         self.options, warnings = parse_init_options(params.initialization_options)
         self.workspace_root = _workspace_root(params)
+        if self.workspace_root:
+            warnings += _keep_workspace_out(self.workspace_root)
         self.worker = WorkerClient(
             WorkerSettings(
                 command=self.options.worker_command(),
@@ -74,6 +78,19 @@ class TorchLanguageServer(RobustLanguageServer):
         )
         self.current_status = self._status(status.STARTING, "starting the worker")
         return warnings
+
+    def _forget_first_initialize(self) -> None:
+        """A second `initialize` (another root, other trust): nothing the first one set up may
+        go on, least of all a worker allowed to run the old workspace's code."""
+        assert self.worker is not None
+        old_worker = self.worker
+        self.worker = None
+        self.spawn(old_worker.stop())
+        self.load_checks.close()
+        self.model_cost.close()
+        self.model_cost = ModelCost(self)
+        self.load_checks = LoadChecks(self)
+        self._recent_exits.clear()
 
     def spawn(self, coroutine: Any) -> None:
         """Run a coroutine in the background, keeping a reference so it is not collected."""
@@ -141,6 +158,23 @@ class TorchLanguageServer(RobustLanguageServer):
             self._status(status.RESTARTING, f"the worker ended ({description}); restarting it")
         )
         self.spawn(self.probe_environment())
+
+
+def _keep_workspace_out(root: str) -> list[str]:
+    """The server imports nothing from the workspace: what its start left on sys.path (it
+    should be nothing) goes, and what was imported before torchls could stop it is reported."""
+    removed = boundary.drop_workspace_paths(root)
+    imported = boundary.modules_from(root)
+    warnings = []
+    if removed:
+        warnings.append(f"took the workspace's folders off the server's import path: {removed}")
+    if imported:
+        warnings.append(
+            f"the server process imported these modules from the workspace before torchls "
+            f"started: {', '.join(imported)}; check PYTHONPATH and the .pth files of "
+            f"{sys.prefix}, and start the server with `python -I`"
+        )
+    return warnings
 
 
 def _workspace_root(params: types.InitializeParams) -> str | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchls.boundary import worker_environment
 from torchls.worker import protocol
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ class WorkerClient:
         argv = worker_argv(
             settings.command, settings.memory_limit_mb, settings.workspace, settings.allow_user_code
         )
-        env = dict(os.environ if settings.env is None else settings.env)
+        env = worker_environment(settings.workspace, settings.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         cwd = (
             settings.workspace if settings.workspace and Path(settings.workspace).is_dir() else None
