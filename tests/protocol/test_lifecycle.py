@@ -90,6 +90,7 @@ def test_requests_after_shutdown_get_invalid_request(server: RawServer) -> None:
 def test_exit_without_shutdown_exits_with_1(server: RawServer) -> None:
     notify(server, "exit", None)
     assert server.exit_code() == 1
+    assert "Traceback" not in server.log and "never retrieved" not in server.log
 
 
 def test_shutdown_then_exit_exits_with_0(server: RawServer) -> None:
@@ -144,3 +145,30 @@ def test_a_client_preferring_utf8_positions_gets_utf16(raw: RawServer) -> None:
     raw.send_message(initialize)
     capabilities = raw.wait_for(1)["result"]["capabilities"]
     assert capabilities.get("positionEncoding", "utf-16") == "utf-16"
+
+
+def test_a_nul_in_a_document_uri_costs_no_traceback(server: RawServer) -> None:
+    notify(server, "initialized", {})
+    text = (
+        "import torch\nfrom torch import nn\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(2, 2)\n"
+        "\nnet = Net()\nnet.load_state_dict(torch.load('dp.pt'))\n"
+    )
+    uri = "file:///tmp/a%00b/model.py"
+    notify(
+        server,
+        "textDocument/didOpen",
+        {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": text}},
+    )
+    hover = {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 7}}
+    assert "result" in server.request(2, "textDocument/hover", hover)
+    actions = {
+        "textDocument": {"uri": uri},
+        "range": {"start": {"line": 9, "character": 0}, "end": {"line": 9, "character": 3}},
+        "context": {"diagnostics": []},
+    }
+    assert "result" in server.request(3, "textDocument/codeAction", actions)
+    assert server.request(4, "shutdown")["result"] is None
+    notify(server, "exit", None)
+    assert server.exit_code() == 0
+    assert "Traceback" not in server.log and "never retrieved" not in server.log

@@ -251,8 +251,11 @@ class RobustLanguageServer(LanguageServer):
 
     protocol: TorchProtocol
 
-    def __init__(self, name: str, version: str) -> None:
-        super().__init__(name, version, protocol_cls=TorchProtocol)
+    def __init__(
+        self, name: str, version: str, protocol_cls: type[TorchProtocol] = TorchProtocol
+    ) -> None:
+        # A subclass of TorchProtocol may add its own overrides (say, executeCommand).
+        super().__init__(name, version, protocol_cls=protocol_cls)
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         self._stop_event = stop = threading.Event()
