@@ -47,7 +47,7 @@ interface DowngradeFailure {
   ok: false;
   reason:
     | 'exists' | 'refused-globals' | 'unsupported-dtypes' | 'already-legacy' | 'not-a-checkpoint'
-    | 'not-found' | 'untrusted' | 'cancelled' | 'verify' | 'error';
+    | 'not-found' | 'untrusted' | 'cancelled' | 'verify' | 'busy' | 'timeout' | 'error';
   message: string;
   output?: string;
   globals?: string[];

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from torchls.config import WorkerOptions
 from torchls.downgrade.run import Environment, Options, Outcome, downgrade
 from torchls.downgrade.targets import DEFAULT_SUFFIX
 
@@ -43,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--python", help="the interpreter that has torch (default: this one)")
     parser.add_argument("--memory-mb", type=int, default=0, help="worker memory limit (none)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=WorkerOptions().timeout_seconds,
+        metavar="SECONDS",
+        help="stop a worker that has not finished by then, plus a minute per GiB of input "
+        "(default: %(default)g, the editor's; 0: no limit)",
+    )
     parser.add_argument("--format", choices=["text", "json"], default="text")
 
 
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         workspace=None,
         trusted=True,  # the user named the file and the globals on their own command line
         memory_limit_mb=args.memory_mb,
+        timeout_seconds=max(0.0, args.timeout),
     )
     progress = None
     if args.format == "text" and sys.stderr.isatty():
@@ -104,5 +114,6 @@ def _print(outcome: Outcome, form: str) -> None:
             "exists": " (--force replaces it)",
             "unsupported-dtypes": " (--cast does it)" if castable else "",
             "refused-globals": " (--allow-global MODULE.NAME each)" if outcome.globals else "",
+            "timeout": " (--timeout SECONDS changes the limit; 0: none)",
         }.get(outcome.reason, "")
         print(f"torchls downgrade: {outcome.message}{hint}", file=sys.stderr)

@@ -11,21 +11,28 @@ The order is what makes it safe:
 3. the temporary file is read again by torchls's reader: it must be in the legacy format,
    reference only globals `weights_only=True` allows (plus any the user allowed), and hold the
    tensors the worker reported;
-4. it is renamed into place (atomic on one file system). A model folder is built in a temporary
-   folder and renamed as a whole.
-Cancelling (or any failure) kills the worker and removes the temporary files; the input is
-only ever read.
+4. it is renamed into place (atomic on one file system), never over a file that appeared
+   meanwhile unless replacing was asked for. A model folder is built in a temporary folder and
+   renamed as a whole.
+For the whole run the output is claimed (a locked file beside it), so a second downgrade to the
+same output, from another editor or `torchls downgrade`, refuses instead of racing the first.
+Cancelling, the time limit (or any failure) kills the worker and its process group and removes
+the temporary files; the input is only ever read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -33,10 +40,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torchls.boundary import worker_environment
 from torchls.checkpoint.errors import CheckpointError
 from torchls.cost import report
 from torchls.downgrade.targets import DEFAULT_SUFFIX, Target, TargetError, plan
-from torchls.boundary import worker_environment
 from torchls.worker.client import worker_argv
 from torchls.worker.downgrade import CAST_TO, NO_LEGACY
 
@@ -61,6 +68,9 @@ class Environment:
     workspace: str | None = None
     trusted: bool = False  # may the user's allowed globals be imported
     memory_limit_mb: int = 0
+    # The job time limit (the editor's worker.timeoutSeconds, the CLI's --timeout); it grows
+    # with the input like the memory limit. 0: none.
+    timeout_seconds: float = 0.0
     # torchls's reader, injected by the language server (its cache); else read in a child.
     read_summary: ReadSummary | None = None
 
@@ -123,9 +133,11 @@ async def downgrade(
     started = time.perf_counter()
     say = progress or (lambda message, percentage: None)
     temps: list[Path] = []
+    claim: _Claim | None = None
     try:
         target = plan(source, options.output, options.suffix)
-        if target.output.exists() and not options.overwrite:
+        claim = _Claim(target.output)
+        if os.path.lexists(target.output) and not options.overwrite:
             kind = "folder" if target.output.is_dir() else "file"
             raise _Refused("exists", f"{target.output} exists; the {kind} was left as it is")
         say("checking the input", 0.0)
@@ -149,6 +161,13 @@ async def downgrade(
             environment = replace(
                 environment, memory_limit_mb=environment.memory_limit_mb + 3 * (sizes >> 20)
             )
+        if environment.timeout_seconds:
+            # Reading, writing and reading back a big file takes its time: a minute per GiB
+            # (about 6 s per GiB measured, bench/downgrade.py) on top of the job time limit.
+            environment = replace(
+                environment,
+                timeout_seconds=environment.timeout_seconds + 60 * sizes / 2**30,
+            )
         outcome = await _convert(target, options, environment, say, temps)
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -165,9 +184,11 @@ async def downgrade(
         _remove(temps)
         raise
     except OSError as exc:
-        return Outcome(False, "error", f"{source.name}: {exc.strerror or exc}", source)
+        return Outcome(False, "error", _os_error(exc, source), source)
     finally:
         _remove(temps)
+        if claim is not None:
+            claim.release()
 
 
 async def _read_in_child(path: Path) -> dict[str, Any]:
@@ -280,14 +301,21 @@ async def _convert(
                 shutil.copy2(copy, staging / copy.name, follow_symlinks=False)
         _fsync_dir(staging)
     final = target.output
-    if final.exists():  # overwrite was asked for: replace it as late as possible
-        if final.is_dir() and not final.is_symlink():
-            trash = final.with_name(f".{final.name}.old-{tag}")
-            final.rename(trash)
-            temps.append(trash)
-        else:
-            final.unlink()
-    (staging or files[0]).replace(final)
+    built = staging or files[0]
+    if options.overwrite and final.is_dir() and not final.is_symlink():
+        # The earlier model folder the user chose to replace: set aside, removed below.
+        trash = final.with_name(f".{final.name}.old-{tag}")
+        final.rename(trash)
+        temps.append(trash)
+        placed = _rename_no_replace(built, final)
+    elif options.overwrite:
+        built.replace(final)  # atomic: the old file or the new one is there, never neither
+        placed = True
+    else:
+        placed = _rename_no_replace(built, final)
+    if not placed:
+        # Made by something else while the worker ran (torchls's own runs refuse on the claim).
+        raise _Refused("exists", f"{final} appeared while the downgrade ran; it was left as it is")
     temps[:] = [t for t in temps if ".old-" in t.name]  # the replaced folder: removed below
     _remove(temps)
     _fsync_dir(final.parent)
@@ -354,47 +382,70 @@ async def _run_worker(params: dict[str, Any], env: Environment, say: Progress) -
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     stderr_task = asyncio.ensure_future(proc.stderr.read())
     try:
-        request = {"id": 1, "job": "downgrade", "params": params}
-        proc.stdin.write((json.dumps(request) + "\n").encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
-        while True:
-            line = await proc.stdout.readline()
-            if not line:
-                break
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if message.get("event") == "progress":
-                percentage = message.get("percentage")
-                scaled = None if percentage is None else 95 * float(percentage) / 100
-                say(str(message.get("message")), scaled)
-            elif "ok" in message:
-                if message["ok"]:
-                    result: dict[str, Any] = message["result"]
-                    return result
-                error = message.get("error") or {}
-                data = error.get("data") or {}
-                raise _Refused(
-                    str(error.get("kind") or "error"),
-                    str(error.get("message") or "the downgrade failed"),
-                    **{k: v for k, v in data.items() if k in {"globals", "dtypes"}},
-                )
-        returncode = await proc.wait()
-        detail = (await stderr_task).decode("utf-8", "replace").strip().splitlines()
-        if returncode == 3 or any("MemoryError" in line for line in detail):
-            raise _Refused(
-                "error", f"the worker ran out of memory (limit {env.memory_limit_mb} MB)"
+        try:
+            return await asyncio.wait_for(
+                _exchange(proc, stderr_task, params, env, say), env.timeout_seconds or None
             )
-        last = detail[-1] if detail else f"exit code {returncode}"
-        raise _Refused("error", f"the worker stopped before it finished ({last})")
+        except asyncio.TimeoutError:
+            # A frozen (stopped, deadlocked, endlessly looping) worker would hold the command
+            # and its progress forever.
+            raise _Refused(
+                "timeout",
+                f"the worker did not finish within {env.timeout_seconds:.0f} s (the job time "
+                "limit); it was stopped and nothing was written",
+            ) from None
     finally:
+        # The whole group, also when the worker itself has exited: nothing it started may go
+        # on writing.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         stderr_task.cancel()
+
+
+async def _exchange(
+    proc: asyncio.subprocess.Process,
+    stderr_task: asyncio.Future[bytes],
+    params: dict[str, Any],
+    env: Environment,
+    say: Progress,
+) -> dict[str, Any]:
+    """The one-shot worker's request and answer (and its progress events in between)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    request = {"id": 1, "job": "downgrade", "params": params}
+    proc.stdin.write((json.dumps(request) + "\n").encode())
+    await proc.stdin.drain()
+    proc.stdin.close()
+    while True:
+        line = await proc.stdout.readline()
+        if not line:
+            break
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if message.get("event") == "progress":
+            percentage = message.get("percentage")
+            scaled = None if percentage is None else 95 * float(percentage) / 100
+            say(str(message.get("message")), scaled)
+        elif "ok" in message:
+            if message["ok"]:
+                result: dict[str, Any] = message["result"]
+                return result
+            error = message.get("error") or {}
+            data = error.get("data") or {}
+            raise _Refused(
+                str(error.get("kind") or "error"),
+                str(error.get("message") or "the downgrade failed"),
+                **{k: v for k, v in data.items() if k in {"globals", "dtypes"}},
+            )
+    returncode = await proc.wait()
+    detail = (await stderr_task).decode("utf-8", "replace").strip().splitlines()
+    if returncode == 3 or any("MemoryError" in line for line in detail):
+        raise _Refused("error", f"the worker ran out of memory (limit {env.memory_limit_mb} MB)")
+    last = detail[-1] if detail else f"exit code {returncode}"
+    raise _Refused("error", f"the worker stopped before it finished ({last})")
 
 
 def _remove(paths: list[Path]) -> None:
@@ -414,3 +465,111 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# Errors that mean "this place cannot take the output", not "the downgrade went wrong".
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _os_error(exc: OSError, source: Path) -> str:
+    """One line naming the path and what to do, never the raw exception."""
+    where = Path(os.fsdecode(exc.filename)) if exc.filename else source
+    why = (exc.strerror or type(exc).__name__).lower()
+    if exc.errno in _UNWRITABLE:
+        folder = where if where.is_dir() else where.parent
+        return f"cannot write in {folder} ({why}): choose another output"
+    return f"{where}: {why}"
+
+
+class _Claim:
+    """This run's hold on its output: an exclusive lock on a file beside it, kept until the
+    run ends, so that a second downgrade to the same output (this server, another editor's, or
+    `torchls downgrade`) sees the first and refuses. The kernel releases the lock when a process
+    dies, so a crashed run leaves at most an unlocked file, which the next run takes over."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(f".{output.name}.torchls-lock")
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError as exc:
+                if exc.errno in _UNWRITABLE:
+                    raise _Refused(
+                        "error",
+                        f"cannot write in {output.parent} ({(exc.strerror or '').lower()}): "
+                        "choose another output",
+                    ) from None
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise _Refused(
+                    "busy",
+                    f"{output} is being written by another downgrade; try again when it has "
+                    "finished, or choose another output",
+                ) from None
+            # The previous holder may have removed the file between our open and our lock:
+            # then the lock is on a file nobody else will see; take the current one instead.
+            try:
+                current = self.path.lstat()
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (
+                mine.st_dev,
+                mine.st_ino,
+            ):
+                self.fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        # Removed while still locked: a run that opened it meanwhile sees it is stale.
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _rename_no_replace(source: Path, destination: Path) -> bool:
+    """Move `source` to `destination` unless something is there (False then), atomically:
+    renameat2(RENAME_NOREPLACE) on Linux, else a hard link for a file; a file system with
+    neither gets a check just before the rename (the claim still keeps torchls's own runs
+    apart)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = getattr(libc, "renameat2", None)
+        if renameat2 is not None:
+            done = renameat2(
+                _AT_FDCWD,
+                os.fsencode(source),
+                _AT_FDCWD,
+                os.fsencode(destination),
+                ctypes.c_uint(_RENAME_NOREPLACE),
+            )
+            if done == 0:
+                return True
+            code = ctypes.get_errno()
+            if code == errno.EEXIST:
+                return False
+            if code not in {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}:
+                raise OSError(code, os.strerror(code), os.fsdecode(destination))
+    if not source.is_dir():
+        try:
+            os.link(source, destination, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in {errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}:
+                raise
+        else:
+            source.unlink()
+            return True
+    if os.path.lexists(destination):
+        return False
+    source.rename(destination)
+    return True

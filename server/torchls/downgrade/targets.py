@@ -5,6 +5,7 @@ Face model folder. Pure: file names and directory listings only, no torch, nothi
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ _SHARD = re.compile(r"^(pytorch_model|model)-\d+-of-\d+\.(bin|safetensors)$")
 _INDEXES = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
 _WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 MAX_INDEX_BYTES = 50 * 1024 * 1024
+MAX_NAME_BYTES = 255  # one path component, on every common file system
 
 
 class TargetError(Exception):
@@ -50,17 +52,52 @@ def output_path(source: Path, suffix: str = DEFAULT_SUFFIX) -> Path:
     a torch pickle, and a `.safetensors` name would lie about it); folder -> `folder-legacy`."""
     suffix = _clean_suffix(suffix)
     if source.is_dir():
-        return source.with_name(f"{source.name}-{suffix}")
-    ext = ".bin" if source.suffix == ".safetensors" else source.suffix
-    stem = source.name[: -len(source.suffix)] if source.suffix else source.name
-    return source.with_name(f"{stem}.{suffix}{ext}")
+        name = f"{source.name}-{suffix}"
+    else:
+        ext = ".bin" if source.suffix == ".safetensors" else source.suffix
+        stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+        name = f"{stem}.{suffix}{ext}"
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        raise TargetError(
+            "error",
+            f"the output suffix makes the name {name[:40]}... longer than a file name can be "
+            f"({MAX_NAME_BYTES} bytes): choose a shorter suffix",
+        )
+    return source.with_name(name)
 
 
 def _clean_suffix(suffix: str) -> str:
     cleaned = suffix.strip().strip(".-")
-    if not cleaned or "/" in cleaned or "\\" in cleaned or cleaned in {".", ".."}:
-        raise TargetError("error", f"the output suffix {suffix!r} is not a usable file name part")
+    if (
+        not cleaned
+        or any(c in cleaned for c in "/\\:")
+        or ".." in cleaned
+        or any(ord(c) < 32 or ord(c) == 127 for c in cleaned)
+    ):
+        raise TargetError(
+            "error",
+            f"the output suffix {suffix!r} is not a usable file name part (no path separators, "
+            "'..' or control characters): use letters, digits, '-' or '_' (the default is "
+            f"{DEFAULT_SUFFIX!r})",
+        )
     return cleaned
+
+
+def _check_path(path: Path, what: str) -> None:
+    """A path no file can have is refused in a sentence; the OS would raise ValueError."""
+    text = str(path)
+    if "\x00" in text:
+        raise TargetError(
+            "error",
+            f"{what} {text!r} contains a NUL character, which no file name can hold: "
+            "choose another",
+        )
+    if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in path.parts):
+        raise TargetError(
+            "error",
+            f"{what} {text[:60]!r}... has a name longer than a file name can be "
+            f"({MAX_NAME_BYTES} bytes): choose a shorter one",
+        )
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -75,6 +112,9 @@ def is_model_folder(folder: Path) -> bool:
 
 
 def plan(source: Path, output: Path | None = None, suffix: str = DEFAULT_SUFFIX) -> Target:
+    _check_path(source, "the checkpoint path")
+    if output is not None:
+        _check_path(output, "the output")
     source = source.expanduser()
     if not source.exists():
         raise TargetError("not-found", f"{source} does not exist")
@@ -96,13 +136,24 @@ def plan(source: Path, output: Path | None = None, suffix: str = DEFAULT_SUFFIX)
 
 
 def _check_output(target: Target) -> None:
+    try:
+        _check_output_place(target)
+    except OSError as exc:  # a component too long, a loop of links, a folder we may not list
+        why = (exc.strerror or type(exc).__name__).lower()
+        raise TargetError("error", f"the output {target.output}: {why}; choose another") from None
+
+
+def _check_output_place(target: Target) -> None:
     out, source = target.output.resolve(), target.input.resolve()
     if out == source:
         raise TargetError("error", "the output would replace the original, which is never changed")
     if target.folder and (out.is_relative_to(source) or source.is_relative_to(out)):
         raise TargetError("error", f"the output folder {out} must be outside the model folder")
     if not out.parent.is_dir():
-        raise TargetError("error", f"the output's folder {out.parent} does not exist")
+        raise TargetError(
+            "error",
+            f"the output's folder {out.parent} does not exist: create it or choose another output",
+        )
     if not target.folder and out.is_dir():
         raise TargetError("error", f"{out} is a folder; choose another output")
     if target.folder and out.exists() and not (out.is_dir() and is_model_folder(out)):

@@ -5,11 +5,18 @@
 (replace an existing output? allow the globals the file needs? cast?) unless `interactive` is
 false, and ends with a message unless `notify` is false (the VS Code client shows its own, with a
 "Reveal in Explorer" button). The result is `Outcome.as_json()`.
+
+Two ways to stop it, with the same effect (the worker and its process group killed, no output
+and no temporary file left, the input untouched): the progress' Cancel button
+(`window/workDoneProgress/cancel`) answers with reason "cancelled"; `$/cancelRequest` answers
+with the RequestCancelled error, once that is done (torchls.lsp.commands lets it reach the
+command). The job time limit (worker.timeoutSeconds) bounds a worker that hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import uuid
@@ -21,6 +28,7 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from torchls.downgrade.run import Environment, Options, Outcome, downgrade
+from torchls.downgrade.targets import DEFAULT_SUFFIX
 
 if TYPE_CHECKING:
     from torchls.lsp.server import TorchLanguageServer
@@ -47,12 +55,10 @@ class DowngradeCommand:
                 Path(str(raw or "")),
             )
             return self._finish(outcome, given)
-        options = _options(given)
-        if given.get("output") and options.output is None:
-            outcome = Outcome(
-                False, "error", "options.output must be a file URI or an absolute path", source
-            )
-            return self._finish(outcome, given)
+        try:
+            options = _options(given)
+        except ValueError as exc:
+            return self._finish(Outcome(False, "error", str(exc), source), given)
         interactive = given.get("interactive", True) is not False
         while True:
             outcome = await self._attempt(source, options)
@@ -72,26 +78,34 @@ class DowngradeCommand:
             workspace=server.workspace_root,
             trusted=settings.user_code_allowed,
             memory_limit_mb=settings.worker.memory_limit_mb,
+            timeout_seconds=settings.worker.timeout_seconds,
         )
         token = await self._progress_token(f"Downgrading {source.name}")
         work = asyncio.ensure_future(
             downgrade(source, options, environment, lambda m, p: self._report(token, m, p))
         )
+        pressed: list[bool] = []  # the progress' Cancel button, as opposed to $/cancelRequest
         if token is not None:
             cancel = server.work_done_progress.tokens.get(token)
             if cancel is not None:
                 loop = asyncio.get_running_loop()
-                cancel.add_done_callback(
-                    lambda f: loop.call_soon_threadsafe(work.cancel) if f.cancelled() else None
-                )
+
+                def on_cancel(future: concurrent.futures.Future[Any]) -> None:
+                    if future.cancelled():
+                        pressed.append(True)
+                        loop.call_soon_threadsafe(work.cancel)
+
+                cancel.add_done_callback(on_cancel)
         try:
-            return await work
+            outcome = await work
         except asyncio.CancelledError:
-            if not work.cancelled():  # the request itself was cancelled ($/cancelRequest)
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-                raise
+            # A cancelled request cancels `work` too, where this task waits on it; either way
+            # the work must have ended (worker killed, files removed) before anyone is told.
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            if not pressed:
+                raise  # $/cancelRequest: pygls answers RequestCancelled
             return Outcome(
                 False, "cancelled", f"Cancelled: {source.name} was not downgraded", source
             )
@@ -99,6 +113,9 @@ class DowngradeCommand:
             if token is not None:
                 server.work_done_progress.end(token, types.WorkDoneProgressEnd())
                 server.work_done_progress.tokens.pop(token, None)
+        if outcome.reason == "timeout":
+            outcome.message += " (the torchls.worker.timeoutSeconds setting changes the limit)"
+        return outcome
 
     async def _progress_token(self, title: str) -> str | None:
         server = self.server
@@ -181,12 +198,20 @@ def _path(raw: Any) -> Path | None:
 
 
 def _options(given: dict[str, Any]) -> Options:
+    """The options the client sent; ValueError (one line) for values that cannot be meant."""
     output = _path(given.get("output")) if given.get("output") else None
+    if given.get("output") and output is None:
+        raise ValueError("options.output must be a file URI or an absolute path")
     suffix = given.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise ValueError(
+            f"options.suffix must be a string (the word in the output's name, default "
+            f"{DEFAULT_SUFFIX!r}), not {type(suffix).__name__}"
+        )
     allowed = given.get("allowGlobals")
     return Options(
         output=output,
-        suffix=suffix if isinstance(suffix, str) and suffix else "legacy",
+        suffix=suffix or DEFAULT_SUFFIX,
         overwrite=given.get("overwrite") is True,
         cast=given.get("cast") is True,
         allow_globals=tuple(str(g) for g in allowed) if isinstance(allowed, list) else (),

@@ -74,10 +74,16 @@ def downgrade(context: JobContext, params: Params) -> dict[str, Any]:
         if refused:
             raise _unsupported(name, refused, bool(params.get("cast")))
         say(f"writing {Path(temp).name}", base + share * 0.4)
-        with open(temp, "wb") as handle:
-            torch.save(prepared, handle, _use_new_zipfile_serialization=False)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temp, "wb") as handle:
+                torch.save(prepared, handle, _use_new_zipfile_serialization=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # a full disk, a quota, a folder made read-only meanwhile
+            why = (exc.strerror or type(exc).__name__).lower()
+            raise JobError(
+                "error", f"cannot write in {Path(temp).parent} ({why}): choose another output"
+            ) from None
         _pause_for_tests()
         say(f"verifying {name}", base + share * 0.7)
         with torch.serialization.safe_globals(extra):
