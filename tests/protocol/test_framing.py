@@ -175,3 +175,25 @@ def test_fuzzed_framing_never_leaves_a_deaf_server(server: RawServer, seed: int)
     assert answered(server, 99)
     assert server.process.poll() is None
     assert "Traceback" not in server.log
+
+
+def test_a_slow_message_whose_text_holds_a_header_is_read_whole(server: RawServer) -> None:
+    # A document about LSP, sent in pieces with pauses longer than the reader's idle check: the
+    # header inside its text must not be taken for the next frame.
+    uri = "file:///tmp/torchls-protocol-test/frames.py"
+    text = 'FRAME = b"Content-Length: 12\\r\\n\\r\\n{\\"a\\": 1}"\n' * 50
+    did_open = {
+        "jsonrpc": "2.0",
+        "method": "textDocument/didOpen",
+        "params": {
+            "textDocument": {"uri": uri, "languageId": "plaintext", "version": 1, "text": text}
+        },
+    }
+    frame = framed(json.dumps(did_open).encode())
+    for start in range(0, len(frame), 700):
+        server.send(frame[start : start + 700])
+        time.sleep(0.4)
+    params = {"command": "torchls.test.documentText", "arguments": [uri]}
+    response = server.request(2, "workspace/executeCommand", params)
+    assert response["result"] == {"text": text, "version": 1}
+    assert "WARNING" not in server.log

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Awaitable, Callable
@@ -58,11 +60,9 @@ def _decode_body(body: bytes | bytearray) -> Any:
 
 def _salvage(region: bytes | bytearray) -> tuple[dict[str, Any], int] | None:
     """The JSON object a broken region starts with (after any stray bytes before its `{`) and
-    the number of bytes up to its end, or None when the region holds no complete object."""
-    try:
-        text = bytes(region).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    the number of bytes up to its end, or None when the region holds no complete message."""
+    # Stray bytes around the object need not be UTF-8; surrogateescape keeps byte offsets exact.
+    text = bytes(region).decode("utf-8", "surrogateescape")
     start = len(text) - len(text.lstrip())
     if not text.startswith("{", start):
         start = text.find("{", start)
@@ -72,9 +72,9 @@ def _salvage(region: bytes | bytearray) -> tuple[dict[str, Any], int] | None:
         value, end = _DECODER.raw_decode(text, start)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(value, dict):
-        return None
-    return value, len(text[:end].encode("utf-8"))
+    if not isinstance(value, dict) or "jsonrpc" not in value:
+        return None  # not a message: a fragment, such as the params of a cut-off one
+    return value, len(text[:end].encode("utf-8", "surrogateescape"))
 
 
 class FrameScanner:
@@ -105,8 +105,18 @@ class FrameScanner:
         return self._scan()
 
     def idle(self) -> list[Any]:
-        """Nothing more is coming for now: a body or broken region that is a complete JSON
-        object (its frame claimed more bytes than were sent, or had no header) is handled."""
+        """Nothing more is coming for now: a body or broken region that holds a complete JSON
+        object (its frame claimed more bytes than were sent, or had no header) is handled, and
+        so on for the frames after it, which may be just as broken."""
+        out: list[Any] = []
+        while self._buffer:
+            handled = self._idle_once()
+            if not handled:
+                break
+            out += handled
+        return out
+
+    def _idle_once(self) -> list[Any]:
         if not self._buffer:
             return []
         if self._state == self._HEADERS:
@@ -114,13 +124,18 @@ class FrameScanner:
                 return []  # a header line still coming
             log.warning("a message came without headers; handled it")
             self._enter_broken(None)
-        if _HEADER_START.search(self._buffer) is not None:
-            self._state = self._BROKEN
-            return self._scan()
+        # A body still coming in may hold "Content-Length:" in its text (a document about LSP):
+        # only a complete JSON object in front of such a header shows the length was wrong.
+        for start in self._header_starts(0):
+            salvaged = _salvage(self._buffer[:start])
+            if salvaged is not None:
+                return self._handled_early(salvaged[0], start)
         salvaged = _salvage(self._buffer)
         if salvaged is None:
             return []
-        message, end = salvaged
+        return self._handled_early(*salvaged)
+
+    def _handled_early(self, message: dict[str, Any], end: int) -> list[Any]:
         if self._state == self._BODY:
             log.warning(
                 "a message had %d bytes of the %d its Content-Length said; handled it",
@@ -134,6 +149,12 @@ class FrameScanner:
     def leftover(self) -> int:
         """Bytes of an incomplete message still held (at the end of the stream)."""
         return len(self._buffer.strip())
+
+    def _header_starts(self, search_from: int) -> list[int]:
+        """Where `Content-Length` headers start in the buffer (the first few). A list, not a
+        live iterator: a bytearray cannot be resized while a regex iterator still reads it."""
+        found = _HEADER_START.finditer(self._buffer, search_from)
+        return [match.start() for match in itertools.islice(found, _MAX_SPLIT_TRIES)]
 
     def _to_headers(self) -> None:
         self._state = self._HEADERS
@@ -236,11 +257,7 @@ class FrameScanner:
         self._searched = search_from
 
     def _scan_broken(self, out: list[Any]) -> bool:
-        starts = []
-        for found in _HEADER_START.finditer(self._buffer, self._searched):
-            starts.append(found.start())
-            if len(starts) == _MAX_SPLIT_TRIES:
-                break
+        starts = self._header_starts(self._searched)
         if not starts:
             if len(self._buffer) > self.max_body:
                 log.warning("skipped %d bytes that were not an LSP message", len(self._buffer))
@@ -276,6 +293,16 @@ class ChunkSource:
         self._future: asyncio.Future[bytes] | None = None
         self._thread: threading.Thread | None = None
 
+    def _reader(self) -> Callable[[int], bytes]:
+        # The file descriptor itself, not the BufferedReader: a read blocked in the reader holds
+        # its lock, and Python aborts at exit ("could not acquire lock for <stdin>") when a
+        # daemon thread holds it.
+        try:
+            descriptor = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            return getattr(self._stream, "read1", self._stream.read)
+        return lambda size: os.read(descriptor, size)
+
     def read(self) -> Awaitable[bytes]:
         loop = asyncio.get_running_loop()
         if self._thread is None:
@@ -287,7 +314,7 @@ class ChunkSource:
         return self._future
 
     def _run(self) -> None:
-        read = getattr(self._stream, "read1", self._stream.read)
+        read = self._reader()
         while True:
             self._wanted.acquire()
             try:
