@@ -26,6 +26,7 @@ _NOT_CACHED = {
     protocol.ERROR_INTERNAL,
     protocol.ERROR_MEMORY,
     protocol.ERROR_MISSING,
+    protocol.ERROR_PROTOCOL,  # whatever the worker said, it was not this job's answer
 }
 
 

@@ -44,6 +44,7 @@ from torchls.boundary import worker_environment
 from torchls.checkpoint.errors import CheckpointError
 from torchls.cost import report
 from torchls.downgrade.targets import DEFAULT_SUFFIX, Target, TargetError, plan
+from torchls.worker import protocol
 from torchls.worker.client import worker_argv
 from torchls.worker.downgrade import CAST_TO, NO_LEGACY
 
@@ -413,7 +414,8 @@ async def _exchange(
 ) -> dict[str, Any]:
     """The one-shot worker's request and answer (and its progress events in between)."""
     assert proc.stdin is not None and proc.stdout is not None
-    request = {"id": 1, "job": "downgrade", "params": params}
+    token = protocol.new_token()  # what the worker's answers must carry (worker/protocol.py)
+    request = {"id": 1, "token": token, "job": "downgrade", "params": params}
     proc.stdin.write((json.dumps(request) + "\n").encode())
     await proc.stdin.drain()
     proc.stdin.close()
@@ -422,9 +424,12 @@ async def _exchange(
         if not line:
             break
         try:
-            message = json.loads(line)
+            message = protocol.decode(line)
         except ValueError:
-            continue
+            message = {"event": "unreadable line"}
+        problem = protocol.one_shot_problem(message, 1, token)
+        if problem is not None:
+            raise _Refused("error", f"the worker sent {problem}, so nothing it did was kept")
         if message.get("event") == "progress":
             percentage = message.get("percentage")
             scaled = None if percentage is None else 95 * float(percentage) / 100

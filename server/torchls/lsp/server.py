@@ -51,6 +51,7 @@ class TorchLanguageServer(RobustLanguageServer):
         self.worker: WorkerClient | None = None
         self.current_status = status.ServerStatus(status.STARTING, "torchls is starting")
         self._recent_exits: deque[float] = deque(maxlen=_CRASHES_BEFORE_BACKOFF)
+        self._probing = 0  # environment probes running or queued
         self._tasks: set[asyncio.Task[Any]] = set()
         self.model_cost = ModelCost(self)
         self.load_checks = LoadChecks(self)
@@ -75,6 +76,7 @@ class TorchLanguageServer(RobustLanguageServer):
                 memory_limit_mb=self.options.worker.memory_limit_mb,
             ),
             on_exit=self.on_worker_exit,
+            on_start=self.on_worker_start,
         )
         self.current_status = self._status(status.STARTING, "starting the worker")
         return warnings
@@ -102,6 +104,13 @@ class TorchLanguageServer(RobustLanguageServer):
 
     def _status(self, state: str, message: str, **extra: Any) -> status.ServerStatus:
         worker = self.worker
+        if state in (status.STARTING, status.RESTARTING, status.ERROR):
+            # The same interpreter comes back after a restart: keep what is known of it (the
+            # torch version is part of every profile's cache key, and a hover must not find
+            # its answer "from an earlier version" because the worker was restarted).
+            previous = self.current_status
+            for known in ("python", "torch", "cuda"):
+                extra.setdefault(known, getattr(previous, known))
         return status.ServerStatus(
             state=state,
             message=message,
@@ -120,7 +129,11 @@ class TorchLanguageServer(RobustLanguageServer):
 
     async def probe_environment(self) -> JobResult:
         assert self.worker is not None
-        result = await self.worker.run("environment")
+        self._probing += 1
+        try:
+            result = await self.worker.run("environment")
+        finally:
+            self._probing -= 1
         if result.ok:
             state, message, torch_version = status.status_from_environment(result.value)
             torch_info = result.value.get("libraries", {}).get("torch", {})
@@ -137,6 +150,12 @@ class TorchLanguageServer(RobustLanguageServer):
         else:
             self.publish_status(self._status(status.ERROR, result.message))
         return result
+
+    def on_worker_start(self, pid: int) -> None:
+        """A worker started for whatever job: after an error (crashes in a row, a forged
+        answer) the status must not go on saying there is none."""
+        if self.current_status.state in (status.ERROR, status.RESTARTING) and not self._probing:
+            self.spawn(self.probe_environment())
 
     def on_worker_exit(self, description: str) -> None:
         now = time.monotonic()

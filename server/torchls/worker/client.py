@@ -155,6 +155,64 @@ class _Process:
     proc: asyncio.subprocess.Process
     intentional_exit: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    reader: asyncio.Task[None] | None = field(default=None, repr=False)
+    # What the worker wrote while a job was running, line by line; b"" at the end of output.
+    lines: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue, repr=False)
+    # A job is waiting for an answer: anything written at another time is a forgery.
+    expecting: bool = False
+    # Why the worker was killed for what it wrote, for the status and the log.
+    violation: str | None = None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below `pid`, from /proc (Linux; elsewhere none are found).
+
+    The worker is a child subreaper (worker/loop.py), so processes whose parent exited are
+    still below it, in whatever session or process group they put themselves."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [entry.name for entry in Path("/proc").iterdir()]
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    queue = list(children.get(pid, []))
+    while queue:
+        child = queue.pop()
+        if child in found:
+            continue
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the process `pid`, its process group and every descendant.
+
+    Descendants are stopped first, then killed, and looked for again until none is left, so
+    that one forking while it is being killed does not leave a child behind."""
+    for _ in range(20):
+        found = descendants(pid)
+        if not found:
+            break
+        for child in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGSTOP)
+        for child in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 class WorkerClient:
@@ -168,11 +226,17 @@ class WorkerClient:
         self,
         settings: WorkerSettings,
         on_exit: Callable[[str], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_exit = on_exit
+        # Called with the pid of every worker that started: after a crash the status must
+        # follow the worker back, whoever's job started it.
+        self._on_start = on_start
         self._lock = _TurnLock()
         self._current: _Process | None = None
+        # A worker between its start and its "ready": stop() must be able to end it too.
+        self._starting: asyncio.subprocess.Process | None = None
         self._next_id = 0
         self.starts = 0
         self.last_exit: str | None = None
@@ -220,8 +284,10 @@ class WorkerClient:
         current = self._current
         if self._lock.locked() and current is not None and current.proc.returncode is None:
             current.intentional_exit = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(current.proc.pid, signal.SIGKILL)
+            kill_tree(current.proc.pid)
+        starting = self._starting
+        if starting is not None and starting.returncode is None:
+            kill_tree(starting.pid)
         async with self._lock:
             current = self._current
             if current is None:
@@ -252,22 +318,21 @@ class WorkerClient:
             limit = self.settings.timeout_seconds if timeout is None else timeout
             self._next_id += 1
             request_id = self._next_id
+            token = protocol.new_token()
             proc = current.proc
-            assert proc.stdin is not None and proc.stdout is not None
+            assert proc.stdin is not None
+            current.expecting = True
             try:
-                proc.stdin.write(protocol.encode({"id": request_id, "job": job, "params": params}))
+                request = {"id": request_id, "token": token, "job": job, "params": params}
+                proc.stdin.write(protocol.encode(request))
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
+                current.expecting = False
                 return await self._crashed(current, job, started)
             try:
-                while True:
-                    remaining = limit - (time.monotonic() - started)
-                    line = await asyncio.wait_for(proc.stdout.readline(), max(remaining, 0.001))
-                    if not line:
-                        return await self._crashed(current, job, started)
-                    message = protocol.decode(line)
-                    if message.get("id") == request_id:
-                        break
+                line = await asyncio.wait_for(
+                    current.lines.get(), max(limit - (time.monotonic() - started), 0.001)
+                )
             except asyncio.TimeoutError:
                 await self._kill()
                 return JobResult(
@@ -276,17 +341,27 @@ class WorkerClient:
                     message=f"{job} timed out after {limit:g} s; the worker was restarted",
                     seconds=time.monotonic() - started,
                 )
-            except ValueError as exc:  # an unreadable line: the worker is not speaking our protocol
-                await self._kill()
-                return JobResult(
-                    False,
-                    error_kind=protocol.ERROR_INTERNAL,
-                    message=f"the worker sent an unreadable answer ({exc}); it was restarted",
-                )
+            finally:
+                current.expecting = False
+            if not line:
+                if current.violation is not None:
+                    return self._forged(job, current.violation)
+                return await self._crashed(current, job, started)
+            try:
+                message = protocol.decode(line)
+            except ValueError:
+                return await self._reject(current, job, "an unreadable line")
+            problem = protocol.answer_problem(message, request_id, token)
+            if problem is not None:
+                return await self._reject(current, job, problem)
+            if not current.lines.empty():
+                # More than the one answer: the genuine one came first (it has the token), but
+                # whatever wrote the rest is still in there.
+                await self._reject(current, job, "more than one answer")
             seconds = time.monotonic() - started
-            if message.get("ok"):
-                return JobResult(True, value=message.get("result"), seconds=seconds)
-            error = message.get("error") or {}
+            if message["ok"]:
+                return JobResult(True, value=message["result"], seconds=seconds)
+            error = message["error"]
             if error.get("kind") == protocol.ERROR_MEMORY:
                 # The worker exits after a MemoryError to start afresh; wait for it, so the next
                 # job does not race the exit.
@@ -301,6 +376,50 @@ class WorkerClient:
                 message=str(error.get("message", "unknown error")),
                 seconds=seconds,
             )
+
+    async def _reject(self, current: _Process, job: str, problem: str) -> JobResult:
+        """The worker wrote something other than the job's answer: none of it is believed."""
+        current.violation = problem
+        pid = current.proc.pid
+        log.warning("worker (pid %s) sent %s while running %s; it was killed", pid, problem, job)
+        if self._current is current:
+            await self._kill()
+        return self._forged(job, problem)
+
+    @staticmethod
+    def _forged(job: str, problem: str) -> JobResult:
+        return JobResult(
+            False,
+            error_kind=protocol.ERROR_PROTOCOL,
+            message=f"the worker sent {problem} while running {job}, so none of its answer "
+            "was used; it was restarted (code in the workspace may be writing to torchls's "
+            "channel)",
+        )
+
+    async def _read(self, current: _Process) -> None:
+        """Pass on the worker's lines while a job waits for them; a line at any other time
+        means something besides the loop writes to the channel: end the worker."""
+        stdout = current.proc.stdout
+        assert stdout is not None
+        while True:
+            try:
+                line = await stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                line, current.violation = b"", "a line longer than any answer"
+            if line and not current.expecting:
+                current.violation = "a line while no job was running"
+                log.warning(
+                    "worker (pid %s) wrote %s; it was killed", current.proc.pid, current.violation
+                )
+                if current.proc.returncode is None:
+                    kill_tree(current.proc.pid)
+                current.lines.put_nowait(b"")
+                return
+            current.lines.put_nowait(line)
+            if not line:
+                if current.violation is not None and current.proc.returncode is None:
+                    kill_tree(current.proc.pid)
+                return
 
     async def _ensure_started(self) -> _Process:
         current = self._current
@@ -317,7 +436,7 @@ class WorkerClient:
         )
         log.info("starting worker: %s", " ".join(argv))
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = self._starting = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -342,6 +461,12 @@ class WorkerClient:
             raise WorkerStartError(
                 f"the worker did not start within {settings.startup_timeout_seconds:g} s"
             ) from None
+        finally:
+            self._starting = None
+        if self._closed:
+            kill_tree(proc.pid)
+            await proc.wait()
+            raise WorkerStartError("the worker was stopped")
         if not ready:
             returncode = await proc.wait()
             raise WorkerStartError(
@@ -350,7 +475,10 @@ class WorkerClient:
             )
         self.starts += 1
         self._current = current
+        current.reader = asyncio.ensure_future(self._read(current))
         current.watcher = asyncio.ensure_future(self._watch(current))
+        if self._on_start is not None:
+            self._on_start(proc.pid)
         return current
 
     async def _watch(self, current: _Process) -> None:
@@ -358,6 +486,8 @@ class WorkerClient:
         if current.intentional_exit:
             return
         description = describe_exit(returncode)
+        if current.violation is not None:
+            description = f"killed: it wrote {current.violation}"
         self.last_exit = description
         log.warning("worker (pid %s) ended: %s", current.proc.pid, description)
         if self._current is current:
@@ -390,8 +520,5 @@ class WorkerClient:
         if current is None or current.proc.returncode is not None:
             return
         current.intentional_exit = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(current.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            current.proc.kill()
+        kill_tree(current.proc.pid)
         await current.proc.wait()

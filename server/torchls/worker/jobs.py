@@ -147,6 +147,29 @@ def downgrade_checkpoint(context: JobContext, params: Params) -> Any:
     return downgrade(context, params)
 
 
+def _test_forge(context: JobContext, params: Params) -> dict[str, Any]:
+    """Write `lines` to every pipe this process can write to, as hostile user code would to
+    find the answer channel; after `delay` seconds (from a thread) if given, else at once."""
+    import threading
+
+    payload = "".join(f"{line}\n" for line in params.get("lines", [])).encode()
+
+    def forge() -> None:
+        for name in os.listdir("/proc/self/fd"):  # noqa: PTH208 (os.write needs numbers)
+            try:
+                if os.readlink(f"/proc/self/fd/{name}").startswith("pipe:"):  # noqa: PTH115
+                    os.write(int(name), payload)
+            except OSError:
+                continue
+
+    delay = params.get("delay")
+    if delay is None:
+        forge()
+    else:
+        threading.Timer(float(delay), forge).start()
+    return {"forged": len(params.get("lines", []))}
+
+
 _JOBS: dict[str, Job] = {
     "environment": environment,
     "profile": profile,
@@ -158,6 +181,7 @@ _TEST_JOBS: dict[str, Job] = {
     "test.crash": _test_crash,
     "test.allocate": _test_allocate,
     "test.echo": _test_echo,
+    "test.forge": _test_forge,
 }
 
 

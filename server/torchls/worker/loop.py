@@ -77,14 +77,30 @@ def _error(request_id: Any, kind: str, message: str, data: Any = None) -> dict[s
     return {"id": request_id, "ok": False, "error": error}
 
 
+def _answer(channel: IO[bytes], token: Any, message: dict[str, Any]) -> None:
+    _send(channel, {**message, "token": token})
+
+
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     channel = _take_protocol_stream()
     _exit_with_parent()
+    _become_subreaper()
     _limit_memory(args.memory_limit_mb)
+    # The running job's token, in a closure cell rather than a global: the user's code is
+    # imported into this process and must not find it by name (protocol.py says why).
+    running: list[Any] = [None]
 
     def emit(message: str, percentage: float | None) -> None:
-        _send(channel, {"event": "progress", "message": message, "percentage": percentage})
+        _send(
+            channel,
+            {
+                "event": "progress",
+                "token": running[0],
+                "message": message,
+                "percentage": percentage,
+            },
+        )
 
     context = JobContext(
         workspace=args.workspace,
@@ -105,32 +121,85 @@ def main(argv: list[str]) -> int:
             _send(channel, _error(None, protocol.ERROR_INTERNAL, f"unreadable request: {exc}"))
             continue
         request_id = request.get("id")
+        token = request.pop("token", None)
+        running[0] = token
         job = find_job(str(request.get("job")))
         if job is None:
-            _send(channel, _error(request_id, protocol.ERROR_UNKNOWN_JOB, "no such job"))
+            _answer(channel, token, _error(request_id, protocol.ERROR_UNKNOWN_JOB, "no such job"))
             continue
+        params = request.get("params")
+        params = dict(params) if isinstance(params, dict) else {}
+        params.pop("token", None)
+        del request
         started = time.perf_counter()
         try:
-            result = job(context, request.get("params") or {})
-        except MemoryError:
-            limit = f" (limit {args.memory_limit_mb} MB)" if args.memory_limit_mb else ""
-            _send(channel, _error(request_id, protocol.ERROR_MEMORY, f"ran out of memory{limit}"))
-            # The heap may be in any state after a MemoryError: start afresh.
-            return 3
-        except JobError as exc:
-            _send(channel, _error(request_id, exc.kind, str(exc), exc.data))
-            if args.one_shot:
-                return 0
-            continue
+            result = job(context, params)
         except BaseException as exc:  # user code can raise anything, SystemExit included
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            print(traceback.format_exc(), file=sys.stderr)
-            _send(channel, _error(request_id, protocol.ERROR_INTERNAL, detail))
+            failure = _failure(exc, args.memory_limit_mb)
+            del exc
+            _answer(channel, token, {"id": request_id, "ok": False, "error": failure})
+            if failure["kind"] == protocol.ERROR_MEMORY:
+                # The heap may be in any state after a MemoryError, and what the job allocated
+                # may still be held: start afresh.
+                return 3
             if args.one_shot:
                 return 0
             continue
+        finally:
+            running[0] = None
         elapsed = time.perf_counter() - started
-        _send(channel, {"id": request_id, "ok": True, "result": result, "seconds": elapsed})
+        answer = {"id": request_id, "ok": True, "result": result, "seconds": elapsed}
+        _answer(channel, token, answer)
         if args.one_shot:
             return 0
     return 0
+
+
+def _memory_error_in(exc: BaseException) -> bool:
+    """Whether a MemoryError is `exc` or what it was raised from or during: the user's code and
+    the jobs turn exceptions into JobErrors, and a MemoryError must not pass as one of them."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _failure(exc: BaseException, memory_limit_mb: int) -> dict[str, Any]:
+    if _memory_error_in(exc):
+        limit = f" (limit {memory_limit_mb} MB)" if memory_limit_mb else ""
+        where = f": {exc}" if isinstance(exc, JobError) else ""
+        return {
+            "kind": protocol.ERROR_MEMORY,
+            "message": f"ran out of memory{limit}{where}",
+        }
+    if isinstance(exc, JobError):
+        failure: dict[str, Any] = {"kind": exc.kind, "message": str(exc)}
+        if exc.data is not None:
+            failure["data"] = exc.data
+        return failure
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    print("".join(traceback.format_exception(exc)), file=sys.stderr)
+    return {"kind": protocol.ERROR_INTERNAL, "message": detail}
+
+
+def _become_subreaper() -> None:
+    """Make the worker the parent of every orphan among its descendants (Linux).
+
+    The user's code may start processes in their own session (`setsid`, `start_new_session`)
+    and let the parent exit, so that they leave the worker's process group and, normally,
+    its family. As a subreaper the worker stays their ancestor, so the server can find and
+    end all of them when it ends the worker.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
