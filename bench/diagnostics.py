@@ -92,7 +92,9 @@ class Client:
     """Just enough of an LSP client. A thread reads the server's messages into a queue (and
     answers the server's own requests with null), so that every wait can have a deadline."""
 
-    def __init__(self, workspace: Path, log: Path | None) -> None:
+    def __init__(
+        self, workspace: Path, log: Path | None, capabilities: dict[str, Any] | None = None
+    ) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "server"))
         command = [sys.executable, "-m", "torchls", "serve", "--stdio"]
         if log is not None:
@@ -114,7 +116,11 @@ class Client:
         threading.Thread(target=self._read_all, args=(self.server.stdout,), daemon=True).start()
         self.request(
             "initialize",
-            {"processId": os.getpid(), "rootUri": workspace.as_uri(), "capabilities": {}},
+            {
+                "processId": os.getpid(),
+                "rootUri": workspace.as_uri(),
+                "capabilities": capabilities or {},
+            },
         )
         self.notify("initialized", {})
 
