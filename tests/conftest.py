@@ -9,14 +9,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from pytest_lsp import LanguageClient, client_capabilities
+from pytest_lsp.client import make_test_lsp_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -106,14 +107,17 @@ async def lsp_session(
     initialization_options: Any = None,
     workspace: Path = EXAMPLES,
     env: dict[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[Session]:
-    """Start `torchls serve --stdio`, initialize it as VS Code would, and shut it down after."""
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "torchls", "serve", "--stdio"],
-        server_env=env or server_env(),
+    """Start `torchls serve --stdio` (or `command`, in `cwd`), initialize it as VS Code would,
+    and shut it down after."""
+    client = make_test_lsp_client()
+    await client.start_io(
+        *(command or [sys.executable, "-m", "torchls", "serve", "--stdio"]),
+        env=env or server_env(),
+        cwd=None if cwd is None else str(cwd),
     )
-    client = await config.start()
-    assert isinstance(client, LanguageClient)
     holder: dict[str, Session] = {}
     early: list[Any] = []
 

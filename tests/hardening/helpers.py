@@ -3,7 +3,6 @@ environment of the test's choosing, initialized over stdio as VS Code would."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -11,10 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from lsprotocol import types
-from pytest_lsp import client_capabilities
-from pytest_lsp.client import make_test_lsp_client
-from tests.conftest import ROOT, Session
+from tests.conftest import ROOT, Session, lsp_session
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -69,39 +65,10 @@ async def started_session(
     env: dict[str, str],
     initialization_options: Any = None,
 ) -> AsyncIterator[Session]:
-    client = make_test_lsp_client()
-    statuses: list[Any] = []
-    holder: dict[str, Session] = {}
-
-    @client.feature("torchls/status")
-    def on_status(params: Any) -> None:
-        if "session" in holder:
-            holder["session"].record_status(params)
-        else:
-            statuses.append(params)
-
-    await client.start_io(*command, cwd=str(cwd), env=env)
-    try:
-        result = await client.initialize_session(
-            types.InitializeParams(
-                capabilities=client_capabilities("visual-studio-code"),
-                root_uri=workspace.as_uri(),
-                workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name="ws")],
-                initialization_options=initialization_options,
-            )
-        )
-        session = Session(client, result)
-        for item in statuses:
-            session.record_status(item)
-        holder["session"] = session
+    async with lsp_session(
+        initialization_options, workspace, env=env, command=command, cwd=cwd
+    ) as session:
         yield session
-        await client.shutdown_session()
-    finally:
-        server = client._server
-        if server is not None and server.returncode is None and not client._stop_event.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                server.terminate()
-        await client.stop()
 
 
 SERVER_ROOT = str(ROOT / "server")

@@ -6,7 +6,6 @@ apart from torchls."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,16 +13,6 @@ from tests.positions import reference
 from tests.protocol.raw import RawServer
 
 URI = "file:///tmp/torchls-protocol-test/edited.txt"
-
-
-@pytest.fixture
-def server() -> Iterator[RawServer]:
-    raw = RawServer()
-    try:
-        assert "result" in raw.initialize()
-        yield raw
-    finally:
-        raw.close()
 
 
 class Editor:

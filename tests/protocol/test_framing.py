@@ -13,16 +13,6 @@ import pytest
 from tests.protocol.raw import RawServer, status_request
 
 
-@pytest.fixture
-def server() -> Iterator[RawServer]:
-    raw = RawServer()
-    try:
-        assert "result" in raw.initialize()
-        yield raw
-    finally:
-        raw.close()
-
-
 def body(msg_id: int) -> bytes:
     return json.dumps(status_request(msg_id)).encode()
 
