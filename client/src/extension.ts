@@ -1,5 +1,5 @@
-// The thin client: find the interpreter, start `python -m torchls serve` with the bundled
-// server libraries, pass workspace trust and settings, show the worker's state, restart on change.
+// The thin client: find the interpreter, start the bundled server in isolated mode (`python -I`),
+// pass workspace trust and settings, show the worker's state, restart on change.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import {
@@ -37,15 +37,6 @@ function workerOptions(resource?: vscode.Uri): Record<string, unknown> {
   };
 }
 
-function serverEnvironment(): NodeJS.ProcessEnv {
-  const bundled = path.join(extensionPath, 'bundled', 'libs');
-  const existing = process.env.PYTHONPATH;
-  return {
-    ...process.env,
-    PYTHONPATH: existing ? `${bundled}${path.delimiter}${existing}` : bundled,
-    PYTHONUNBUFFERED: '1',
-  };
-}
 
 async function startServer(): Promise<void> {
   const resource = vscode.workspace.workspaceFolders?.[0]?.uri;
@@ -65,11 +56,14 @@ async function startServer(): Promise<void> {
   const [executable, ...leading] = interpreter.command;
   const serverOptions: ServerOptions = {
     command: executable,
-    args: [...leading, '-m', 'torchls', 'serve'],
+    // Isolated (`-I`): otherwise Python itself imports a `sitecustomize` found on PYTHONPATH or
+    // in the user site before torchls can act. The bootstrap puts the bundled libraries first
+    // on sys.path; `-u` stands in for PYTHONUNBUFFERED, which `-I` ignores.
+    args: [...leading, '-I', '-u', path.join(extensionPath, 'bundled', 'tool', 'torchls_server.py'), 'serve'],
     transport: TransportKind.stdio, // the client appends --stdio; the server accepts it
-    // Not the workspace: `-m` puts the working directory on sys.path, and an untrusted
-    // workspace must not be able to shadow the server's modules.
-    options: { cwd: extensionPath, env: serverEnvironment() },
+    // The environment as it is: the server ignores PYTHONPATH but hands it on to the worker,
+    // which runs the user's code and needs their path (without the workspace's parts).
+    options: { cwd: extensionPath, env: process.env },
   };
   const config = vscode.workspace.getConfiguration('torchls', resource);
   const clientOptions: LanguageClientOptions = {

@@ -81,7 +81,8 @@ export function probeVersion(interpreter: Interpreter): Promise<[number, number]
   return new Promise((resolve) => {
     execFile(
       executable,
-      [...leading, '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'],
+      // -I: as the server, so that no sitecustomize on PYTHONPATH runs for a version check.
+      [...leading, '-I', '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'],
       { timeout: 20000 },
       (error, stdout) => {
         if (error) {
