@@ -51,6 +51,7 @@ def test_vsix_holds_the_client_and_the_bundled_server(vsix: Path) -> None:
     for required in [
         "extension/package.json",
         "extension/dist/extension.js",
+        "extension/bundled/tool/torchls_server.py",
         "extension/bundled/libs/torchls/cli.py",
         "extension/bundled/libs/torchls/worker/boot.py",
         "extension/bundled/libs/pygls/__init__.py",
@@ -92,6 +93,41 @@ def test_bundled_server_runs_on_an_interpreter_without_pygls(
 
 
 @needs_node
+def test_bundled_server_starts_isolated_from_pythonpath_and_the_current_folder(
+    vsix: Path, bare_python: str, tmp_path: Path
+) -> None:
+    """Started as the VS Code client starts it, `python -I bundled/tool/torchls_server.py
+    serve`, the server answers with the bundled libraries, and a `sitecustomize.py` on
+    PYTHONPATH or in the current folder, or a `uuid.py` there, never runs in it."""
+    zipfile.ZipFile(vsix).extractall(tmp_path)
+    bootstrap = tmp_path / "extension" / "bundled" / "tool" / "torchls_server.py"
+    marker = tmp_path / "imported"
+    hostile = f"open({str(marker)!r}, 'a').write(__name__ + ' ')\n"
+    on_path, project = tmp_path / "on-pythonpath", tmp_path / "project"
+    for folder in (on_path, project):
+        folder.mkdir()
+        (folder / "sitecustomize.py").write_text(hostile)
+    (project / "uuid.py").write_text(hostile)
+    stdin = lsp_frame(INITIALIZE_REQUEST) + lsp_frame({"jsonrpc": "2.0", "method": "exit"})
+    env = dict(os.environ, PYTHONPATH=str(on_path))
+    result = subprocess.run(
+        [bare_python, "-I", "-u", str(bootstrap), "serve", "--stdio"],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=project,
+        timeout=60,
+    )
+    assert b'"name": "torchls"' in result.stdout or b'"name":"torchls"' in result.stdout, (
+        result.stdout + result.stderr
+    )
+    assert not marker.exists(), f"the server imported: {marker.read_text()}"
+    # The same interpreter without -I imports it: the files above are live.
+    subprocess.run([bare_python, "-c", "pass"], env=env, cwd=project, check=True)
+    assert marker.read_text() == "sitecustomize "
+
+
+@needs_node
 @pytest.mark.skipif(
     not VSCODE_HARNESS.is_dir() or not Path("/usr/bin/chromium").exists(),
     reason="code-server or chromium is not installed (run scripts/setup.sh)",
@@ -112,7 +148,7 @@ def test_real_vscode_smoke(vsix: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "# fail 0" in result.stdout
-    assert "# pass 8" in result.stdout, result.stdout[-4000:]
+    assert "# pass 9" in result.stdout, result.stdout[-4000:]
     expected = [
         "status-bar",  # torch 2.13.0 in the status bar
         "output-log",  # the torchls output channel with the server's status line
