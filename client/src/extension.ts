@@ -61,9 +61,9 @@ async function startServer(): Promise<void> {
     // on sys.path; `-u` stands in for PYTHONUNBUFFERED, which `-I` ignores.
     args: [...leading, '-I', '-u', path.join(extensionPath, 'bundled', 'tool', 'torchls_server.py'), 'serve'],
     transport: TransportKind.stdio, // the client appends --stdio; the server accepts it
-    // The environment as it is: the server ignores PYTHONPATH but hands it on to the worker,
-    // which runs the user's code and needs their path (without the workspace's parts).
-    options: { cwd: extensionPath, env: process.env },
+    // The server ignores PYTHON* variables but hands them on to its workers, which run the
+    // user's code with the user's PYTHONPATH (without the workspace's parts).
+    options: { cwd: extensionPath, env: { ...process.env, PYTHONUNBUFFERED: '1' } },
   };
   const config = vscode.workspace.getConfiguration('torchls', resource);
   const clientOptions: LanguageClientOptions = {
