@@ -122,15 +122,14 @@ def _selected(models: FileModels, tree: ast.Module, start: int, end: int) -> lis
     if start == end:  # a cursor: the epoch loop around it, or in the function around it
         # Editors ask on every cursor move: the file's nodes come from the index FileModels
         # built once (`parents`, in ast.walk's order), not from walking the tree again.
-        nodes = list(models.parents)
-        loops = [node for node in nodes if _is_epoch_loop(node)]
+        loops = [node for node in models.nodes(ast.For) if _is_epoch_loop(node)]
         around = [loop for loop in loops if _spans(loop, start)]
         if around:
             return [around[-1]]  # type: ignore[list-item]
         functions = [
             node
-            for node in nodes
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _spans(node, start)
+            for node in models.nodes(ast.FunctionDef, ast.AsyncFunctionDef)
+            if _spans(node, start)
         ]
         if functions:
             inner = [loop for loop in loops if _is_inside(models, loop, functions[-1])]

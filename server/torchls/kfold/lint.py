@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from torchls.loadcheck.analysis import INFORMATION, WARNING, Finding
 from torchls.loadcheck.fixes import Edit
 from torchls.source.imports import dotted_name
-from torchls.source.models import FileModels, _bound_names, _scope_walk
+from torchls.source.models import FileModels, _bound_names, _children, _scope_walk, walk
 from torchls.source.text import Span, indentation, line_ending, with_line_ending
 
 SPLITTERS = {
@@ -46,7 +46,7 @@ def lint(models: FileModels) -> list[LintFinding]:
         return []
     found: list[LintFinding] = []
     splitters: dict[str, ast.Call] = {}  # name -> the splitter construction
-    for node in ast.walk(tree):
+    for node in models.nodes(ast.Assign):
         if (
             isinstance(node, ast.Assign)
             and len(node.targets) == 1
@@ -60,7 +60,8 @@ def lint(models: FileModels) -> list[LintFinding]:
     found += _missing_zero_grad(models, tree)
     found += _underscore_typos(models, tree)
     named = {id(call) for call in splitters.values()}
-    for loop in [n for n in ast.walk(tree) if isinstance(n, ast.For)]:
+    for loop in models.nodes(ast.For):
+        assert isinstance(loop, ast.For)
         splitter = _fold_loop_splitter(models, loop, splitters)
         if splitter is None:
             continue
@@ -413,7 +414,7 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
     of this file that does any of these."""
     optimizers = {
         statement.targets[0].id
-        for statement in ast.walk(tree)
+        for statement in models.nodes(ast.Assign)
         if isinstance(statement, ast.Assign)
         and len(statement.targets) == 1
         and isinstance(statement.targets[0], ast.Name)
@@ -426,7 +427,7 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
     # Optimizers passed in: parameters named like one.
     optimizers |= {
         argument.arg
-        for node in ast.walk(tree)
+        for node in models.nodes(ast.FunctionDef, ast.AsyncFunctionDef)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         for argument in ast.walk(node.args)
         if isinstance(argument, ast.arg)
@@ -434,11 +435,12 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
     }
     clearing = {
         node.name
-        for node in ast.walk(tree)
+        for node in models.nodes(ast.FunctionDef, ast.AsyncFunctionDef)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _clears_gradients(node)
     }
     found = []
-    for loop in [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))]:
+    for loop in models.nodes(ast.For, ast.While):
+        assert isinstance(loop, (ast.For, ast.While))
         calls = {
             (node.func.value.id if isinstance(node.func.value, ast.Name) else "", node.func.attr)
             for statement in loop.body
@@ -466,7 +468,7 @@ def _missing_zero_grad(models: FileModels, tree: ast.Module) -> list[LintFinding
 
 
 def _clears_gradients(node: ast.AST) -> bool:
-    for inner in ast.walk(node):
+    for inner in walk(node):
         if (
             isinstance(inner, ast.Call)
             and isinstance(inner.func, ast.Attribute)
@@ -488,7 +490,7 @@ def _clears_gradients(node: ast.AST) -> bool:
 
 def _calls_any(node: ast.AST, names: set[str]) -> bool:
     """Whether `node` calls a function named one of `names` (`f()`, `self.f()`)."""
-    for inner in ast.walk(node):
+    for inner in walk(node):
         if isinstance(inner, ast.Call):
             func = inner.func
             name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
@@ -508,7 +510,7 @@ def _own_nodes(statement: ast.stmt) -> list[ast.AST]:
     while stack:
         current = stack.pop()
         found.append(current)
-        stack.extend(c for c in ast.iter_child_nodes(current) if not isinstance(c, nested))
+        stack.extend(c for c in _children(current) if not isinstance(c, nested))
     return found
 
 
@@ -528,6 +530,11 @@ def _backward_statement(loop: ast.For | ast.While) -> ast.stmt | None:
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 # Calls through which a file can bind names torchls cannot see.
 _DYNAMIC = {"globals", "locals", "vars", "exec", "eval"}
+# The node types _binder_names finds names in (besides ast.Name and ast.arg).
+_BINDING_KINDS = {
+    "alias", "ExceptHandler", "FunctionDef", "AsyncFunctionDef", "ClassDef", "MatchAs",
+    "MatchStar", "MatchMapping", "TypeVar", "ParamSpec", "TypeVarTuple",
+}  # fmt: skip
 
 
 def _underscore_typos(models: FileModels, tree: ast.Module) -> list[LintFinding]:
@@ -535,16 +542,23 @@ def _underscore_typos(models: FileModels, tree: ast.Module) -> list[LintFinding]
     conservative: said only where the read must fail, that is where nothing in the scopes the
     read can see binds the name except the very assignment the read is part of (so the first
     time it runs, the name is unbound), and the underscored name is bound there."""
-    if any(isinstance(n, ast.alias) and n.name == "*" for n in ast.walk(tree)):
+    if any(isinstance(n, ast.alias) and n.name == "*" for n in models.nodes(ast.alias)):
         return []  # a star import may bind anything
-    if any(
-        isinstance(n, (ast.Global, ast.Nonlocal)) or (isinstance(n, ast.Name) and n.id in _DYNAMIC)
-        for n in ast.walk(tree)
-    ):
+    if models.nodes(ast.Global) or models.nodes(ast.Nonlocal):
         return []
+    names = models.nodes(ast.Name)
+    if any(isinstance(n, ast.Name) and n.id in _DYNAMIC for n in names):
+        return []
+    # Every name bound anywhere (a superset of what any one scope binds): most reads of
+    # `x.attr` have no `x_attr` in the file at all, and need no scope analysis.
+    bound_anywhere = {n.id for n in names if isinstance(n, ast.Name) and not _is_load(n)}
+    bound_anywhere |= {a.arg for a in models.nodes(ast.arg) if isinstance(a, ast.arg)}
+    for kind, nodes in models.by_type.items():
+        if kind is not ast.Name and kind.__name__ in _BINDING_KINDS:
+            bound_anywhere.update(name for node in nodes for name in _binder_names(node))
     found = []
     bindings: dict[int, dict[str, list[ast.AST]]] = {}  # per scope, each name's binding nodes
-    for node in ast.walk(tree):
+    for node in models.nodes(ast.Attribute):
         if not (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name)
@@ -552,7 +566,7 @@ def _underscore_typos(models: FileModels, tree: ast.Module) -> list[LintFinding]
         ):
             continue
         name, meant = node.value.id, f"{node.value.id}_{node.attr}"
-        if hasattr(builtins, name) or name.startswith("__"):
+        if meant not in bound_anywhere or hasattr(builtins, name) or name.startswith("__"):
             continue
         chain = _scope_chain(models, node)
         binders: list[ast.AST] = []
@@ -574,6 +588,10 @@ def _underscore_typos(models: FileModels, tree: ast.Module) -> list[LintFinding]
         fix = (f"Use `{meant}`", [Edit(span, meant)])
         found.append(LintFinding(Finding(WARNING, "underscore-typo", message, span), [fix]))
     return found
+
+
+def _is_load(node: ast.Name) -> bool:
+    return isinstance(node.ctx, ast.Load)
 
 
 def _scope_chain(models: FileModels, node: ast.AST) -> list[ast.AST]:

@@ -384,9 +384,8 @@ def _safe_globals(models: FileModels, call: ast.Call) -> frozenset[str] | None:
     None when a list is not made of names torchls can resolve."""
     allowed: set[str] = set()
     lists: list[ast.expr] = []
-    for other in models.calls:
-        if (models.imports.resolve(other.func) or "") in _ADD_SAFE_GLOBALS and other.args:
-            lists.append(other.args[0])
+    for adder in _ADD_SAFE_GLOBALS:
+        lists += [other.args[0] for other in models.calls_to(adder) if other.args]
     node: ast.AST | None = call
     while node is not None:
         if isinstance(node, (ast.With, ast.AsyncWith)):
@@ -480,10 +479,9 @@ def _prefix_consumed(
     bound_line = getattr(value, "lineno", 0)
     scope = _function_scope(models, at)
     steps = []
-    for call in models.calls:
+    consumers = [call for dotted in _CONSUME_PREFIX for call in models.calls_to(dotted)]
+    for call in sorted(consumers, key=lambda call: (call.lineno, call.col_offset)):
         if not (bound_line <= call.lineno < use_line) or _function_scope(models, call) is not scope:
-            continue
-        if (models.imports.resolve(call.func) or "") not in _CONSUME_PREFIX:
             continue
         if len(call.args) < 2 or not (isinstance(call.args[0], ast.Name)):
             continue
@@ -768,7 +766,7 @@ def _bound_value(models: FileModels, name: str, line: int, at: ast.AST) -> ast.e
     statements = scope.body if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
     if statements is None and models.tree is not None:
         statements = models.tree.body
-    bound, value = _binding(statements or [], name, line)
+    bound, value = _binding(statements or [], name, line, models.bindings)
     if not bound and scope is not None and models.tree is not None:
-        bound, value = _binding(models.tree.body, name, line)
+        bound, value = _binding(models.tree.body, name, line, models.bindings)
     return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,18 +124,86 @@ class FileModels:
         self.lines = Lines(module.text)
         self.imports = module.imports() if self.tree is not None else ImportTable()
         self.classes: dict[str, ast.ClassDef] = {}
+        # Every node's parent, in ast.walk's (breadth-first) order, and the nodes by type: the
+        # analyses ask for "every call", "every loop" many times per version, and walking a
+        # 50,000-line file's tree once costs more than all of their questions together.
         self.parents: dict[ast.AST, ast.AST] = {}
+        self.by_type: dict[type, list[ast.AST]] = {}
+        self.all_nodes: list[ast.AST] = []
         if self.tree is not None:
-            for node in ast.walk(self.tree):
-                for child in ast.iter_child_nodes(node):
-                    self.parents[child] = node
+            self._index(self.tree)
             self.classes = {
                 node.name: node for node in self.tree.body if isinstance(node, ast.ClassDef)
             }
         self._model_class_cache: dict[str, bool] = {}
         self._targets: list[ModelTarget] | None = None
         self._source_lines: list[str] | None = None
-        self.calls: list[ast.Call] = [node for node in self.parents if isinstance(node, ast.Call)]
+        self.calls: list[ast.Call] = self.nodes(ast.Call)  # type: ignore[assignment]
+        self._calls_by_scope: dict[int, list[ast.Call]] | None = None
+        self._calls_by_name: dict[str, list[ast.Call]] | None = None
+        self._calls_by_target: dict[str, list[ast.Call]] | None = None
+        # Each scope's bindings, indexed once per version (see _binding); kept with the tree
+        # it describes, so that nothing outlives the version.
+        self.bindings: dict[int, tuple[list[ast.stmt], dict[str, tuple[bool, list[Any]]]]] = {}
+        self._example_inputs: dict[int, tuple[ast.ClassDef, InputSpec | None]] = {}
+
+    def _index(self, tree: ast.AST) -> None:
+        parents = self.parents
+        by_type = self.by_type
+        queue: deque[ast.AST] = deque([tree])
+        pop, push = queue.popleft, queue.append
+        is_node = ast.AST
+        every = self.all_nodes
+        while queue:
+            node = pop()
+            every.append(node)
+            by_type.setdefault(type(node), []).append(node)
+            for name in node._fields:
+                value = getattr(node, name, None)
+                if isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, is_node):
+                            parents[item] = node
+                            push(item)
+                elif isinstance(value, is_node):
+                    parents[value] = node
+                    push(value)
+
+    def nodes(self, *kinds: type) -> list[ast.AST]:
+        """The file's nodes of these types (exact types, as ast.walk's order has them)."""
+        if len(kinds) == 1:
+            return self.by_type.get(kinds[0], [])
+        return [node for node in self.all_nodes if type(node) in kinds]
+
+    def calls_in(self, scope: ast.AST | None) -> list[ast.Call]:
+        """The calls whose nearest enclosing function is `scope` (None: module level)."""
+        if self._calls_by_scope is None:
+            index: dict[int, list[ast.Call]] = {}
+            for call in self.calls:
+                index.setdefault(id(_function_scope(self, call)), []).append(call)
+            self._calls_by_scope = index
+        return self._calls_by_scope.get(id(scope), [])
+
+    def calls_named(self, name: str) -> list[ast.Call]:
+        """Calls written `name(...)`."""
+        if self._calls_by_name is None:
+            index: dict[str, list[ast.Call]] = {}
+            for call in self.calls:
+                if isinstance(call.func, ast.Name):
+                    index.setdefault(call.func.id, []).append(call)
+            self._calls_by_name = index
+        return self._calls_by_name.get(name, [])
+
+    def calls_to(self, dotted: str) -> list[ast.Call]:
+        """Calls of what the imports resolve to `dotted` (`torch.serialization.safe_globals`)."""
+        if self._calls_by_target is None:
+            index: dict[str, list[ast.Call]] = {}
+            for call in self.calls:
+                resolved = self.imports.resolve(call.func)
+                if resolved:
+                    index.setdefault(resolved, []).append(call)
+            self._calls_by_target = index
+        return self._calls_by_target.get(dotted, [])
 
     # -- model classes -------------------------------------------------------------------------
 
@@ -194,15 +262,18 @@ class FileModels:
         if self.tree is None:
             return None
         for name, class_node in self.classes.items():
+            if not class_node.lineno - 1 <= line <= (class_node.end_lineno or 0) - 1:
+                continue
             if self._class_name_span(class_node).contains(line, character):
                 return self.class_target(class_node) if self.is_model_class(name) else None
         best: ast.Call | None = None
-        for node in ast.walk(self.tree):
+        for node in self.calls:
             # The innermost call whose callee is under the cursor: `Net(...)` in `f(Net())`.
-            if (
-                isinstance(node, ast.Call)
-                and self._span(node.func).contains(line, character)
-                and (best is None or _is_inside(node, best))
+            func = node.func
+            if not func.lineno - 1 <= line <= (func.end_lineno or func.lineno) - 1:
+                continue
+            if self._span(func).contains(line, character) and (
+                best is None or _is_inside(node, best)
             ):
                 best = node
         return self.construction_target(best) if best is not None else None
@@ -298,12 +369,16 @@ class FileModels:
         if inputs is None and class_node is not None and defining is not None:
             # The class's own comment and example_input_array apply to every construction.
             first = min([class_node.lineno, *(d.lineno for d in class_node.decorator_list)])
-            class_lines = Lines(defining.text)
+            class_lines = (
+                self.lines
+                if defining.path == self.module.path
+                else models_of(self.project, defining).lines
+            )
             inputs = self._inputs_from_directive(
                 target, read_directives(class_lines, first, class_node.lineno)
             )
             if inputs is None:
-                inputs = inputs_module.example_input_array(class_node, class_lines, defining.path)
+                inputs = self._example_input_array(class_node, class_lines, defining.path)
         if inputs is None:
             inputs = self._literal_call_inputs(
                 self._variables_bound_to(call), _function_scope(self, call)
@@ -373,11 +448,7 @@ class FileModels:
         return names
 
     def _calls_to_local_class(self, name: str) -> list[ast.Call]:
-        if self.tree is None:
-            return []
-        return [
-            node for node in self.calls if isinstance(node.func, ast.Name) and node.func.id == name
-        ]
+        return self.calls_named(name)
 
     def _statement_of(self, node: ast.AST) -> ast.stmt:
         current: ast.AST = node
@@ -410,7 +481,7 @@ class FileModels:
         """The value assigned to `name` at module level before `before_line`, when certain."""
         if self.tree is None:
             return None
-        return _binding(self.tree.body, name, before_line)[1]
+        return _binding(self.tree.body, name, before_line, self.bindings)[1]
 
     def _call_arguments(self, call: ast.Call) -> tuple[list[Value], dict[str, Value], list[str]]:
         args: list[Value] = []
@@ -443,7 +514,7 @@ class FileModels:
                 parameters += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
                 if any(parameter.arg == name for parameter in parameters):
                     return None  # a parameter: its value is the caller's
-                bound, value = _binding(function.body, name, before_line)
+                bound, value = _binding(function.body, name, before_line, self.bindings)
                 if bound:
                     return value
             return self._lookup(name, before_line)
@@ -479,9 +550,17 @@ class FileModels:
             target.problems.append(problem)
         return spec
 
+    def _example_input_array(self, node: ast.ClassDef, lines: Lines, path: str) -> InputSpec | None:
+        """inputs.example_input_array, once per class: every construction of it asks."""
+        known = self._example_inputs.get(id(node))
+        if known is None or known[0] is not node:
+            known = (node, inputs_module.example_input_array(node, lines, path))
+            self._example_inputs[id(node)] = known
+        return known[1]
+
     def find_inputs(self, class_name: str, node: ast.ClassDef) -> InputSpec | None:
         """Inputs for a model class: Lightning's example_input_array, then a literal call."""
-        spec = inputs_module.example_input_array(node, self.lines, self.module.path)
+        spec = self._example_input_array(node, self.lines, self.module.path)
         if spec is not None:
             return spec
         for call in self._calls_to_local_class(class_name):
@@ -496,10 +575,8 @@ class FileModels:
         """A literal call of the model in the scope that built it (not another function's)."""
         if self.tree is None or not variables:
             return None
-        for node in self.calls:
-            if _function_scope(self, node) is not scope:
-                continue
-            lookup = self._scoped_lookup(_function_scope(self, node))
+        lookup = self._scoped_lookup(scope)
+        for node in self.calls_in(scope):
             spec = inputs_module.from_call_site(node, variables, self.imports, lookup)
             if spec is not None:
                 return spec
@@ -600,15 +677,19 @@ def _is_inside(inner: ast.AST, outer: ast.AST) -> bool:
 
 
 def _binding(
-    statements: list[ast.stmt], name: str, before_line: int
+    statements: list[ast.stmt],
+    name: str,
+    before_line: int,
+    cache: dict[int, tuple[list[ast.stmt], dict[str, tuple[bool, list[Any]]]]] | None = None,
 ) -> tuple[bool, ast.expr | None]:
     """(whether the scope binds `name`, its value at `before_line` if that is certain).
 
     Certain means: the last binding before the line is a plain `name = value` at the top of the
     scope, and the scope binds the name in no other way (no `+=`, loop variable, assignment
     inside an `if`, `with ... as`, import, walrus). Otherwise the value is unknown.
+    `cache` keeps each scope's index for the file's analysis (FileModels.bindings).
     """
-    entry = _bindings_of(statements).get(name)
+    entry = _bindings_of(statements, cache).get(name)
     if entry is None:
         return False, None
     other, plain = entry
@@ -618,18 +699,14 @@ def _binding(
     return True, (earlier[-1] if earlier else None)
 
 
-# Every name a scope binds, found in one walk of the scope and kept for the scopes seen last:
-# a file with thousands of loads asks about the same few names thousands of times.
-_BINDINGS: OrderedDict[int, tuple[list[ast.stmt], dict[str, tuple[bool, list[Any]]]]] = (
-    OrderedDict()
-)
-_BINDINGS_KEPT = 256
-
-
-def _bindings_of(statements: list[ast.stmt]) -> dict[str, tuple[bool, list[Any]]]:
-    cached = _BINDINGS.get(id(statements))
+def _bindings_of(
+    statements: list[ast.stmt],
+    cache: dict[int, tuple[list[ast.stmt], dict[str, tuple[bool, list[Any]]]]] | None = None,
+) -> dict[str, tuple[bool, list[Any]]]:
+    """Every name a scope binds, found in one walk of the scope: a file with thousands of
+    loads asks about the same few names thousands of times."""
+    cached = cache.get(id(statements)) if cache is not None else None
     if cached is not None and cached[0] is statements:
-        _BINDINGS.move_to_end(id(statements))
         return cached[1]
     other: set[str] = set()
     plain: dict[str, list[tuple[int, ast.expr]]] = {}
@@ -644,9 +721,8 @@ def _bindings_of(statements: list[ast.stmt]) -> dict[str, tuple[bool, list[Any]]
                 if name not in assigned:
                     other.add(name)
     index = {name: (name in other, plain.get(name, [])) for name in other | set(plain)}
-    _BINDINGS[id(statements)] = (statements, index)
-    while len(_BINDINGS) > _BINDINGS_KEPT:
-        _BINDINGS.popitem(last=False)
+    if cache is not None:
+        cache[id(statements)] = (statements, index)
     return index
 
 
@@ -685,20 +761,42 @@ def _single_target(statement: ast.stmt) -> bool:
     return not isinstance(statement, ast.Assign) or len(statement.targets) == 1
 
 
+def _children(node: ast.AST) -> list[ast.AST]:
+    """ast.iter_child_nodes as a list, without its generators (the analyses call it a few
+    million times on a large file)."""
+    found: list[ast.AST] = []
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if isinstance(value, list):
+            found += [item for item in value if isinstance(item, ast.AST)]
+        elif isinstance(value, ast.AST):
+            found.append(value)
+    return found
+
+
+def walk(node: ast.AST) -> list[ast.AST]:
+    """The nodes of `node`'s tree, in ast.walk's order (a list, made faster than ast.walk)."""
+    found = [node]
+    index = 0
+    while index < len(found):
+        found += _children(found[index])
+        index += 1
+    return found
+
+
+_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
 def _scope_walk(node: ast.AST) -> list[ast.AST]:
     """The nodes of a statement, without entering nested functions, classes or lambdas."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+    if isinstance(node, _NESTED_SCOPES):
         return [node]
     found: list[ast.AST] = []
     stack = [node]
     while stack:
         current = stack.pop()
         found.append(current)
-        for child in ast.iter_child_nodes(current):
-            if not isinstance(
-                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-            ):
-                stack.append(child)
+        stack += [child for child in _children(current) if not isinstance(child, _NESTED_SCOPES)]
     return found
 
 
