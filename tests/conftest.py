@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Test modules import `tests.<module>`, a namespace package found through the checkout on
+# sys.path; importing torchls in-process takes the checkout off sys.path (torchls.boundary), so
+# the package is imported here first, whichever test file runs first.
+import tests  # noqa: F401
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 from pytest_lsp.client import make_test_lsp_client
