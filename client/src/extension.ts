@@ -82,6 +82,7 @@ async function startServer(): Promise<void> {
       allowUserCode: config.get<boolean>('allowUserCode', true),
       worker: workerOptions(resource),
       defaultInputShapes: config.get<Record<string, string>>('defaultInputShapes', {}),
+      maxFileSizeKB: config.get<number>('maxFileSizeKB', 512),
     },
   };
 

@@ -34,6 +34,10 @@ class InitOptions:
     # Input shapes by model name ("SmallConvNet", "resnet50", or "*" for any), in the
     # `# torchls: input=` syntax; used when the source states none.
     default_input_shapes: Mapping[str, str] = field(default_factory=dict)
+    # Documents larger than this (UTF-8 kilobytes) are not analysed: holding the syntax tree of
+    # a file costs about 120 bytes of memory per byte of source, and parsing it about 1 s per
+    # 1.5 MB, on every edit (bench/large_files.py measures both).
+    max_file_size_kb: int = 512
 
     @property
     def user_code_allowed(self) -> bool:
@@ -146,7 +150,7 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
             )
         ),
     )
-    known = {"trusted", "allowUserCode", "worker", "defaultInputShapes"}
+    known = {"trusted", "allowUserCode", "worker", "defaultInputShapes", "maxFileSizeKB"}
     for key in raw:
         if key not in known:
             warnings.append(f"initializationOptions.{key} is not a torchls option; ignored")
@@ -156,6 +160,11 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
             allow_user_code=_read_safety_switch(raw, "allowUserCode", warnings),
             worker=worker,
             default_input_shapes=_read_shapes(raw.get("defaultInputShapes"), warnings),
+            max_file_size_kb=int(
+                _read_number(
+                    raw, "maxFileSizeKB", InitOptions.max_file_size_kb, 1, 1 << 20, warnings, ""
+                )
+            ),
         ),
         warnings,
     )

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 INSERT_KIND = types.CodeActionKind.Source
 WRAP_KIND = types.CodeActionKind.RefactorRewrite
 DATA_TAG = "torchls.kfold"
+# Documents up to this size are parsed for a code action request if their analysis is not
+# current (about 30 ms here); larger ones wait for the debounced check.
+PARSE_ON_REQUEST_CHARS = 32 * 1024
 
 
 class KFoldActions:
@@ -38,10 +41,19 @@ class KFoldActions:
         if not (wants_insert or wants_wrap):
             return []
         uri = params.text_document.uri
-        models = self.server.model_cost.models(uri)
-        if models is None or not available(models):
-            return []
         document = self.server.workspace.get_text_document(uri)
+        model_cost = self.server.model_cost
+        models = model_cost.current(uri)
+        asked = params.context.trigger_kind == types.CodeActionTriggerKind.Invoked
+        if models is None and (asked or len(document.source) <= PARSE_ON_REQUEST_CHARS):
+            models = model_cost.models(uri)  # the user asked (a menu), or it is quick
+        if models is None:
+            # A large file just edited: its analysis comes with the debounced check (the
+            # editor asks again when the diagnostics change); parsing it here would hold up
+            # this and every other request for a second or more.
+            return []
+        if not available(models):
+            return []
         line = params.range.start.line
         end = params.range.end.line
         if params.range.end.character == 0 and end > line:

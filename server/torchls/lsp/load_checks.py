@@ -29,7 +29,7 @@ from torchls.loadcheck.fixes import Edit, Fix
 from torchls.lsp.downgrade import CMD_DOWNGRADE
 from torchls.source.models import FileModels
 from torchls.source.pins import torch_pin
-from torchls.source.text import Lines, Span
+from torchls.source.text import Lines, Span, utf16_length
 from torchls.worker.client import JobResult
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.4
+BREATHE_SECONDS = 0.005
 SOURCE = "torchls"
 # Checkpoint files the server asks the editor to watch.
 WATCHED_GLOB = "**/*.{pt,pth,bin,ckpt,safetensors,tar,pkl}"
@@ -53,7 +54,8 @@ class LoadChecks:
         self.server = server
         self._checker: LoadChecker | None = None
         self._pending: dict[str, asyncio.Task[None]] = {}
-        self._reports: dict[str, tuple[int | None, str, FileModels, list[SiteReport]]] = {}
+        # uri -> (version, text, its models (None once the text changed), reports)
+        self._reports: dict[str, tuple[int | None, str, FileModels | None, list[SiteReport]]] = {}
         self._lint: dict[str, list[LintFinding]] = {}  # hand-written k-fold loops
         # Fixes of a checked report, made once: editors ask for code actions on every cursor
         # move, and each fix is verified by reading the edited file again.
@@ -126,6 +128,13 @@ class LoadChecks:
             ):
                 self.schedule(uri)
 
+    def edited(self, uri: str) -> None:
+        """The document changed: the models of the checked text are of no use to its fixes
+        any more, and a large file's tree is the bulk of the server's memory."""
+        entry = self._reports.get(uri)
+        if entry is not None and entry[2] is not None:
+            self._reports[uri] = (entry[0], entry[1], None, entry[3])
+
     def forget(self, uri: str) -> None:
         task = self._pending.pop(uri, None)
         if task is not None:
@@ -157,18 +166,41 @@ class LoadChecks:
                 self._publish(uri, None, [])
 
     async def check(self, uri: str) -> list[SiteReport]:
-        models = self.server.model_cost.models(uri)
-        if models is None:
-            return []
         document = self.server.workspace.get_text_document(uri)
         version, text = document.version, document.source
+        too_large = self.server.model_cost.too_large(uri)
+        if too_large is not None:
+            self._reports.pop(uri, None)
+            self._lint.pop(uri, None)
+            self._fixes.pop(uri, None)
+            note = types.Diagnostic(
+                range=_range(Span(0, 0, 0, utf16_length(Lines(text[:4096]).get(0)))),
+                message=f"{too_large}.",
+                severity=types.DiagnosticSeverity.Information,
+                code="file-too-large",
+                source=SOURCE,
+            )
+            self._publish(uri, version, [], [note])
+            return []
+        models = self.server.model_cost.current(uri)
+        if models is None:
+            models = await self.server.model_cost.models_soon(uri)
+            if models is None:
+                return []
+            # Parsing a large file takes a while: answer what came in meanwhile, and stop if
+            # the text changed (its own check is scheduled).
+            await _breathe()
+            if _changed(self.server, uri, version, text):
+                return []
         reports: list[SiteReport] = []
         # Checkpoint paths are relative to the file: only a file on disk has loads to check.
         if self.server.model_cost.kind(uri).on_disk:
             reports = await self.checker.check(models, self.server.workspace_root)
-        current = self.server.workspace.get_text_document(uri)
-        if current.version != version or current.source != text:
+        if _changed(self.server, uri, version, text):
             return reports  # edited meanwhile: the next check publishes
+        await _breathe()
+        if _changed(self.server, uri, version, text):
+            return reports
         self._fixes.pop(uri, None)
         self._reports[uri] = (version, text, models, reports)
         try:
@@ -180,8 +212,15 @@ class LoadChecks:
 
     # -- diagnostics -----------------------------------------------------------------------------
 
-    def _publish(self, uri: str, version: int | None, reports: list[SiteReport]) -> None:
-        diagnostics = [
+    def _publish(
+        self,
+        uri: str,
+        version: int | None,
+        reports: list[SiteReport],
+        notes: list[types.Diagnostic] | None = None,
+    ) -> None:
+        diagnostics = list(notes or [])
+        diagnostics += [
             _diagnostic(uri, report, finding) for report in reports for finding in report.findings
         ]
         diagnostics += [_lint_diagnostic(item.finding) for item in self._lint.get(uri, [])]
@@ -198,7 +237,7 @@ class LoadChecks:
             return []
         version, text, models, reports = entry
         document = self.server.workspace.get_text_document(uri)
-        if document.source != text:
+        if document.source != text or models is None:
             return []  # the check of the current text has not finished; no stale edits
         if not kind_wanted(types.CodeActionKind.QuickFix, params.context.only):
             return []
@@ -251,6 +290,17 @@ class LoadChecks:
                     ]
                 )
             )
+
+
+async def _breathe() -> None:
+    """Between the steps of a large file's check: a request that came in meanwhile needs a few
+    turns of the event loop (its bytes delivered, parsed, dispatched), not just one."""
+    await asyncio.sleep(BREATHE_SECONDS)
+
+
+def _changed(server: TorchLanguageServer, uri: str, version: int | None, text: str) -> bool:
+    current = server.workspace.get_text_document(uri)
+    return current.version != version or current.source != text
 
 
 def kind_wanted(kind: str, only: Sequence[str] | None) -> bool:

@@ -6,6 +6,7 @@ report) and the worker. Nothing here imports torch.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import logging
@@ -22,7 +23,7 @@ from torchls.cost.cache import ProfileCache
 from torchls.cost.request import PreparedProfile, prepare
 from torchls.lsp.document_kinds import ELSEWHERE, FILE, DocumentKind, document_kind
 from torchls.source.models import FileModels, ModelTarget
-from torchls.source.project import ModuleFile, Project
+from torchls.source.project import ModuleFile, Project, parse_text
 from torchls.worker import protocol
 from torchls.worker.client import JobResult
 
@@ -36,6 +37,9 @@ STALE_AFTER_SECONDS = 1.5
 # Targets warmed per opened or saved file; the rest are computed on first hover.
 WARM_LIMIT = 12
 WARM_DELAY_SECONDS = 0.05
+# Documents larger than this are parsed and indexed in two steps by models_soon.
+PARSE_ALONE_CHARS = 64 * 1024
+BREATHE_SECONDS = 0.005
 
 
 class ModelCost:
@@ -43,6 +47,8 @@ class ModelCost:
         self.server = server
         self.cache = ProfileCache(self._run)
         self._parsed: dict[str, tuple[int | None, str, FileModels]] = {}
+        self._parsed_alone: dict[str, tuple[str, ast.Module | None]] = {}  # see models_soon
+        self._sizes: dict[str, tuple[str, int]] = {}  # uri -> (text, its UTF-8 size)
         self._warming: dict[str, asyncio.Task[None]] = {}
 
     async def _run(self, params: dict[str, Any], background: bool) -> JobResult:
@@ -67,11 +73,43 @@ class ModelCost:
 
         return Project(self.server.workspace_root, open_text)
 
+    def too_large(self, uri: str) -> str | None:
+        """Why the document is not analysed, if it is over the size limit, in a sentence."""
+        document = self.server.workspace.get_text_document(uri)
+        source = document.source
+        limit = self.server.options.max_file_size_kb
+        if len(source) <= limit * 256:  # at most 4 UTF-8 bytes a character: surely under
+            return None
+        known = self._sizes.get(uri)
+        if known is None or known[0] is not source:
+            known = (source, len(source.encode("utf-8", "surrogatepass")))
+            self._sizes[uri] = known
+        size = known[1]
+        if size <= limit * 1024:
+            return None
+        return (
+            f"torchls does not analyse this file: its {size / 1024:,.0f} KB are over the "
+            f"{limit:,} KB limit (setting torchls.maxFileSizeKB), so it gets no load checks, "
+            "k-fold lint, quick fixes or model hovers"
+        )
+
+    def current(self, uri: str) -> FileModels | None:
+        """The document's models if they are already made for its current text, else None."""
+        cached = self._parsed.get(uri)
+        if cached is None:
+            return None
+        document = self.server.workspace.get_text_document(uri)
+        if cached[0] == document.version and cached[1] == document.source:
+            return cached[2]
+        return None
+
     def models(self, uri: str, elsewhere: bool = False) -> FileModels | None:
         """The document's models, if it gets features (document_kind); with `elsewhere`, also
-        for documents that get none, to say so on a hover."""
+        for documents that get none, to say so on a hover. None over the size limit."""
         kind = self.kind(uri)
         document = self.server.workspace.get_text_document(uri)
+        if self.too_large(uri) is not None:
+            return None
         path = kind.path
         if kind.kind == ELSEWHERE and elsewhere:
             # Placed where no workspace file is: nothing of today's workspace is read for it.
@@ -90,12 +128,41 @@ class ModelCost:
         project = self.project()
         module_name, is_package, _ = project.module_name(path)
         module = ModuleFile(path, module_name, is_package, source)
+        parsed = self._parsed_alone.pop(uri, None)
+        if parsed is not None and parsed[0] == source:
+            module.adopt_tree(parsed[1])
+        project.adopt(module)
         models = FileModels(project, module)
         self._parsed[uri] = (document.version, source, models)
         return models
 
+    async def models_soon(self, uri: str) -> FileModels | None:
+        """models(), but a large file is parsed first and indexed after a pause: a request that
+        comes in meanwhile waits for one of the two, not both."""
+        document = self.server.workspace.get_text_document(uri)
+        source = document.source
+        if (
+            self.current(uri) is None
+            and len(source) > PARSE_ALONE_CHARS
+            and self.too_large(uri) is None
+        ):
+            self._parsed_alone[uri] = (source, parse_text(source, document.path or uri))
+            await asyncio.sleep(BREATHE_SECONDS)
+            if self.server.workspace.get_text_document(uri).source != source:
+                self._parsed_alone.pop(uri, None)
+                return None  # edited meanwhile
+        return self.models(uri)
+
+    def edited(self, uri: str) -> None:
+        """The document changed: its old models go now, not when the new ones are made (two
+        trees of a large file at once would double the server's memory)."""
+        self._parsed.pop(uri, None)
+        self._parsed_alone.pop(uri, None)
+
     def forget(self, uri: str) -> None:
         self._parsed.pop(uri, None)
+        self._parsed_alone.pop(uri, None)
+        self._sizes.pop(uri, None)
         task = self._warming.pop(uri, None)
         if task is not None:
             task.cancel()
@@ -106,18 +173,13 @@ class ModelCost:
         self._warming.clear()
 
     def _prepare(self, models: FileModels, target: ModelTarget) -> PreparedProfile:
-        same = [
-            t
-            for t in models.targets()
-            if t.kind == target.kind and t.name == target.name and t.line < target.line
-        ]
         return prepare(
             target,
             models.project,
             models.module.path,
             self.server.options.default_input_shapes,
             self.server.current_status.torch,
-            occurrence=len(same),
+            occurrence=models.occurrence(target),
         )
 
     def blocker(self) -> str | None:
@@ -200,7 +262,7 @@ class ModelCost:
         models = self.models(uri)
         if models is None:
             return
-        for target in models.targets()[:WARM_LIMIT]:
+        for target in models.first_targets(WARM_LIMIT):
             prepared = self._prepare(models, target)
             if self.cache.peek(prepared) is not None:
                 continue

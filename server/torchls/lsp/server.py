@@ -244,6 +244,8 @@ def create_server() -> TorchLanguageServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TorchLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.load_checks.edited(params.text_document.uri)
+        ls.model_cost.edited(params.text_document.uri)
         ls.load_checks.schedule(params.text_document.uri, DEBOUNCE_SECONDS)
         ls.load_checks.schedule_others(params.text_document.uri)
 

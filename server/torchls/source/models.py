@@ -130,6 +130,7 @@ class FileModels:
         self.parents: dict[ast.AST, ast.AST] = {}
         self.by_type: dict[type, list[ast.AST]] = {}
         self.all_nodes: list[ast.AST] = []
+        self._by_kinds: dict[tuple[type, ...], list[ast.AST]] = {}
         if self.tree is not None:
             self._index(self.tree)
             self.classes = {
@@ -170,10 +171,18 @@ class FileModels:
                     push(value)
 
     def nodes(self, *kinds: type) -> list[ast.AST]:
-        """The file's nodes of these types (exact types, as ast.walk's order has them)."""
+        """The file's nodes of these types (exact types): of one type in ast.walk's order, of
+        several in source order."""
         if len(kinds) == 1:
             return self.by_type.get(kinds[0], [])
-        return [node for node in self.all_nodes if type(node) in kinds]
+        known = self._by_kinds.get(kinds)
+        if known is None:
+            known = [node for kind in kinds for node in self.by_type.get(kind, [])]
+            known.sort(
+                key=lambda node: (getattr(node, "lineno", 0), getattr(node, "col_offset", 0))
+            )
+            self._by_kinds[kinds] = known
+        return known
 
     def calls_in(self, scope: ast.AST | None) -> list[ast.Call]:
         """The calls whose nearest enclosing function is `scope` (None: module level)."""
@@ -256,6 +265,45 @@ class FileModels:
         found.sort(key=lambda target: (target.span.start_line, target.span.start_char))
         self._targets = found
         return found
+
+    def first_targets(self, limit: int) -> list[ModelTarget]:
+        """The first `limit` targets in source order, without making the rest (warming a large
+        file's first models need not resolve its every call)."""
+        if self._targets is not None or self.tree is None:
+            return self.targets()[:limit]
+        candidates: list[tuple[int, int, ast.AST]] = [
+            (node.lineno, node.col_offset, node)
+            for name, node in self.classes.items()
+            if self.is_model_class(name)
+        ]
+        candidates += [(c.func.lineno, c.func.col_offset, c) for c in self.calls]
+        candidates.sort(key=lambda entry: (entry[0], entry[1]))
+        found: list[ModelTarget] = []
+        for _, _, node in candidates:
+            if len(found) >= limit:
+                break
+            if isinstance(node, ast.ClassDef):
+                found.append(self.class_target(node))
+            elif isinstance(node, ast.Call) and (target := self.construction_target(node)):
+                found.append(target)
+        return found
+
+    def occurrence(self, target: ModelTarget) -> int:
+        """How many targets of the same kind and name come before this one in the file."""
+        if self._targets is not None:
+            return sum(
+                1
+                for t in self._targets
+                if t.kind == target.kind and t.name == target.name and t.line < target.line
+            )
+        if target.kind == "class":
+            return 0  # one class target per name (`classes` keeps the last definition)
+        count = 0
+        for call in self.calls:
+            if call.lineno < target.line and dotted_name(call.func) == target.name:
+                made = self.construction_target(call)
+                count += made is not None and made.name == target.name
+        return count
 
     def target_at(self, line: int, character: int) -> ModelTarget | None:
         """The target whose name is under the cursor (0-based line, UTF-16 character)."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torchls.files import read_bounded
 from torchls.source.imports import ImportTable, read_imports
@@ -27,23 +28,63 @@ class ModuleFile:
     module: str  # dotted name the file is imported under
     is_package: bool
     text: str
+    # The tree and the import table, made once: a file's profile asks for the imports of every
+    # file it reaches, and parsing a large file again costs a second.
+    _made: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tree(self) -> ast.Module | None:
-        return _parse(self.text, self.path)
+        if "tree" not in self._made:
+            self._made["tree"] = _parse(self.text, self.path)
+        tree: ast.Module | None = self._made["tree"]
+        return tree
+
+    def adopt_tree(self, tree: ast.Module | None) -> None:
+        """The tree of `text`, parsed already (ModelCost.models_soon)."""
+        self._made["tree"] = tree
 
     def imports(self) -> ImportTable:
-        tree = self.tree()
-        if tree is None:
-            return ImportTable()
-        return read_imports(tree, self.module, self.is_package)
+        if "imports" not in self._made:
+            tree = self.tree()
+            self._made["imports"] = (
+                ImportTable() if tree is None else read_imports(tree, self.module, self.is_package)
+            )
+        imports: ImportTable = self._made["imports"]
+        return imports
 
 
-@lru_cache(maxsize=64)
-def _parse(text: str, path: str) -> ast.Module | None:
+# The last tree parsed of each file, for the files seen last: other files' trees are asked for
+# by each version of an open document (the models it imports), while a tree per version of a
+# file being edited would be kept for nothing (a large file's tree is 100+ MB).
+_TREES: OrderedDict[str, tuple[str, ast.Module | None]] = OrderedDict()
+_TREES_KEPT = 32
+_TREES_MAX_CHARS = 2 * 1024 * 1024
+_TREE_KEPT_MAX_CHARS = 256 * 1024
+
+
+def parse_text(text: str, path: str) -> ast.Module | None:
+    """The file's tree, or None when it does not parse."""
     try:
         return ast.parse(text, filename=path)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
+
+
+def _parse(text: str, path: str) -> ast.Module | None:
+    known = _TREES.get(path)
+    if known is not None and known[0] == text:
+        _TREES.move_to_end(path)
+        return known[1]
+    tree = parse_text(text, path)
+    if len(text) > _TREE_KEPT_MAX_CHARS:
+        _TREES.pop(path, None)  # its FileModels holds it while it is needed, nothing else
+        return tree
+    _TREES[path] = (text, tree)
+    _TREES.move_to_end(path)
+    while len(_TREES) > _TREES_KEPT or (
+        len(_TREES) > 1 and sum(len(entry[0]) for entry in _TREES.values()) > _TREES_MAX_CHARS
+    ):
+        _TREES.popitem(last=False)
+    return tree
 
 
 class Project:
@@ -53,6 +94,7 @@ class Project:
         self.root = Path(root).resolve() if root else None
         self._open_text = open_text
         self._found: dict[tuple[str, str | None], ModuleFile | None] = {}
+        self._files: dict[str, ModuleFile] = {}  # by resolved path: each text parsed once
         # analyses of other files, shared while this project view lives (one document version)
         self.memo: dict[str, object] = {}
 
@@ -86,11 +128,21 @@ class Project:
         return ".".join(parts), is_package, str(folder)
 
     def module_file(self, path: str) -> ModuleFile | None:
+        resolved = str(Path(path).resolve())
         text = self.read(path)
         if text is None:
             return None
+        known = self._files.get(resolved)
+        if known is not None and known.text == text:
+            return known  # parsed already: the same text, read again (it may have changed)
         module, is_package, _ = self.module_name(path)
-        return ModuleFile(str(Path(path).resolve()), module, is_package, text)
+        made = ModuleFile(resolved, module, is_package, text)
+        self._files[resolved] = made
+        return made
+
+    def adopt(self, module: ModuleFile) -> None:
+        """Use `module` (the editor's document, parsed already) for its path in this view."""
+        self._files[str(Path(module.path).resolve())] = module
 
     def find_module(self, dotted: str, near: str | None = None) -> ModuleFile | None:
         """The workspace file a dotted module name imports, looked up next to `near` and at the
