@@ -106,9 +106,20 @@ async def test_a_setsid_grandchild_ends_with_the_timed_out_job(tmp_path: Path) -
         async with lsp_session({"worker": {"timeoutSeconds": 5}}, workspace=tmp_path) as session:
             await session.wait_for_status(lambda s: s["state"] == "ready")
             uri = _open(session, model, text)
-            markdown = await _hover(session, uri, _position(text, "class Hider"))
-            assert markdown is not None and "timed out after 5 s" in markdown, markdown
-            grandchild = int(pidfile.read_text())
+            # Bounded: a worker whose grandchild keeps its pipes open must not hang the test
+            # (nor the hover) until the grandchild's sleep ends.
+            try:
+                markdown = await asyncio.wait_for(
+                    _hover(session, uri, _position(text, "class Hider")), 60
+                )
+            except asyncio.TimeoutError:
+                markdown = "no hover within 60 s of a 5 s time-out"
+            grandchild = int(pidfile.read_text()) if pidfile.exists() else None
+            if markdown is None or "timed out after 5 s" not in markdown:
+                if grandchild is not None:  # it holds the worker's pipes: the session would hang
+                    os.kill(grandchild, signal.SIGKILL)
+                raise AssertionError(markdown)
+            assert grandchild is not None, "the grandchild never started"
             deadline = time.monotonic() + 5
             while process_alive(grandchild) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
