@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -262,8 +263,15 @@ class ModelCost:
         models = self.models(uri)
         if models is None:
             return
-        for target in models.first_targets(WARM_LIMIT):
-            prepared = self._prepare(models, target)
+        # The jobs take seconds, and the file's tree (which a target's defining file holds)
+        # must not outlive its version meanwhile: the jobs keep copies without it.
+        waiting = [
+            dataclasses.replace(prepared, target=dataclasses.replace(target, defining_file=None))
+            for target in models.first_targets(WARM_LIMIT)
+            if (prepared := self._prepare(models, target))
+        ]
+        del models
+        for prepared in waiting:
             if self.cache.peek(prepared) is not None:
                 continue
             with contextlib.suppress(Exception):
