@@ -6,53 +6,20 @@ script), installed libraries are imported, and the model is built under `torch.d
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import inspect
 import os
 import sys
 import traceback
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torchls.source.models import is_model_factory
 from torchls.source.skeleton import skeleton
-from torchls.source.values import callable_allowed
 from torchls.worker import protocol
-from torchls.worker.jobs import JobContext, JobError, Params
-
-# Keyword arguments of from_pretrained that load weights or code rather than describe the model.
-_LOADING_KWARGS = {
-    "torch_dtype",
-    "dtype",
-    "device_map",
-    "low_cpu_mem_usage",
-    "trust_remote_code",
-    "cache_dir",
-    "local_files_only",
-    "revision",
-    "token",
-    "use_auth_token",
-    "quantization_config",
-    "load_in_8bit",
-    "load_in_4bit",
-    "attn_implementation",
-    "use_safetensors",
-    "variant",
-    "force_download",
-    "proxies",
-    "subfolder",
-    "state_dict",
-    "ignore_mismatched_sizes",
-    "output_loading_info",
-    "tp_plan",
-    "key_mapping",
-}
+from torchls.worker.jobs import JobContext, JobError
 
 # -- finding and loading the user's code --------------------------------------------------------
 
@@ -202,49 +169,6 @@ class _Loader:
             ) from None
         return module
 
-    def value(self, value: dict[str, Any]) -> Any:
-        if "literal" in value:
-            return value["literal"]
-        if "tuple" in value:
-            return tuple(self.value(item) for item in value["tuple"])
-        if "list" in value:
-            return [self.value(item) for item in value["list"]]
-        if "set" in value:
-            return {self.value(item) for item in value["set"]}
-        if "dict" in value:
-            return {self.value(key): self.value(item) for key, item in value["dict"]}
-        if "ref" in value:
-            return self.resolve(value["ref"])
-        if "call" in value:
-            call = value["call"]
-            if not callable_allowed(call["ref"]):  # the server checks too; never trust one side
-                raise JobError(protocol.ERROR_USER, f"torchls does not call {call['ref']}")
-            function = self.resolve(call["ref"])
-            args = [self.value(item) for item in call["args"]]
-            kwargs = {key: self.value(item) for key, item in call["kwargs"].items()}
-            if getattr(function, "__name__", "") == "from_pretrained":
-                kwargs = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS}
-                kwargs.update(trust_remote_code=False, local_files_only=True)
-                if args and isinstance(args[0], str):
-                    args[0] = self.local_folder(args[0])
-            return function(*args, **kwargs)
-        raise JobError(protocol.ERROR_USER, f"cannot evaluate {value.get('unknown', value)!r}")
-
-    def local_folder(self, name: str) -> str:
-        """A from_pretrained path as a folder on disk, tried from the workspace and the file."""
-        candidates = [Path(name).expanduser()]
-        for base in [self.context.workspace, *{str(Path(p).parent) for p in self.user_files}]:
-            if base and not Path(name).is_absolute():
-                candidates.append(Path(base) / name)
-        for candidate in candidates:
-            if candidate.is_dir():
-                return str(candidate)
-        raise JobError(
-            protocol.ERROR_USER,
-            f"from_pretrained({name!r}) is not a local folder; torchls never downloads models. "
-            "Point it at a folder with a config.json, or build the model with from_config",
-        )
-
 
 def _import_dotted(dotted: str) -> Any:
     parts = dotted.split(".")
@@ -276,185 +200,6 @@ def _import_dotted(dotted: str) -> Any:
         f"{missing} is not installed in {sys.executable}; install it there, or point "
         "torchls.worker.interpreter at the environment that has it",
     )
-
-
-# -- building the model -------------------------------------------------------------------------
-
-
-def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) -> tuple[Any, str]:
-    ref = dict(params["ref"])
-    method = ref.pop("method", "")
-    if "import" in ref and not is_model_factory(str(ref["import"])):
-        raise JobError(protocol.ERROR_USER, f"{ref['import']} is not a model constructor")
-    function = loader.resolve(ref)
-    try:
-        args, kwargs = _arguments(loader, function, params, notes)
-    except JobError:
-        raise
-    except Exception as exc:  # a config class or a function of yours raised
-        raise JobError(
-            protocol.ERROR_USER, f"evaluating the arguments failed: {_describe(exc, loader)}"
-        ) from None
-    hparams = params.get("hparams")
-    if isinstance(hparams, dict) and hparams:
-        # Lightning's load_from_checkpoint: the saved hyper-parameters, then the call's own.
-        kwargs = {**_accepted(function, hparams), **kwargs}
-    name = params.get("name") or getattr(function, "__name__", "the model")
-    if method == "from_pretrained":
-        function, args, kwargs = _from_pretrained_as_from_config(loader, function, args, kwargs)
-    first_error: BaseException | None = None
-    build = "meta"
-    try:
-        with torch.device("meta"):
-            model = function(*args, **kwargs)
-    except Exception as exc:
-        # Some constructors need real values (`.item()`, numpy): build on the CPU instead, with
-        # every parameter moved to meta as soon as it is registered.
-        first_error = exc
-        try:
-            with _parameters_to_meta(torch):
-                model = function(*args, **kwargs)
-            model = model.to("meta")
-            build = "empty"
-        except Exception:
-            raise JobError(
-                protocol.ERROR_USER,
-                f"{name}(...) failed: {_describe(first_error, loader)}",
-            ) from None
-    if not isinstance(model, torch.nn.Module):
-        raise JobError(
-            protocol.ERROR_USER,
-            f"{name}(...) returned {type(model).__name__}, not a torch.nn.Module",
-        )
-    return model, build
-
-
-def _accepted(function: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """The values `function` takes by name (all of them if it takes **kwargs)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return dict(values)
-    names = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
-    return {k: v for k, v in values.items() if k in names}
-
-
-def _arguments(
-    loader: _Loader, function: Any, params: Params, notes: list[str]
-) -> tuple[list[Any], dict[str, Any]]:
-    """The call's arguments, with values torchls could not see replaced by the defaults."""
-    raw_args: list[dict[str, Any]] = list(params.get("args") or [])
-    raw_kwargs: dict[str, dict[str, Any]] = dict(params.get("kwargs") or {})
-    try:
-        signature: inspect.Signature | None = inspect.signature(function)
-    except (TypeError, ValueError):
-        signature = None
-    positional_names: list[str] = []
-    if signature is not None:
-        positional_names = [
-            p.name
-            for p in signature.parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    unseen: dict[str, str] = {}
-    for index, raw in enumerate(raw_args):
-        param_name = positional_names[index] if index < len(positional_names) else f"#{index + 1}"
-        if "unknown" in raw:
-            unseen[param_name] = raw["unknown"]
-            continue
-        if unseen:  # after a skipped positional, pass the rest by name
-            kwargs[param_name] = loader.value(raw)
-        else:
-            args.append(loader.value(raw))
-    for key, raw in raw_kwargs.items():
-        if "unknown" in raw:
-            unseen[key] = raw["unknown"]
-        else:
-            kwargs[key] = loader.value(raw)
-    required = _required(signature, len(args), kwargs)
-    for param_name, expression in unseen.items():
-        if param_name in required:
-            raise JobError(
-                protocol.ERROR_USER,
-                f"the constructor needs `{param_name}`, and the call passes `{expression}`, "
-                "which torchls cannot see without running your script; add "
-                "`# torchls: args=(...)` on the line above with literal values",
-            )
-        notes.append(f"used the default for `{param_name}` (the call passes `{expression}`)")
-    missing = _required(signature, len(args), kwargs) - set(unseen)
-    if missing:
-        names = " and ".join(f"`{name}`" for name in sorted(missing))
-        raise JobError(
-            protocol.ERROR_USER,
-            f"the constructor needs {names}; add `# torchls: args=(...)` above the class "
-            "or the call, with literal values",
-        )
-    return args, kwargs
-
-
-def _required(signature: inspect.Signature | None, given: int, kwargs: dict[str, Any]) -> set[str]:
-    if signature is None:
-        return set()
-    required = set()
-    for index, parameter in enumerate(signature.parameters.values()):
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if parameter.default is not parameter.empty or parameter.name in kwargs:
-            continue
-        if parameter.kind != parameter.KEYWORD_ONLY and index < given:
-            continue
-        required.add(parameter.name)
-    return required
-
-
-def _from_pretrained_as_from_config(
-    loader: _Loader, function: Any, args: list[Any], kwargs: dict[str, Any]
-) -> tuple[Any, list[Any], dict[str, Any]]:
-    """`X.from_pretrained('./dir')` -> `X.from_config(config of ./dir)`: the architecture,
-    never the weights, and never code from the folder (trust_remote_code=False)."""
-    owner = getattr(function, "__self__", None)
-    if owner is None or not args or not isinstance(args[0], str):
-        raise JobError(protocol.ERROR_USER, "from_pretrained needs a folder as its first argument")
-    folder = loader.local_folder(args[0])
-    from transformers import AutoConfig
-
-    config_kwargs = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS}
-    try:
-        config = AutoConfig.from_pretrained(
-            folder, trust_remote_code=False, local_files_only=True, **config_kwargs
-        )
-    except Exception as exc:
-        raise JobError(
-            protocol.ERROR_USER,
-            f"reading the config of {folder} failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}",
-        ) from None
-    if hasattr(owner, "from_config"):
-        return owner.from_config, [config], {}
-    return owner, [config], {}
-
-
-@contextlib.contextmanager
-def _parameters_to_meta(torch: Any) -> Iterator[None]:
-    module_class = torch.nn.Module
-    original = module_class.register_parameter
-
-    def register_parameter(self: Any, name: str, param: Any) -> None:
-        original(self, name, param)
-        if param is not None and param.device.type != "meta":
-            self._parameters[name] = torch.nn.Parameter(
-                param.detach().to("meta"), requires_grad=param.requires_grad
-            )
-
-    module_class.register_parameter = register_parameter
-    try:
-        yield
-    finally:
-        module_class.register_parameter = original
 
 
 def _describe(exc: BaseException, loader: _Loader) -> str:

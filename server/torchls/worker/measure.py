@@ -56,60 +56,6 @@ def _count_parameters(torch: Any, model: Any) -> dict[str, Any]:
     }
 
 
-def _guess_inputs(torch: Any, model: Any) -> dict[str, Any]:
-    """An input shape read off the model when none is written anywhere: labelled a guess."""
-    config = getattr(model, "config", None)
-    main_input = getattr(model, "main_input_name", None)
-    if config is not None and main_input:
-        if main_input == "input_ids":
-            length = min(128, int(getattr(config, "max_position_embeddings", 128) or 128))
-            return _guess([[1, length]], "int64", f"{type(model).__name__} takes token ids")
-        if main_input == "pixel_values":
-            size = getattr(config, "image_size", 224)
-            size = size[0] if isinstance(size, (list, tuple)) else size
-            channels = getattr(config, "num_channels", 3)
-            return _guess([[1, channels, size, size]], "float32", f"the config's image_size {size}")
-    nn = torch.nn
-    for path, module in model.named_modules():
-        if isinstance(module, nn.modules.lazy.LazyModuleMixin):
-            continue  # its input size is what the forward pass decides
-        where = f"the first layer, `{path}` {type(module).__name__}"
-        if isinstance(module, nn.Conv2d):
-            return _guess([[1, module.in_channels, 224, 224]], "float32", where)
-        if isinstance(module, nn.Conv1d):
-            return _guess([[1, module.in_channels, 1024]], "float32", where)
-        if isinstance(module, nn.Conv3d):
-            return _guess([[1, module.in_channels, 16, 112, 112]], "float32", where)
-        if isinstance(module, nn.Linear):
-            return _guess([[1, module.in_features]], "float32", where)
-        if isinstance(module, nn.Embedding):
-            return _guess([[1, 128]], "int64", where)
-        if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
-            shape = [1, 32, module.input_size] if module.batch_first else [32, 1, module.input_size]
-            return _guess([shape], "float32", where)
-    raise JobError(
-        protocol.ERROR_USER,
-        "torchls cannot tell this model's input shape; add `# torchls: input=(1, 3, 224, 224)` "
-        "(your shape) above the class or the call",
-    )
-
-
-def _guess(shapes: list[list[int]], dtype: str, why: str) -> dict[str, Any]:
-    return {
-        "tensors": [{"shape": shape, "dtype": dtype} for shape in shapes],
-        "source": f"a guess from {why}",
-        "guess": True,
-    }
-
-
-def _make_inputs(torch: Any, spec: dict[str, Any]) -> list[Any]:
-    tensors = []
-    for item in spec["tensors"]:
-        dtype = getattr(torch, str(item.get("dtype", "float32")))
-        tensors.append(torch.empty(tuple(item["shape"]), dtype=dtype, device="meta"))
-    return tensors
-
-
 def _first_tensor(value: Any, torch: Any, depth: int = 0) -> Any:
     if isinstance(value, torch.Tensor):
         return value

@@ -16,15 +16,11 @@ import time
 from typing import Any
 
 from torchls.worker import protocol
+from torchls.worker.building import _build_model
+from torchls.worker.inputs import _guess_inputs, _make_inputs
 from torchls.worker.jobs import JobContext, JobError, Params
-from torchls.worker.loading import _build_model, _describe, _Loader
-from torchls.worker.measure import (
-    _count_parameters,
-    _guess_inputs,
-    _make_inputs,
-    _measure,
-    _thop,
-)
+from torchls.worker.loading import _describe, _Loader
+from torchls.worker.measure import _count_parameters, _measure, _thop
 
 
 def _import_torch(context: JobContext) -> Any:
