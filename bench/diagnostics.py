@@ -93,7 +93,11 @@ class Client:
     answers the server's own requests with null), so that every wait can have a deadline."""
 
     def __init__(
-        self, workspace: Path, log: Path | None, capabilities: dict[str, Any] | None = None
+        self,
+        workspace: Path,
+        log: Path | None,
+        capabilities: dict[str, Any] | None = None,
+        initialization_options: dict[str, Any] | None = None,
     ) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "server"))
         command = [sys.executable, "-m", "torchls", "serve", "--stdio"]
@@ -112,6 +116,8 @@ class Client:
         self.next_id = 0
         self._lock = threading.Lock()
         self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        # The last diagnostics published for each document, whoever was waiting then.
+        self.diagnostics: dict[str, dict[str, Any]] = {}
         assert self.server.stdout is not None
         threading.Thread(target=self._read_all, args=(self.server.stdout,), daemon=True).start()
         self.request(
@@ -120,6 +126,7 @@ class Client:
                 "processId": os.getpid(),
                 "rootUri": workspace.as_uri(),
                 "capabilities": capabilities or {},
+                "initializationOptions": initialization_options or {},
             },
         )
         self.notify("initialized", {})
@@ -144,6 +151,8 @@ class Client:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
                 message = json.loads(stream.read(length))
+                if message.get("method") == "textDocument/publishDiagnostics":
+                    self.diagnostics[message["params"]["uri"]] = message["params"]
                 if "method" in message and "id" in message:  # a request to the client
                     self._send({"jsonrpc": "2.0", "id": message["id"], "result": None})
                 self._messages.put(message)
