@@ -10,6 +10,7 @@ Each becomes a `ModelTarget`: what to build, with which arguments, and which inp
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import sys
 from collections import deque
@@ -77,6 +78,56 @@ _HF_NOT_MODELS = (
 )
 _HF_FACTORIES = {"from_config", "from_pretrained"}
 _MAX_BASE_DEPTH = 8
+_MAX_BINDING_STEPS = 8
+# Wrappers whose result costs what the wrapped model costs: a hover on the variable shows it.
+_SAME_MODEL_WRAPPERS = {
+    "torch.nn.DataParallel",
+    "torch.nn.parallel.DataParallel",
+    "torch.nn.parallel.DistributedDataParallel",
+    "torch.compile",
+}
+# What a factory function must not call for a hover to run it: it reads, fetches or writes.
+_IO_PREFIXES = ("load", "download", "save", "read_", "write", "to_csv", "tofile")
+_IO_NAMES = {
+    "open",
+    "from_pretrained",
+    "safe_load",
+    "urlretrieve",
+    "urlopen",
+    "hf_hub_download",
+    "snapshot_download",
+    "system",
+    "popen",
+    "remove",
+    "unlink",
+    "rmdir",
+    "rmtree",
+    "makedirs",
+    "mkdir",
+    "rename",
+    "copyfile",
+    "copytree",
+    "move",
+    "dump",
+    "fromfile",
+    "exec",
+    "eval",
+    "__import__",
+}
+_IO_MODULES = {
+    "requests",
+    "urllib",
+    "urllib3",
+    "http",
+    "socket",
+    "subprocess",
+    "shutil",
+    "pickle",
+    "joblib",
+    "wget",
+    "gdown",
+    "huggingface_hub",
+}
 
 
 @dataclass
@@ -112,6 +163,24 @@ class ModelTarget:
         parts = [describe(value) for value in self.args]
         parts += [f"{key}={describe(value)}" for key, value in self.kwargs.items()]
         return f"{self.name}({', '.join(parts)})"
+
+
+@dataclass
+class PlacedTarget(ModelTarget):
+    """A target a hover finds beside the class and the construction: a submodule line (the
+    parent class's profile, with the share of the submodule at `submodule`), or a workspace
+    factory function, which `refusal` says torchls does not run."""
+
+    submodule: str = ""  # attribute path inside the parent: "encoder", "blocks.0"
+    parent: str = ""  # the parent class's name
+    refusal: str = ""
+
+    def request(self) -> dict[str, Any]:
+        params = super().request()
+        if self.submodule:
+            params["name"] = self.parent  # the worker builds (and names) the parent
+            params["submodule"] = self.submodule
+        return params
 
 
 class FileModels:
@@ -306,7 +375,9 @@ class FileModels:
         return count
 
     def target_at(self, line: int, character: int) -> ModelTarget | None:
-        """The target whose name is under the cursor (0-based line, UTF-16 character)."""
+        """The target whose name is under the cursor (0-based line, UTF-16 character): a model
+        class's name, the callee of a construction (or of a workspace factory function), a
+        `self.x = ...` submodule line in a model's `__init__`, or a variable bound to a model."""
         if self.tree is None:
             return None
         for name, class_node in self.classes.items():
@@ -324,7 +395,11 @@ class FileModels:
                 best is None or _is_inside(node, best)
             ):
                 best = node
-        return self.construction_target(best) if best is not None else None
+        if best is not None:
+            found = self.construction_target(best) or self.factory_target(best)
+            if found is not None:
+                return found
+        return self.submodule_target_at(line, character) or self.variable_target_at(line, character)
 
     def _class_name_span(self, node: ast.ClassDef) -> Span:
         line = self.lines.get(node.lineno - 1)
@@ -497,6 +572,190 @@ class FileModels:
 
     def _calls_to_local_class(self, name: str) -> list[ast.Call]:
         return self.calls_named(name)
+
+    # -- where else a hover answers: submodule lines, variables, factory functions -------------
+
+    def submodule_target_at(self, line: int, character: int) -> ModelTarget | None:
+        """`self.encoder = Encoder(...)` in a model class's method, with the cursor on
+        `self.encoder` (or on a callee that is no model of its own, `nn.Conv2d`): the parent
+        class, profiled as its hover would, with the submodule's share picked out."""
+        for statement in [*self.by_type.get(ast.Assign, []), *self.by_type.get(ast.AnnAssign, [])]:
+            assert isinstance(statement, (ast.Assign, ast.AnnAssign))
+            if not statement.lineno - 1 <= line <= (statement.end_lineno or 0) - 1:
+                continue
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            if len(targets) != 1 or not isinstance(targets[0], ast.Attribute):
+                continue
+            attribute = targets[0]
+            value = statement.value
+            on_callee = isinstance(value, ast.Call) and self._span(value.func).contains(
+                line, character
+            )
+            if not (self._span(attribute).contains(line, character) or on_callee):
+                continue
+            found = self._submodule_path(attribute)
+            if found is None:
+                return None
+            class_node, path = found
+            return self._submodule_target(class_node, path, attribute, statement.lineno)
+        return None
+
+    def _submodule_path(self, attribute: ast.Attribute) -> tuple[ast.ClassDef, str] | None:
+        """(the model class, "encoder") for `self.encoder` written in one of its methods."""
+        parts: list[str] = []
+        node: ast.expr = attribute
+        while isinstance(node, ast.Attribute):
+            parts.insert(0, node.attr)
+            node = node.value
+        method = _function_scope(self, attribute)
+        if not isinstance(node, ast.Name) or not isinstance(method, ast.FunctionDef):
+            return None
+        arguments = [*method.args.posonlyargs, *method.args.args]
+        if not arguments or arguments[0].arg != node.id:
+            return None  # not the instance the method was called on
+        class_node = self.parents.get(method)
+        if (
+            not isinstance(class_node, ast.ClassDef)
+            or self.classes.get(class_node.name) is not class_node
+            or not self.is_model_class(class_node.name)
+        ):
+            return None
+        return class_node, ".".join(parts)
+
+    def _submodule_target(
+        self, class_node: ast.ClassDef, path: str, attribute: ast.Attribute, line: int
+    ) -> ModelTarget:
+        parent = self.class_target(class_node)
+        copied = {f.name: getattr(parent, f.name) for f in dataclasses.fields(ModelTarget)}
+        target = PlacedTarget(**copied)
+        target.kind = "submodule"
+        target.name = f"{class_node.name}.{path}"
+        target.span = self._span(attribute)
+        target.line = line
+        target.submodule = path
+        target.parent = class_node.name
+        return target
+
+    def variable_target_at(self, line: int, character: int) -> ModelTarget | None:
+        """`model` in `model.eval()`, `model(x)`, `print(model)` after `model = Net(...)` in the
+        same scope (or at module level): the construction's profile."""
+        for node in self.by_type.get(ast.Name, []):
+            assert isinstance(node, ast.Name)
+            if node.lineno - 1 != line or not self._span(node).contains(line, character):
+                continue
+            target = self._model_bound_to(node)
+            if target is None:
+                return None
+            return dataclasses.replace(target, span=self._span(node))
+        return None
+
+    def _model_bound_to(self, name: ast.Name) -> ModelTarget | None:
+        value: ast.expr | None
+        if isinstance(name.ctx, ast.Store):
+            statement = self.parents.get(name)
+            if not isinstance(statement, (ast.Assign, ast.AnnAssign)):
+                return None
+            value = statement.value
+        else:
+            value = self._bound_value_at(name.id, name.lineno, name)
+        for _ in range(_MAX_BINDING_STEPS):
+            while (
+                isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Attribute)
+                and value.func.attr in CHAIN_METHODS
+            ):
+                value = value.func.value  # Net().to(device).eval()
+            if not isinstance(value, ast.Call):
+                return None
+            if self.imports.resolve(value.func) not in _SAME_MODEL_WRAPPERS:
+                return self.construction_target(value) or self.factory_target(value)
+            inner = value.args[0] if value.args else None
+            if isinstance(inner, ast.Name):  # model = nn.DataParallel(model)
+                value = self._bound_value_at(inner.id, value.lineno, value)
+            else:
+                value = inner
+        return None
+
+    def _bound_value_at(self, name: str, line: int, at: ast.AST) -> ast.expr | None:
+        """The value `name` certainly has at `line` where `at` is: its function's binding, or
+        the module's when the function binds it nowhere (a parameter's value is the caller's)."""
+        scope = _function_scope(self, at)
+        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = scope.args
+            parameters = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+            parameters += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+            if any(parameter.arg == name for parameter in parameters):
+                return None
+            bound, value = _binding(scope.body, name, line, self.bindings)
+            if bound:
+                return value
+        if self.tree is None:
+            return None
+        return _binding(self.tree.body, name, line, self.bindings)[1]
+
+    def factory_target(self, call: ast.Call) -> ModelTarget | None:
+        """`build_model(cfg)`: a call of a workspace function whose body builds a model. The
+        hover runs it, unless its body loads, downloads or writes something (then it says so)."""
+        found = self._factory_of(call)
+        if found is None:
+            return None
+        owner, function = found
+        target = PlacedTarget(
+            kind="construction",
+            name=dotted_name(call.func) or function.name,
+            span=self._span(call.func),
+            line=call.lineno,
+            ref=self._file_ref(owner.module, function.name),
+            defining_file=owner.module,
+            setting_key=function.name,
+        )
+        risky = _io_call(owner, function)
+        if risky is not None:
+            what, at = risky
+            where = "" if owner is self else f" of {owner.module.path.rsplit('/', 1)[-1]}"
+            target.refusal = (
+                f"`{function.name}` calls `{what}` on line {at}{where}; torchls does not run "
+                "functions that load, download or write files. Hover the model class it builds "
+                "instead."
+            )
+            return target
+        statement = self._statement_of(call)
+        directives = read_directives(self.lines, statement.lineno, statement.lineno)
+        if not self._apply_args_directive(target, directives):
+            target.args, target.kwargs, target.problems = self._call_arguments(call)
+            target.args_source = "the call"
+        target.inputs = self._inputs_from_directive(
+            target, directives
+        ) or self._literal_call_inputs(self._variables_bound_to(call), _function_scope(self, call))
+        return target
+
+    def _factory_of(self, call: ast.Call) -> tuple[FileModels, ast.FunctionDef] | None:
+        func = call.func
+        owner: FileModels = self
+        name = ""
+        if isinstance(func, ast.Name) and self._top_function(func.id) is not None:
+            name = func.id
+        else:
+            dotted = self.imports.resolve(func)
+            local = self.project.resolve_symbol(dotted, self.module.path) if dotted else None
+            if local is None or "." in local[1]:
+                return None
+            owner, name = models_of(self.project, local[0]), local[1]
+        function = owner._top_function(name)
+        if function is None:
+            return None
+        builds = any(
+            isinstance(node, ast.Call) and owner._resolve_callee(node) is not None
+            for node in walk(function)
+        )
+        return (owner, function) if builds else None
+
+    def _top_function(self, name: str) -> ast.FunctionDef | None:
+        found = None
+        for statement in self.tree.body if self.tree is not None else []:
+            if isinstance(statement, ast.FunctionDef) and statement.name == name:
+                found = statement
+        return found
 
     def _statement_of(self, node: ast.AST) -> ast.stmt:
         current: ast.AST = node
@@ -854,4 +1113,25 @@ def _function_scope(models: FileModels, node: ast.AST) -> ast.AST | None:
         if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return current
         current = models.parents.get(current)
+    return None
+
+
+def _io_call(owner: FileModels, function: ast.FunctionDef) -> tuple[str, int] | None:
+    """The first call in the function's body that loads, downloads, writes or runs something:
+    (how it is written, its line). `model.eval()` is no such call; `eval(...)` is."""
+    for node in sorted(
+        (node for node in walk(function) if isinstance(node, ast.Call)),
+        key=lambda node: (node.lineno, node.col_offset),
+    ):
+        func = node.func
+        resolved = owner.imports.resolve(func)
+        written = resolved or dotted_name(func) or ast.unparse(func)
+        last = written.rsplit(".", 1)[-1]
+        is_builtin = isinstance(func, ast.Name) and resolved is None
+        if (
+            (resolved and resolved.split(".")[0] in _IO_MODULES)
+            or last.startswith(_IO_PREFIXES)
+            or (last in _IO_NAMES and (is_builtin or last not in {"eval", "exec", "open"}))
+        ):
+            return written, node.lineno
     return None
