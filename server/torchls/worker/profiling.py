@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from torchls.worker import protocol
+from torchls.worker import protocol, submodule
 from torchls.worker.building import _build_model
 from torchls.worker.inputs import _guess_inputs, _make_inputs
 from torchls.worker.jobs import JobContext, JobError, Params
@@ -105,6 +105,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
     step = time.perf_counter()
     spec = params.get("inputs") or _guess_inputs(torch, model)
     inputs = _make_inputs(torch, spec)
+    watched = submodule.watch(torch, model, params)  # `self.x = ...` hovers: x's share
     measured = _measure(torch, model, inputs, spec, loader)
     try:  # after the forward: lazy modules (nn.LazyLinear) have their shapes only then
         counts = _count_parameters(torch, model)
@@ -113,6 +114,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
             protocol.ERROR_USER, f"counting the parameters failed: {_describe(exc, loader)}"
         ) from None
     timings["count"] = time.perf_counter() - step
+    share = watched.result(measured, counts) if watched else None  # unhooked before thop
 
     step = time.perf_counter()
     thop = _thop(torch, model, inputs, measured) if params.get("thop", True) else None
@@ -133,6 +135,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         "layers": measured["layers"],
         "modules": measured["modules"],
         "thop": thop,
+        "submodule": share,
         "notes": notes,
         "torch": str(torch.__version__),
         "seconds": {key: round(value, 4) for key, value in timings.items()},
