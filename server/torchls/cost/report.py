@@ -254,3 +254,60 @@ def text(result: dict[str, Any], context: ReportContext) -> str:
         out.append(f"  note: {note}")
     out.append(f"  {COUNTED}")
     return "\n".join(out)
+
+
+def submodule_markdown(result: dict[str, Any], context: ReportContext, parent: str) -> str:
+    """The share of one submodule (`self.encoder = ...`) in its parent's profile."""
+    share = result["submodule"]
+    parameters = share["parameters"]
+    lines: list[str] = []
+    if context.stale:
+        lines.append("*From an earlier version of this file; recomputing.*\n")
+    lines.append(
+        f"**self.{share['path']}** ({share['type']}) · its share of **{parent}**, built as "
+        f"`{context.call or parent}`\n"
+    )
+    total_parameters = result["parameters"]["total"]
+    rows = [
+        (
+            "Parameters",
+            f"**{parameters['total']:,}** ({count(parameters['total'])}) · "
+            f"{share['share_parameters']:.1%} of {parent}'s {total_parameters:,}",
+        ),
+        ("trainable · frozen", f"{parameters['trainable']:,} · {parameters['frozen']:,}"),
+    ]
+    if share["macs"] is None:
+        rows.append(("MACs", f"not attributed (the whole {parent}: {result['macs']:,})"))
+    elif not share["calls"]:
+        rows.append(("MACs", f"**0** (0) · `{parent}.forward` does not call it"))
+    else:
+        rows.append(
+            (
+                "MACs",
+                f"**{count(share['macs'])}** ({share['macs']:,}) · "
+                f"{share['share_macs']:.1%} of {parent}'s {count(result['macs'])}",
+            )
+        )
+        rows.append(("FLOPs", f"**{count(share['flops'])}** (1 MAC = 2 FLOPs)"))
+    rows.append(("output", _shape(share["output"])))
+    lines.append("| | |\n|:--|--:|")
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    lines.append("")
+    lines.append(
+        f"{_input_sentence(result['inputs'], markdown=True)} Change it with a "
+        f"`# torchls: input=(…)` comment above `class {parent}`."
+    )
+    lines.append("")
+    lines.append(
+        f"**Memory of its parameters:** fp32 {size(parameters['total'] * 4)} · bf16/fp16 "
+        f"{size(parameters['total'] * 2)} · int8 {size(parameters['total'])}"
+    )
+    notes = [*context.problems, *result.get("notes", [])]
+    if context.args_source and context.args_source not in {"the call", "defaults"}:
+        notes.append(f"{parent}'s arguments from {context.args_source}")
+    if notes:
+        lines.append("")
+        lines += [f"- {note}" for note in notes]
+    lines.append("")
+    lines.append(f"*{COUNTED}*")
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ from torchls.cost import report
 from torchls.cost.cache import ProfileCache
 from torchls.cost.request import PreparedProfile, prepare
 from torchls.lsp.document_kinds import ELSEWHERE, FILE, DocumentKind, document_kind
-from torchls.source.models import FileModels, ModelTarget
+from torchls.source.models import FileModels, ModelTarget, PlacedTarget
 from torchls.source.project import ModuleFile, Project, parse_text
 from torchls.worker import protocol
 from torchls.worker.client import JobResult
@@ -223,6 +223,8 @@ class ModelCost:
             end=types.Position(line=span.end_line, character=span.end_char),
         )
         blocker = kind.refusal() if kind.kind == ELSEWHERE else self.blocker()
+        if blocker is None and isinstance(target, PlacedTarget) and target.refusal:
+            blocker = target.refusal  # a factory function that loads or writes: never run
         if blocker is not None:
             return _hover(report.blocked_markdown(target.name, blocker), hover_range)
         prepared = self._prepare(models, target)
@@ -288,9 +290,26 @@ def render(prepared: PreparedProfile, result: JobResult, stale: bool = False) ->
         problems=list(prepared.problems),
         stale=stale,
     )
+    if isinstance(target, PlacedTarget) and target.submodule:
+        return _submodule_markdown(target, result, context)
     if result.ok:
         return report.markdown(result.value, context)
     return report.failure_markdown(target.name, _failure_sentence(result), context)
+
+
+def _submodule_markdown(
+    target: PlacedTarget, result: JobResult, context: report.ReportContext
+) -> str:
+    name = f"self.{target.submodule}"
+    if not result.ok:
+        sentence = _failure_sentence(result)
+        why = f"Its share comes from profiling {target.parent}, which failed: {sentence}"
+        return report.failure_markdown(name, why, context)
+    if not result.value.get("submodule"):  # a worker that predates the submodule parameter
+        return report.failure_markdown(
+            name, f"the worker did not report its share of {target.parent}.", context
+        )
+    return report.submodule_markdown(result.value, context, target.parent)
 
 
 def _failure_sentence(result: JobResult) -> str:
