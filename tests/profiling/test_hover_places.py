@@ -83,7 +83,8 @@ async def test_hover_on_a_variable_and_a_submodule_line_show_the_numbers(tmp_pat
 
         # `self.encoder = Encoder(width)` in Net.__init__: its share of Net(width=24)
         on_line = await _hover_text(session, uri, _at(text, "self.encoder = ", offset=6))
-        assert "**self.encoder** (Encoder)" in on_line and "**Net**" in on_line
+        title = "**self.encoder** (Encoder) · its share of **Net**, built as `Net(width=24)`"
+        assert title in on_line
         assert _number(on_line, "Parameters") == encoder_parameters
         assert _number(on_line, "MACs") == encoder_macs
         assert f"of Net's {net_parameters:,}" in on_line

@@ -26,6 +26,7 @@ from torchls.source.values import (
     Value,
     describe,
     is_unknown,
+    keyword_dict,
     parse_argument_list,
     read_value,
 )
@@ -181,6 +182,10 @@ class PlacedTarget(ModelTarget):
             params["name"] = self.parent  # the worker builds (and names) the parent
             params["submodule"] = self.submodule
         return params
+
+    def call_text(self) -> str:
+        text = super().call_text()
+        return self.parent + text[len(self.name) :] if self.submodule else text
 
 
 class FileModels:
@@ -775,6 +780,13 @@ class FileModels:
                     and statement.name == node.id
                 ):
                     return {"ref": self._file_ref(self.module, node.id)}
+        # A method of a class of this file: `GPT.get_default_config`
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in self.classes
+        ):
+            return {"ref": self._file_ref(self.module, f"{node.value.id}.{node.attr}")}
         dotted = self.imports.resolve(node)
         if dotted is None:
             return None
@@ -796,18 +808,28 @@ class FileModels:
         problems: list[str] = []
         local = _function_scope(self, call)
         lookup = self._scoped_lookup(local)
+        edits = self._scoped_edits(local)
+
+        def read(node: ast.expr) -> Value:
+            return read_value(node, self._resolve_ref, lookup, edits=edits)
+
         for arg in call.args:
             if isinstance(arg, ast.Starred):
                 problems.append(f"`*{ast.unparse(arg.value)}` is passed; torchls cannot see it")
                 continue
-            args.append(read_value(arg, self._resolve_ref, lookup))
+            args.append(read(arg))
         for keyword in call.keywords:
             if keyword.arg is None:
-                problems.append(
-                    f"`**{ast.unparse(keyword.value)}` is passed; torchls cannot see it"
-                )
+                # GPT(**model_args) with `model_args = dict(n_layer=12, ...)` in the scope
+                expanded = keyword_dict(read(keyword.value))
+                if expanded is None:
+                    problems.append(
+                        f"`**{ast.unparse(keyword.value)}` is passed; torchls cannot see it"
+                    )
+                else:
+                    kwargs.update(expanded)
                 continue
-            kwargs[keyword.arg] = read_value(keyword.value, self._resolve_ref, lookup)
+            kwargs[keyword.arg] = read(keyword.value)
         for value in [*args, *kwargs.values()]:
             if is_unknown(value):
                 problems.append(f"`{value['unknown']}` is {value['why'] or 'not a literal'}")
@@ -827,6 +849,51 @@ class FileModels:
             return self._lookup(name, before_line)
 
         return lookup
+
+    def _scoped_edits(self, function: ast.AST | None) -> Any:
+        """What the scope does to a name between its assignment and a use (values.EditLookup):
+        `config.vocab_size = 50257`, `model_args["bias"] = False` in order; None when it may
+        change otherwise (a method call on it, passed to a call, changed under an `if`)."""
+
+        def edits(name: str, after_line: int, before_line: int) -> list[Any] | None:
+            body: list[ast.stmt] = self.tree.body if self.tree is not None else []
+            if (
+                isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and _binding(function.body, name, before_line, self.bindings)[0]
+            ):
+                body = function.body
+            found: list[Any] = []
+            for statement in body:
+                if statement.lineno <= after_line:
+                    continue
+                if (statement.end_lineno or statement.lineno) >= before_line:
+                    break
+                change = _edit_of(statement, name)
+                if change is not None:
+                    found.append(change)
+                elif self._may_change(statement, name):
+                    return None
+            return found
+
+        return edits
+
+    def _may_change(self, statement: ast.stmt, name: str) -> bool:
+        for node in _scope_walk(statement):
+            if not (isinstance(node, ast.Name) and node.id == name):
+                continue
+            parent = self.parents.get(node)
+            if isinstance(parent, (ast.Attribute, ast.Subscript)) and parent.value is node:
+                grand = self.parents.get(parent)
+                stored = isinstance(parent.ctx, (ast.Store, ast.Del))
+                called = isinstance(grand, ast.Call) and grand.func is parent
+                if stored or called or isinstance(grand, ast.AugAssign):
+                    return True
+            elif isinstance(parent, (ast.Call, ast.keyword)):
+                call = self.parents.get(parent) if isinstance(parent, ast.keyword) else parent
+                callee = dotted_name(call.func) if isinstance(call, ast.Call) else None
+                if callee not in _READ_ONLY_CALLS:
+                    return True
+        return False
 
     def _apply_args_directive(self, target: ModelTarget, directives: dict[str, Directive]) -> bool:
         directive = directives.get("args")
@@ -883,10 +950,68 @@ class FileModels:
         if self.tree is None or not variables:
             return None
         lookup = self._scoped_lookup(scope)
-        for node in self.calls_in(scope):
+        calls = self.calls_in(scope)
+        for node in calls:
             spec = inputs_module.from_call_site(node, variables, self.imports, lookup)
             if spec is not None:
                 return spec
+        for node in calls:
+            spec = self._helper_call_inputs(node, variables, lookup)
+            if spec is not None:
+                return spec
+        return None
+
+    def _helper_call_inputs(
+        self, call: ast.Call, variables: set[str], lookup: Any
+    ) -> InputSpec | None:
+        """`get_pf(model, inputs)` where the file's own `def get_pf(model, input)` runs the
+        model on its input (`profile(model, inputs=(input,))`, `model(input)`): the inputs
+        followed one call deep, the helper's parameters bound to what the call passes."""
+        if not isinstance(call.func, ast.Name):
+            return None
+        function = self._top_function(call.func.id)
+        if function is None:
+            return None
+        parameters = [*function.args.posonlyargs, *function.args.args]
+        every = {p.arg for p in [*parameters, *function.args.kwonlyargs]}
+        passed: dict[str, ast.expr] = {}
+        for index, arg in enumerate(call.args):
+            if isinstance(arg, ast.Starred) or index >= len(parameters):
+                break
+            passed[parameters[index].arg] = arg
+        for keyword in call.keywords:
+            if keyword.arg in every:
+                passed[keyword.arg] = keyword.value
+        models = {
+            name
+            for name, arg in passed.items()
+            if isinstance(arg, ast.Name) and arg.id in variables
+        }
+        if not models:
+            return None
+        values = {
+            name: inputs_module.follow(arg, lookup, call.lineno)
+            for name, arg in passed.items()
+            if name not in models
+        }
+
+        def inner(name: str, before_line: int) -> ast.expr | None:
+            bound, value = _binding(function.body, name, before_line, self.bindings)
+            if bound:
+                return value
+            if name in every:
+                return values.get(name)  # a parameter: what this call passes, if anything
+            found: ast.expr | None = lookup(name, before_line)
+            return found
+
+        for node in self.calls_in(function):
+            spec = inputs_module.from_call_site(node, models, self.imports, inner)
+            if spec is not None:
+                code = ast.unparse(call)
+                code = code if len(code) <= 40 else code[:37] + "..."
+                return dataclasses.replace(
+                    spec, source=f"{spec.source}, through `{code}` on line {call.lineno}"
+                )
         return None
 
 
@@ -1031,6 +1156,32 @@ def _bindings_of(
     if cache is not None:
         cache[id(statements)] = (statements, index)
     return index
+
+
+# Calls that read what they are given: passing a config to them leaves it as it was.
+_READ_ONLY_CALLS = {"print", "len", "str", "repr", "isinstance", "type", "id", "vars"}
+
+
+def _edit_of(statement: ast.stmt, name: str) -> tuple[str, str, ast.expr] | None:
+    """`name.key = value` -> ("attr", key, value); `name["key"] = value` -> ("item", ...)."""
+    if not isinstance(statement, ast.Assign) or len(statement.targets) != 1:
+        return None
+    target = statement.targets[0]
+    if (
+        isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == name
+    ):
+        return ("attr", target.attr, statement.value)
+    if (
+        isinstance(target, ast.Subscript)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == name
+        and isinstance(target.slice, ast.Constant)
+        and isinstance(target.slice.value, str)
+    ):
+        return ("item", target.slice.value, statement.value)
+    return None
 
 
 def _plain_assignments(statement: ast.stmt) -> list[tuple[str, ast.expr]]:
