@@ -242,3 +242,27 @@ async def test_a_closed_document_loses_its_diagnostics(tmp_path: Path) -> None:
             types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
         )
         await _diagnostics(session, uri, lambda d: not d)
+
+
+async def test_a_load_torchls_cannot_check_says_why_in_the_editor(tmp_path: Path) -> None:
+    torch.save(_net().state_dict(), tmp_path / "w.pt")
+    train = _workspace(
+        tmp_path,
+        "import sys\nimport torch\nfrom model import Net\n\n"
+        "path = sys.argv[1] if len(sys.argv) > 1 else 'w.pt'\n"
+        "model = Net()\n"
+        "model.load_state_dict(torch.load(path))\n"
+        "twin = Net()\n"
+        "twin.load_state_dict(model.state_dict())\n",
+    )
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, train)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        assert [d.code for d in _torchls(found)] == ["unchecked"]  # not the in-memory copy
+        note = _torchls(found)[0]
+        assert note.severity == types.DiagnosticSeverity.Information
+        assert note.range.start.line == 6
+        assert note.message == (
+            "torchls cannot check this load: the checkpoint path `path` is not a literal "
+            "torchls can read."
+        )

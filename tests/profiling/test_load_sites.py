@@ -64,10 +64,15 @@ def test_variables_subscripts_paths_and_strict(tmp_path: Path) -> None:
         ("torch.load", None, [], True),
         ("safetensors", "runs/best/model.safetensors", [], True),
         ("torch.load", None, [], None),
+        ("", None, [], True),
     ]
     assert sites[0].keywords == {"map_location": "'cpu'"}
     assert sites[0].model is not None and sites[0].model.name == "Net"
     assert "not a literal" in sites[1].problems[0]
+    # Found and not checkable: each says why (never a silent skip).
+    assert [s.unchecked is not None for s in sites] == [False, True, False, True, True]
+    assert sites[1].unchecked == sites[1].problems[0]
+    assert sites[4].unchecked == "the state dict is `{'a': 1}`, which torchls does not follow"
 
 
 def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
@@ -105,10 +110,15 @@ def test_key_rewrites_on_the_way(tmp_path: Path) -> None:
         # A filter keeps the keys as they are, in a plain dict (no `_metadata`): "copy".
         [("strip", "module."), ("drop_suffix", ("total_ops", "total_params")), ("copy", None)],
         [("strip", "module."), ("drop_keys", ("fc.weight", "fc.bias")), ("copy", None)],
-        [],  # load_model(model, "m.safetensors"); the .upper() rewrite is not understood
+        [],  # the .upper() rewrite is not understood: found, not checked
+        [],  # load_model(model, "m.safetensors")
     ]
     assert sites[0].path == "runs/w.pt" and sites[0].keywords == {"weights_only": "False"}
-    assert len(sites) == 8  # the .upper() rewrite is not understood, so that site is skipped
+    assert len(sites) == 9
+    assert [s.unchecked for s in sites].count(None) == 8
+    assert sites[7].unchecked == (
+        "torchls does not follow what this dict comprehension does to the keys"
+    )
     assert sites[-1].kind == "load_model" and sites[-1].strict is False
     assert sites[-1].loader == "safetensors" and sites[-1].path == "m.safetensors"
     assert sites[2].argument_text.startswith("{k[7:]")

@@ -56,6 +56,15 @@ class SiteReport:
     def findings(self) -> list[Finding]:
         return self.outcome.findings
 
+    @property
+    def unchecked(self) -> str | None:
+        """Why torchls could not check this load's keys (or none of it), or None."""
+        if self.site.unchecked is not None:
+            return self.site.unchecked
+        if self.outcome.has("unchecked") and self.notes:
+            return self.notes[0]
+        return None
+
 
 class LoadChecker:
     def __init__(
@@ -86,6 +95,14 @@ class LoadChecker:
         return list(await asyncio.gather(*(self._check_site(models, site) for site in sites)))
 
     async def _check_site(self, models: FileModels, site: LoadSite) -> SiteReport:
+        if site.unchecked is not None:
+            # Said, never silent: a load that is not checked is not a load that is fine. A
+            # state dict copied between models in memory is no checkpoint load: counted only.
+            outcome = Outcome()
+            if not site.in_memory:
+                message = f"torchls cannot check this load: {site.unchecked}."
+                outcome.findings.append(Finding(INFORMATION, "unchecked", message, site.span))
+            return SiteReport(site, outcome)
         environment = self._environment()
         found = _existing(site.candidates)
         if found is not None and site.kind == "from_pretrained" and not Path(found).is_dir():

@@ -74,6 +74,10 @@ class LoadSite:
     keys_unknown: str | None = None  # why the keys cannot be followed (the dict is mutated)
     allowed_globals: frozenset[str] | None = frozenset()  # add_safe_globals; None: unknown
     model_changed: str | None = None  # why the model may differ from its construction
+    # Why torchls cannot check this load at all (the state dict's source or the file's path is
+    # not something it can follow), or None; `in_memory`: it is no file's (`other.state_dict()`).
+    unchecked: str | None = None
+    in_memory: bool = False
 
     @property
     def subscripts(self) -> list[str]:
@@ -167,8 +171,10 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
         return _from_checkpoint(models, call)
     else:
         return None
-    if site.loader == "":
-        return None  # the state dict does not come from a file torchls can see
+    if site.loader == "" and site.unchecked is None:
+        return None
+    if site.unchecked is None and site.path is None and site.problems:
+        site.unchecked = site.problems[0]
     # load_state_dict(sd, strict) and load_model(model, path, strict) take strict by position too
     value = _argument(call, 1 if site.kind == "load_state_dict" else 2, "strict")
     if value is not None:
@@ -303,7 +309,8 @@ def _end(models: FileModels, node: ast.AST) -> Span:
 
 
 def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSite) -> None:
-    """Walk back from the argument to the load call: names, subscripts and key rewrites."""
+    """Walk back from the argument to the load call: names, subscripts and key rewrites. Where
+    the walk stops short of a file, `site.unchecked` says why."""
     lookup = models._scoped_lookup(_function_scope(models, at))
     steps: list[Step] = []
     for _ in range(_MAX_STEPS):
@@ -311,6 +318,10 @@ def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSi
             use_line = getattr(node, "lineno", 1 << 30)
             found = lookup(node.id, use_line)
             if found is None:
+                site.unchecked = (
+                    f"`{node.id}` cannot be followed back to a file (a parameter, a loop "
+                    "variable, or assigned in a branch or in more than one way)"
+                )
                 return
             changed = _mutated(models, node.id, getattr(found, "lineno", 0), use_line, at, False)
             if changed is not None:
@@ -323,6 +334,7 @@ def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSi
         if isinstance(node, ast.Subscript):
             key = node.slice
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                site.unchecked = f"the key `{_unparse(key)}` is not a string literal"
                 return
             steps.insert(0, Step("key", key.value))
             node = node.value
@@ -330,6 +342,9 @@ def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSi
         if isinstance(node, ast.DictComp):
             rewrite = _rewrite(node)
             if rewrite is None:
+                site.unchecked = (
+                    "torchls does not follow what this dict comprehension does to the keys"
+                )
                 return
             steps[:0] = rewrite[1]
             node = rewrite[0]
@@ -338,11 +353,21 @@ def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSi
             dotted = models.imports.resolve(node.func) or dotted_name(node.func) or ""
             loader = _LOADERS.get(dotted)
             if loader is None or not node.args:
+                if isinstance(node.func, ast.Attribute) and node.func.attr == "state_dict":
+                    site.in_memory = True
+                    site.unchecked = f"the state dict is `{_unparse(node)}`, in memory, not a file"
+                else:
+                    site.unchecked = (
+                        f"the state dict comes from `{_unparse(node.func)}(...)`, a call torchls "
+                        "does not follow"
+                    )
                 return
             site.steps = steps
             _read_loader(models, node, node.args[0], site, loader)
             return
+        site.unchecked = f"the state dict is `{_unparse(node)}`, which torchls does not follow"
         return
+    site.unchecked = "the state dict passes through more steps than torchls follows"
 
 
 def _read_loader(
