@@ -52,7 +52,7 @@ def test_the_example_workspace_fails_with_one_line_per_broken_load() -> None:
     assert "`module.`" in lines[0]
     assert lines[1].startswith(f"train.py:{nested}:1: error:") and "['state_dict']" in lines[1]
     assert "    fix: Strip the `module.` prefix" in done.stdout
-    assert "2 loads checked: 2 errors, 0 warnings" in done.stderr
+    assert "2 loads: 2 checked; 2 errors, 0 warnings" in done.stderr
 
 
 def test_json_and_exit_codes(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_json_and_exit_codes(tmp_path: Path) -> None:
     )
     done = _check("scripts", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout == "" and "1 load checked: 0 errors" in done.stderr
+    assert done.stdout == "" and "1 load: 1 checked; 0 errors" in done.stderr
 
     (scripts / "bad.py").write_text(
         "import torch\nfrom model import Net\nm = Net(num_classes=10)\n"

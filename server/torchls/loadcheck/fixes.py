@@ -45,6 +45,9 @@ class Fix:
     edit: Edit  # one edit, so that one undo takes it back
     fixes: list[str] = field(default_factory=list)  # the finding codes it removes
     preferred: bool = False
+    # False: it makes the load work by trusting the file (weights_only=False); `torchls check
+    # --fix` never applies such a fix.
+    safe: bool = True
 
 
 @dataclass
@@ -96,6 +99,7 @@ def propose(
             continue  # raises nothing, but loads nothing either
         title = ", ".join(candidate.titles)
         fix = Fix(title[:1].upper() + title[1:], diff(text, candidate.text), codes)
+        fix.safe = not candidate.risky
         clean = not any(f.severity in {"error", "warning"} for f in result.findings)
         if clean and not candidate.risky and not any(f.preferred for f in offered):
             fix.preferred = True
