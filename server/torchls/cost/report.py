@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchls.source.spec import TensorSpec
+from torchls.source.spec import describe_json
 
 THOP_TOLERANCE = 0.01
 COUNTED = (
@@ -68,9 +68,7 @@ def _shape(shape: list[int] | None) -> str:
 
 
 def _inputs(spec: dict[str, Any]) -> str:
-    return ", ".join(
-        TensorSpec(tuple(t["shape"]), t.get("dtype", "float32")).describe() for t in spec["tensors"]
-    )
+    return describe_json(spec)
 
 
 def memory(result: dict[str, Any]) -> dict[str, int]:

@@ -11,7 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from torchls.source.imports import ImportTable, dotted_name
-from torchls.source.spec import DTYPES, InputSpec, SpecError, TensorSpec, parse_shapes
+from torchls.source.spec import (
+    DTYPES,
+    InputItem,
+    InputSpec,
+    SpecError,
+    TensorSpec,
+    TupleSpec,
+    parse_inputs,
+)
 from torchls.source.text import Lines
 
 NameLookup = Callable[[str, int], "ast.expr | None"]
@@ -29,20 +37,26 @@ _CAST = {
 _MAX_DEPTH = 4
 
 
+def from_text(value: str, source: str) -> InputSpec:
+    """An input written in the spec language (`--input`, `# torchls: input=`, the setting)."""
+    positional, keywords = parse_inputs(value)
+    return InputSpec(positional, source, keywords=keywords)
+
+
 def from_directive(value: str, line: int) -> tuple[InputSpec | None, str]:
     try:
-        tensors = parse_shapes(value)
+        spec = from_text(value, f"`# torchls: input=` on line {line}")
     except SpecError as exc:
         return None, f"`# torchls: input=` on line {line}: {exc}"
-    return InputSpec(tensors, f"`# torchls: input=` on line {line}"), ""
+    return spec, ""
 
 
 def from_setting(name: str, value: str) -> tuple[InputSpec | None, str]:
     try:
-        tensors = parse_shapes(value)
+        spec = from_text(value, f"the torchls.defaultInputShapes setting ({name!r})")
     except SpecError as exc:
         return None, f"torchls.defaultInputShapes[{name!r}]: {exc}"
-    return InputSpec(tensors, f"the torchls.defaultInputShapes setting ({name!r})"), ""
+    return spec, ""
 
 
 def example_input_array(node: ast.ClassDef, lines: Lines, path: str) -> InputSpec | None:
@@ -72,45 +86,141 @@ def example_input_array(node: ast.ClassDef, lines: Lines, path: str) -> InputSpe
 def from_call_site(
     call: ast.Call, variables: set[str], imports: ImportTable, lookup: NameLookup
 ) -> InputSpec | None:
-    """Inputs from `model(x)`, `model.forward(x)` or thop's `profile(model, inputs=(x,))`."""
+    """Inputs from a call that runs the model bound to one of `variables` on tensors: `model(x)`,
+    `model.forward(x, mask=m)`, thop's `profile(model, inputs=(x,))`, torchinfo's
+    `summary(model, input_size=(1, 3, 224, 224))`, fvcore's `FlopCountAnalysis(model, x)`,
+    ptflops' `get_model_complexity_info(model, (3, 224, 224))` (a shape without the batch)."""
+    found = _call_site_inputs(call, variables, imports, lookup)
+    if found is None:
+        return None
+    positional, keywords = found
+    code = ast.unparse(call)
+    if len(code) > 60:
+        code = code[:57] + "..."
+    return InputSpec(positional, f"the call `{code}` on line {call.lineno}", keywords=keywords)
+
+
+Found = tuple[tuple[InputItem, ...], tuple[tuple[str, InputItem], ...]]
+
+
+def _call_site_inputs(
+    call: ast.Call, variables: set[str], imports: ImportTable, lookup: NameLookup
+) -> Found | None:
     func = call.func
-    arguments: list[ast.expr] | None = None
     if (isinstance(func, ast.Name) and func.id in variables) or (
         isinstance(func, ast.Attribute)
         and func.attr == "forward"
         and isinstance(func.value, ast.Name)
         and func.value.id in variables
     ):
-        arguments = list(call.args)
-    else:
-        callee = dotted_name(func) or ""
-        if (
-            callee.rsplit(".", 1)[-1] == "profile"
-            and call.args
-            and isinstance(call.args[0], ast.Name)
-            and call.args[0].id in variables
-        ):
-            given = next((k.value for k in call.keywords if k.arg == "inputs"), None)
-            if given is None and len(call.args) > 1:
-                given = call.args[1]
-            if given is not None:
-                given = _follow(given, lookup, call.lineno)
-                if isinstance(given, (ast.Tuple, ast.List)):
-                    arguments = list(given.elts)
-    if not arguments or any(isinstance(arg, ast.Starred) for arg in arguments):
+        return _arguments(call.args, call.keywords, lookup)
+    if not (call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in variables):
         return None
-    tensors = [tensor_spec(arg, lookup) for arg in arguments]
-    if not all(tensor is not None for tensor in tensors):
+    written = dotted_name(func) or ""
+    resolved = imports.resolve(func) or written
+    name = written.rsplit(".", 1)[-1]
+
+    def given(keyword: str, position: int) -> ast.expr | None:
+        value = next((k.value for k in call.keywords if k.arg == keyword), None)
+        if value is None and len(call.args) > position:
+            value = call.args[position]
+        return value
+
+    if name == "profile" or name == "FlopCountAnalysis":
+        # thop: inputs=(x,) is the forward's positional arguments; fvcore: a tensor or a tuple
+        value = given("inputs", 1)
+        if value is None:
+            return None
+        value = follow(value, lookup, call.lineno)
+        if isinstance(value, (ast.Tuple, ast.List)):
+            return _arguments(value.elts, [], lookup)
+        if name == "FlopCountAnalysis":
+            return _arguments([value], [], lookup)
         return None
-    code = ast.unparse(call)
-    if len(code) > 60:
-        code = code[:57] + "..."
-    return InputSpec(
-        tuple(t for t in tensors if t is not None), f"the call `{code}` on line {call.lineno}"
-    )
+    if name == "summary" and resolved.split(".")[0] in {"torchinfo", "torchsummary"}:
+        data = given("input_data", 99)
+        if data is not None:
+            data = follow(data, lookup, call.lineno)
+            elements = data.elts if isinstance(data, (ast.Tuple, ast.List)) else [data]
+            return _arguments(elements, [], lookup)
+        size = given("input_size", 1)
+        if size is None:
+            return None
+        batch = () if resolved.startswith("torchinfo") else (1,)  # torchsummary adds the batch
+        shapes = _shapes(size, lookup)
+        if shapes is None:
+            return None
+        dtypes = _summary_dtypes(call, len(shapes))
+        pairs = zip(shapes, dtypes, strict=True)
+        return tuple(TensorSpec(batch + shape, dtype) for shape, dtype in pairs), ()
+    if name == "get_model_complexity_info":
+        size = given("input_res", 1)
+        shape = _shape(size, lookup) if size is not None else None
+        if shape is None:
+            return None
+        return (TensorSpec((1, *shape)),), ()  # ptflops makes a batch of one
+    return None
 
 
-def _follow(node: ast.expr, lookup: NameLookup, line: int, depth: int = 0) -> ast.expr:
+def _arguments(
+    args: list[ast.expr], keywords: list[ast.keyword], lookup: NameLookup
+) -> Found | None:
+    if not args and not keywords:
+        return None
+    positional = []
+    for arg in args:
+        if isinstance(arg, ast.Starred):
+            return None
+        item = _item(arg, lookup)
+        if item is None:
+            return None
+        positional.append(item)
+    named = []
+    for keyword in keywords:
+        if keyword.arg is None:
+            return None
+        item = _item(keyword.value, lookup)
+        if item is None:
+            return None
+        named.append((keyword.arg, item))
+    return tuple(positional), tuple(named)
+
+
+def _item(node: ast.expr, lookup: NameLookup, depth: int = 0) -> InputItem | None:
+    """A tensor, or a tuple of tensors (an LSTM's `(h, c)`)."""
+    followed = follow(node, lookup, getattr(node, "lineno", 1 << 30))
+    if isinstance(followed, (ast.Tuple, ast.List)) and depth < 3:
+        items = [_item(element, lookup, depth + 1) for element in followed.elts]
+        if not items or any(item is None for item in items):
+            return None
+        return TupleSpec(tuple(item for item in items if item is not None))
+    return tensor_spec(node, lookup)
+
+
+def _shapes(node: ast.expr, lookup: NameLookup) -> list[tuple[int, ...]] | None:
+    """torchinfo's input_size: one shape, or a list of them."""
+    node = follow(node, lookup, getattr(node, "lineno", 1 << 30))
+    if (
+        isinstance(node, (ast.Tuple, ast.List))
+        and node.elts
+        and all(isinstance(follow(e, lookup, 1 << 30), (ast.Tuple, ast.List)) for e in node.elts)
+    ):
+        shapes = [_shape(element, lookup) for element in node.elts]
+        if all(shape is not None for shape in shapes):
+            return [shape for shape in shapes if shape is not None]
+        return None
+    single = _shape(node, lookup)
+    return [single] if single is not None else None
+
+
+def _summary_dtypes(call: ast.Call, count: int) -> list[str]:
+    value = next((k.value for k in call.keywords if k.arg == "dtypes"), None)
+    names = value.elts if isinstance(value, (ast.Tuple, ast.List)) else []
+    dtypes = [DTYPES.get((dotted_name(n) or "").rsplit(".", 1)[-1], "float32") for n in names]
+    return (dtypes + ["float32"] * count)[:count] if dtypes else ["float32"] * count
+
+
+def follow(node: ast.expr, lookup: NameLookup, line: int, depth: int = 0) -> ast.expr:
     while isinstance(node, ast.Name) and depth < _MAX_DEPTH:
         found = lookup(node.id, line)
         if found is None:
@@ -124,7 +234,7 @@ def tensor_spec(node: ast.expr, lookup: NameLookup, depth: int = 0) -> TensorSpe
     if depth > _MAX_DEPTH:
         return None
     line = getattr(node, "lineno", 1 << 30)
-    node = _follow(node, lookup, line)
+    node = follow(node, lookup, line)
     if not isinstance(node, ast.Call):
         return None
     func = node.func
@@ -165,7 +275,7 @@ def tensor_spec(node: ast.expr, lookup: NameLookup, depth: int = 0) -> TensorSpe
 
 
 def _int(node: ast.expr, lookup: NameLookup) -> int | None:
-    node = _follow(node, lookup, getattr(node, "lineno", 1 << 30))
+    node = follow(node, lookup, getattr(node, "lineno", 1 << 30))
     try:
         value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -174,7 +284,7 @@ def _int(node: ast.expr, lookup: NameLookup) -> int | None:
 
 
 def _shape(node: ast.expr, lookup: NameLookup) -> tuple[int, ...] | None:
-    node = _follow(node, lookup, getattr(node, "lineno", 1 << 30))
+    node = follow(node, lookup, getattr(node, "lineno", 1 << 30))
     if isinstance(node, (ast.Tuple, ast.List)):
         dims = [_int(item, lookup) for item in node.elts]
         if dims and all(isinstance(dim, int) and dim > 0 for dim in dims):

@@ -57,62 +57,197 @@ def _short_dtype(dtype: str) -> str:
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """The inputs of one forward call and where they came from, in words."""
+class TupleSpec:
+    """A tuple of inputs passed as one argument: an LSTM's `(h, c)`."""
 
-    tensors: tuple[TensorSpec, ...]
+    items: tuple[InputItem, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"tuple": [item.as_json() for item in self.items]}
+
+    def describe(self) -> str:
+        inner = ", ".join(item.describe() for item in self.items)
+        return f"({inner}{',' if len(self.items) == 1 else ''})"
+
+
+InputItem = TensorSpec | TupleSpec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The inputs of one forward call and where they came from, in words. `tensors` are the
+    positional arguments (a tensor, or a tuple of them), `keywords` the ones passed by name."""
+
+    tensors: tuple[InputItem, ...]
     source: str
     guess: bool = False
     notes: tuple[str, ...] = field(default=())
+    keywords: tuple[tuple[str, InputItem], ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "tensors": [t.as_json() for t in self.tensors],
             "source": self.source,
             "guess": self.guess,
         }
+        if self.keywords:  # absent when empty: the JSON of plain shapes is what it always was
+            value["kwargs"] = {name: item.as_json() for name, item in self.keywords}
+        return value
 
     def describe(self) -> str:
-        return ", ".join(t.describe() for t in self.tensors)
+        parts = [t.describe() for t in self.tensors]
+        parts += [f"{name}={item.describe()}" for name, item in self.keywords]
+        return ", ".join(parts)
 
 
-_ITEM = re.compile(r"\s*[\(\[]([^()\[\]]*)[\)\]]\s*(?::\s*([A-Za-z0-9_.]+))?\s*")
+def item_from_json(value: dict[str, Any]) -> InputItem:
+    if "tuple" in value:
+        return TupleSpec(tuple(item_from_json(item) for item in value["tuple"]))
+    return TensorSpec(tuple(value["shape"]), str(value.get("dtype", "float32")))
 
 
-def parse_shapes(text: str) -> tuple[TensorSpec, ...]:
-    """Read `(1, 3, 224, 224)`, `(1, 3, 224, 224), (1, 10)`, `(1, 128):long` or `1,3,224,224`."""
+def describe_json(spec: dict[str, Any]) -> str:
+    """`(35, 1):long, ((2, 1, 200), (2, 1, 200))`: the inputs of a job's JSON, as written."""
+    parts = [item_from_json(item).describe() for item in spec.get("tensors") or []]
+    for name, item in (spec.get("kwargs") or {}).items():
+        parts.append(f"{name}={item_from_json(item).describe()}")
+    return ", ".join(parts)
+
+
+_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+_DTYPE = re.compile(r"\s*:\s*([A-Za-z0-9_.]+)")
+
+
+def parse_shapes(text: str) -> tuple[InputItem, ...]:
+    """The positional inputs of `parse_inputs`; keyword inputs are an error here."""
+    items, keywords = parse_inputs(text)
+    if keywords:
+        raise SpecError(f"the input {text.strip()!r} names {keywords[0][0]!r}; give shapes only")
+    return items
+
+
+def parse_inputs(text: str) -> tuple[tuple[InputItem, ...], tuple[tuple[str, InputItem], ...]]:
+    """Read the inputs of one forward call, positional then by name:
+
+    `(1, 3, 224, 224)`, `1,3,224,224`, `(1, 128):long`, `(1, 3, 32, 32), (1, 10)` (two
+    tensors), `(35, 1):long, ((2, 1, 200), (2, 1, 200))` (a tensor and a tuple of two, an
+    LSTM's `(h, c)`), `input_ids=(1, 128):long, attention_mask=(1, 128):long`."""
     text = text.strip()
     if not text:
         raise SpecError("an input shape is empty; write it like (1, 3, 224, 224)")
-    if text[0] not in "([":
+    if text[0] not in "([" and _NAME.match(text) is None:
         text = f"({text})" if ":" not in text else "({}):{}".format(*text.rsplit(":", 1))
     # A single outer pair of brackets around a list of shapes: [(1, 3), (1, 4)] or ((1, 3), (1, 4))
     inner = text[1:-1].strip() if len(text) > 2 and text[-1] in ")]" else ""
-    if inner.startswith(("(", "[")) and _balanced(inner):
+    if inner.startswith(("(", "[")) and _balanced(inner) and _closes_at_end(text):
         text = inner
-    tensors: list[TensorSpec] = []
-    position = 0
-    while position < len(text):
-        match = _ITEM.match(text, position)
-        if match is None:
+    reader = _Reader(text)
+    positional: list[InputItem] = []
+    keywords: list[tuple[str, InputItem]] = []
+    while True:
+        named = _NAME.match(text, reader.position)
+        if named is not None:
+            reader.position = named.end()
+            if named.group(1) in {name for name, _ in keywords}:
+                raise SpecError(f"the input {text!r} names {named.group(1)!r} twice")
+            keywords.append((named.group(1), reader.item(0)))
+        elif keywords:
             raise SpecError(
-                f"cannot read the input shape {text!r} at {text[position:][:20]!r}; "
+                f"cannot read the input {text!r}: a shape without a name after "
+                f"{keywords[-1][0]}=...; put the named inputs last"
+            )
+        else:
+            positional.append(reader.item(0))
+        reader.skip_spaces()
+        if reader.position >= len(text):
+            break
+        if text[reader.position] != ",":
+            raise SpecError(
+                f"cannot read the input shape {text!r}: expected a comma after "
+                f"{text[: reader.position].strip()[-30:]!r}"
+            )
+        reader.position += 1
+        reader.skip_spaces()
+        if reader.position >= len(text):
+            break
+    count = sum(_count(item) for item in [*positional, *(item for _, item in keywords)])
+    if count > MAX_INPUTS:
+        raise SpecError(f"{count} inputs is more than torchls takes ({MAX_INPUTS})")
+    return tuple(positional), tuple(keywords)
+
+
+def _count(item: InputItem) -> int:
+    return sum(_count(inner) for inner in item.items) if isinstance(item, TupleSpec) else 1
+
+
+def _closes_at_end(text: str) -> bool:
+    """Whether the bracket that opens `text` is the one that closes it: `((1, 3), (1, 4))`,
+    not `(1, 3), (1, 4)`."""
+    depth = 0
+    for index, char in enumerate(text):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth == 0:
+                return index == len(text) - 1
+    return False
+
+
+class _Reader:
+    """A small recursive reader: a shape `(1, 3):long`, or a tuple of items `((1, 3), (1, 4))`."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.position = 0
+
+    def skip_spaces(self) -> None:
+        while self.position < len(self.text) and self.text[self.position].isspace():
+            self.position += 1
+
+    def item(self, depth: int) -> InputItem:
+        text = self.text
+        self.skip_spaces()
+        if depth > 3:
+            raise SpecError(f"the input {text!r} nests tuples too deeply")
+        if self.position >= len(text) or text[self.position] not in "([":
+            raise SpecError(
+                f"cannot read the input shape {text!r} at {text[self.position :][:20]!r}; "
                 "write it like (1, 3, 224, 224) or (1, 128):long"
             )
-        tensors.append(_tensor(match.group(1), match.group(2), text))
-        position = match.end()
-        if position < len(text):
-            if text[position] != ",":
-                raise SpecError(
-                    f"cannot read the input shape {text!r}: expected a comma after "
-                    f"{match.group(0).strip()!r}"
-                )
-            position += 1
-            if not text[position:].strip():
-                break
-    if len(tensors) > MAX_INPUTS:
-        raise SpecError(f"{len(tensors)} inputs is more than torchls takes ({MAX_INPUTS})")
-    return tuple(tensors)
+        start = self.position
+        self.position += 1
+        self.skip_spaces()
+        if self.position < len(text) and text[self.position] in "([":
+            items: list[InputItem] = []
+            while True:
+                items.append(self.item(depth + 1))
+                self.skip_spaces()
+                if self.position < len(text) and text[self.position] == ",":
+                    self.position += 1
+                    self.skip_spaces()
+                if self.position < len(text) and text[self.position] in ")]":
+                    self.position += 1
+                    return TupleSpec(tuple(items))
+                if self.position >= len(text) or text[self.position] not in "([":
+                    raise SpecError(
+                        f"cannot read the input {text!r}: expected a shape or a closing "
+                        f"bracket at {text[self.position :][:20]!r}"
+                    )
+        end = self.position
+        while end < len(text) and text[end] not in ")]([":
+            end += 1
+        if end >= len(text) or text[end] not in ")]":
+            raise SpecError(
+                f"cannot read the input shape {text!r} at {text[start:][:20]!r}; "
+                "write it like (1, 3, 224, 224) or (1, 128):long"
+            )
+        dims = text[self.position : end]
+        self.position = end + 1
+        dtype = _DTYPE.match(text, self.position)
+        if dtype is not None:
+            self.position = dtype.end()
+        return _tensor(dims, dtype.group(1) if dtype else None, text)
 
 
 def _balanced(text: str) -> bool:

@@ -55,9 +55,37 @@ def _guess(shapes: list[list[int]], dtype: str, why: str) -> dict[str, Any]:
     }
 
 
-def _make_inputs(torch: Any, spec: dict[str, Any]) -> list[Any]:
-    tensors = []
-    for item in spec["tensors"]:
+class ModelInputs(list):  # type: ignore[type-arg]
+    """The positional inputs of the forward (a list, as callers always had it), and the ones
+    passed by name in `kwargs` (`input_ids=..., attention_mask=...`)."""
+
+    kwargs: dict[str, Any]
+
+    def __init__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        super().__init__(args)
+        self.kwargs = kwargs
+
+
+def _make_inputs(torch: Any, spec: dict[str, Any], make: Any = None) -> ModelInputs:
+    """The inputs the spec describes; `make(shape, dtype)` makes each tensor (meta by default).
+    An item may be a tuple of tensors (an LSTM's `(h, c)`); `kwargs` are passed by name."""
+
+    def tensor(shape: tuple[int, ...], dtype: Any) -> Any:
+        if make is not None:
+            return make(shape, dtype)
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    def build(item: dict[str, Any]) -> Any:
+        if "tuple" in item:
+            return tuple(build(inner) for inner in item["tuple"])
         dtype = getattr(torch, str(item.get("dtype", "float32")))
-        tensors.append(torch.empty(tuple(item["shape"]), dtype=dtype, device="meta"))
-    return tensors
+        return tensor(tuple(item["shape"]), dtype)
+
+    args = [build(item) for item in spec.get("tensors") or []]
+    kwargs = {str(name): build(item) for name, item in (spec.get("kwargs") or {}).items()}
+    return ModelInputs(args, kwargs)
+
+
+def forward(model: Any, inputs: list[Any]) -> Any:
+    """`model(*args, **kwargs)` with the inputs `_make_inputs` made."""
+    return model(*inputs, **getattr(inputs, "kwargs", {}))
