@@ -61,7 +61,7 @@ def test_usage_errors_exit_2_with_one_line() -> None:
         (["model.py::Nope"], "defines no class or function 'Nope'"),
         (["missing.py::Net"], "missing.py is not a file"),
         (["model.py::SmallConvNet", "--input", "1,x"], "positive whole number"),
-        (["model.py::SmallConvNet", "--args", "(len(x))"], "literal values only"),
+        (["model.py::SmallConvNet", "--args", "(len(x))"], "cannot read `len(x)`"),
     ]:
         done = _torchls(*args)
         assert done.returncode == 2, (args, done.stderr)

@@ -16,9 +16,10 @@ from typing import Any
 
 from torchls.cost import report
 from torchls.cost.request import prepare
-from torchls.source.models import FileModels, ModelTarget
-from torchls.source.project import Project
-from torchls.source.spec import InputSpec, SpecError, parse_shapes
+from torchls.source.inputs import from_text
+from torchls.source.models import FileModels, ModelTarget, models_of
+from torchls.source.project import ModuleFile, Project
+from torchls.source.spec import InputSpec, SpecError
 from torchls.source.text import Span
 from torchls.worker.client import WorkerClient, WorkerSettings
 
@@ -38,9 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--input",
-        help="input shape(s), e.g. 1,3,224,224 or '(1, 128):long' or '(1, 3, 32, 32), (1, 10)'",
+        help="the forward's inputs, e.g. 1,3,224,224 or '(1, 128):long' or '(1, 3, 32, 32), "
+        "(1, 10)'; a tuple '(35, 1):long, ((2, 1, 200), (2, 1, 200))'; by name "
+        "'input_ids=(1, 128):long, attention_mask=(1, 128):long'",
     )
-    parser.add_argument("--args", help="constructor arguments, e.g. '(10, width=64)'")
+    parser.add_argument(
+        "--args",
+        help="constructor arguments, e.g. '(10, width=64)' or '(GPTConfig(n_layer=2),)' "
+        "(calls of your classes, SimpleNamespace, Hugging Face configs)",
+    )
     parser.add_argument("--json", action="store_true", help=f"print the {SCHEMA} JSON")
     parser.add_argument("--python", help="the interpreter that has torch (default: this one)")
     parser.add_argument(
@@ -106,7 +113,7 @@ def _input_override(text: str | None) -> InputSpec | None:
     if text is None:
         return None
     try:
-        return InputSpec(parse_shapes(text), "--input")
+        return from_text(text, "--input")
     except SpecError as exc:
         raise UsageError(str(exc)) from None
 
@@ -120,9 +127,18 @@ def _target(args: argparse.Namespace) -> tuple[ModelTarget, Project, str]:
         )
     project = Project(str(Path(args.workspace or ".").resolve()))
     file = Path(where)
-    if not file.is_file():
-        if where.endswith(".py") or "/" in where:
-            raise UsageError(f"{where} is not a file")
+    module: ModuleFile | None = None
+    if file.is_file():
+        module = project.module_file(str(file.resolve()))
+        if module is None:
+            raise UsageError(f"cannot read {where}")
+    elif where.endswith(".py") or "/" in where:
+        raise UsageError(f"{where} is not a file")
+    elif all(part.isidentifier() for part in where.split(".")):
+        # `unet::UNet`: a workspace package or module by its dotted name, as
+        # `python -c "from unet import UNet"` from the workspace would find it
+        module = project.find_module(where)
+    if module is None:
         target = ModelTarget(
             kind="construction",
             name=name,
@@ -133,16 +149,25 @@ def _target(args: argparse.Namespace) -> tuple[ModelTarget, Project, str]:
         )
         _apply_args(target, args.args, None)
         return target, project, where
-    module = project.module_file(str(file.resolve()))
-    if module is None:
-        raise UsageError(f"cannot read {where}")
     models = FileModels(project, module)
     if models.tree is None:
         raise UsageError(f"{where} is not valid Python")
+    if name not in module.top_level_names():
+        # a package's `__init__.py` that re-exports the class from its own submodule
+        imported = module.imports().names.get(name)
+        found = project.resolve_symbol(imported, module.path) if imported else None
+        if found is None or "." in found[1] or found[1] not in found[0].top_level_names():
+            raise UsageError(
+                f"{where} defines no class or function {name!r} at the top level"
+                + (" (nor imports one from this workspace)" if imported else "")
+            )
+        module, name = found
+        models = models_of(project, module)
+    tree = models.tree
+    if tree is None:
+        raise UsageError(f"{Path(module.path).name} is not valid Python")
     defined = {
-        node.name: node
-        for node in models.tree.body
-        if hasattr(node, "name") and hasattr(node, "body")
+        node.name: node for node in tree.body if hasattr(node, "name") and hasattr(node, "body")
     }
     if name not in defined:
         raise UsageError(f"{where} defines no class or function {name!r} at the top level")
@@ -163,27 +188,51 @@ def _target(args: argparse.Namespace) -> tuple[ModelTarget, Project, str]:
 
 
 def _apply_args(target: ModelTarget, text: str | None, models: FileModels | None) -> None:
+    """`--args '(GPTConfig(n_layer=2), dropout=0.0)'`: literals, and calls the hover makes too
+    (your classes and functions, their methods, SimpleNamespace, Hugging Face configs), with
+    names resolved as the target's own file (or the library module) would resolve them."""
     if text is None:
         return
     import ast
 
-    from torchls.source.values import parse_argument_list, read_value
+    from torchls.source.imports import dotted_name
+    from torchls.source.values import keyword_dict, parse_argument_list, read_value
 
     call = parse_argument_list(text)
     if call is None:
         raise UsageError(f"--args must be an argument list like '(10, width=64)', not {text!r}")
+    package = str(target.ref.get("import", "")).rpartition(".")[0]
 
-    def no_refs(node: ast.expr) -> Any:
-        return None
+    def resolve(node: ast.expr) -> Any:
+        found = models._resolve_ref(node) if models is not None else None
+        if found is None and isinstance(node, ast.Name) and node.id == "SimpleNamespace":
+            return {"ref": {"import": "types.SimpleNamespace"}}
+        if found is None and models is None and (dotted := dotted_name(node)):
+            # a library target: bare names are the library module's own (`GPT2Config`)
+            where = f"{package}.{dotted}" if isinstance(node, ast.Name) and package else dotted
+            return {"ref": {"import": where}}
+        return found
 
-    resolve = models._resolve_ref if models is not None else no_refs
-    target.args = [read_value(arg, resolve, lambda name, line: None) for arg in call.args]
-    target.kwargs = {
-        str(k.arg): read_value(k.value, resolve, lambda name, line: None)
-        for k in call.keywords
-        if k.arg
-    }
+    def read(node: ast.expr) -> Any:
+        return read_value(node, resolve, lambda name, line: None)
+
+    target.args = [read(arg) for arg in call.args if not isinstance(arg, ast.Starred)]
+    target.kwargs = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            expanded = keyword_dict(read(keyword.value))
+            if expanded is None:
+                raise UsageError(f"--args: cannot read **{ast.unparse(keyword.value)}")
+            target.kwargs.update(expanded)
+        else:
+            target.kwargs[keyword.arg] = read(keyword.value)
     unknown = [v for v in [*target.args, *target.kwargs.values()] if "unknown" in v]
+    if len(target.args) != len(call.args):
+        raise UsageError("--args cannot take *args; write the values out")
     if unknown:
-        raise UsageError(f"--args takes literal values only; cannot read {unknown[0]['unknown']}")
+        raise UsageError(
+            f"--args: cannot read `{unknown[0]['unknown']}` ({unknown[0]['why']}); give "
+            "literals, or calls of your own classes, SimpleNamespace or a Hugging Face config, "
+            "e.g. '(GPTConfig(n_layer=2, n_embd=128),)'"
+        )
     target.args_source = "--args"

@@ -17,6 +17,11 @@ Value = dict[str, Any]
 RefResolver = Callable[[ast.expr], "Value | None"]
 # The expression last assigned to a plain name before a line, or None.
 NameLookup = Callable[[str, int], "ast.expr | None"]
+# What a scope does to a name between two lines, after `config = ...`: its attribute and item
+# assignments in order, as ("attr" | "item", key, value); None when the name may change in a
+# way torchls cannot follow (a method call on it, an assignment under an `if`).
+Edit = tuple[str, str, ast.expr]
+EditLookup = Callable[[str, int, int], "list[Edit] | None"]
 
 _MAX_DEPTH = 6
 # The few builtins an argument may call: they build plain data and touch nothing outside.
@@ -36,14 +41,21 @@ def is_unknown(value: Value) -> bool:
 
 
 def read_value(
-    node: ast.expr, resolve_ref: RefResolver, lookup: NameLookup, depth: int = 0
+    node: ast.expr,
+    resolve_ref: RefResolver,
+    lookup: NameLookup,
+    depth: int = 0,
+    edits: EditLookup | None = None,
 ) -> Value:
-    """The expression `node` as a worker-side value, or an `unknown` marker with the reason."""
+    """The expression `node` as a worker-side value, or an `unknown` marker with the reason.
+
+    With `edits`, a name's value includes what the scope does to it after the assignment and
+    before the use: `config = GPT.get_default_config()` then `config.vocab_size = 50257`."""
     if depth > _MAX_DEPTH:
         return unknown(node, "nested too deeply")
 
     def again(child: ast.expr) -> Value:
-        return read_value(child, resolve_ref, lookup, depth + 1)
+        return read_value(child, resolve_ref, lookup, depth + 1, edits)
 
     if isinstance(node, ast.Constant):
         if isinstance(node.value, float) and not math.isfinite(node.value):
@@ -88,9 +100,18 @@ def read_value(
         return {"literal": {"True": True, "False": False, "None": None}[node.id]}
     if isinstance(node, (ast.Name, ast.Attribute)):
         if isinstance(node, ast.Name):
-            assigned = lookup(node.id, getattr(node, "lineno", 1 << 30))
+            line = getattr(node, "lineno", 1 << 30)
+            assigned = lookup(node.id, line)
             if assigned is not None:
-                return again(assigned)
+                seen = again(assigned)
+                if edits is None or is_unknown(seen):
+                    return seen
+                changes = edits(node.id, getattr(assigned, "end_lineno", None) or line, line)
+                if changes is None:
+                    return unknown(
+                        node, "changed after its assignment in a way torchls cannot follow"
+                    )
+                return _edited(node, seen, changes, again)
         ref = resolve_ref(node)
         if ref is not None:
             return ref
@@ -98,6 +119,51 @@ def read_value(
     if isinstance(node, ast.Call):
         return _call(node, resolve_ref, again)
     return unknown(node, "an expression torchls does not evaluate")
+
+
+def _edited(
+    node: ast.expr, value: Value, changes: list[Edit], again: Callable[[ast.expr], Value]
+) -> Value:
+    """A dict with `d["k"] = v` applied, or a call's result with `obj.k = v` applied (the
+    worker sets those attributes after the call, on objects `settable` allows)."""
+    if not changes:
+        return value
+    as_dict = keyword_dict(value) if "call" in value else None
+    if as_dict is not None:  # dict(n_layer=12) then model_args["bias"] = False
+        value = {"dict": [[{"literal": key}, item] for key, item in as_dict.items()]}
+    if "dict" in value:
+        pairs = list(value["dict"])
+        for kind, key, expression in changes:
+            if kind != "item":
+                return unknown(node, "a dict given attributes")
+            item = again(expression)
+            if is_unknown(item):
+                return item
+            pairs = [pair for pair in pairs if pair[0] != {"literal": key}]
+            pairs.append([{"literal": key}, item])
+        return {"dict": pairs}
+    if "call" in value and settable(value["call"]["ref"]):
+        assigned: dict[str, Value] = dict(value.get("setattr") or {})
+        for kind, key, expression in changes:
+            if kind != "attr":
+                return unknown(node, "an object changed by item assignment")
+            item = again(expression)
+            if is_unknown(item):
+                return item
+            assigned[key] = item
+        return {**value, "setattr": assigned}
+    return unknown(node, "a value changed after its assignment")
+
+
+def settable(target: dict[str, Any]) -> bool:
+    """The objects whose attributes the worker may set after making them: your own classes'
+    (a config built by `GPT.get_default_config()`), SimpleNamespace and Hugging Face configs."""
+    if "file" in target:
+        return True
+    dotted = str(target.get("import", ""))
+    return dotted == "types.SimpleNamespace" or (
+        dotted.startswith("transformers.") and callable_allowed(target)
+    )
 
 
 def _arithmetic(node: ast.BinOp, again: Callable[[ast.expr], Value]) -> Value:
@@ -146,12 +212,15 @@ def parse_argument_list(text: str) -> ast.Call | None:
 def callable_allowed(target: dict[str, Any]) -> bool:
     """The calls an argument may make: an allowlist, since the worker makes them.
 
-    Your own code (a function or class of the workspace, which the worker runs anyway to build
-    the model), plain-data builtins, Hugging Face config classes and torch.nn module classes.
-    Nothing else: not `torch.load`, not `torch.os.system`, not the standard library."""
+    Your own code (a function or class of the workspace, or a class's method such as
+    `GPT.get_default_config()`: the worker runs your code anyway to build the model), plain-data
+    builtins, `types.SimpleNamespace`, Hugging Face config classes and torch.nn module classes.
+    Nothing else: not `torch.load`, not `torch.os.system`, no other standard library."""
     if "file" in target:
         return True
     dotted = str(target.get("import", ""))
+    if dotted == "types.SimpleNamespace":  # the one standard-library call: it only holds values
+        return True
     parts = dotted.split(".")
     if len(parts) == 2 and parts[0] == "builtins":
         return parts[1] in _SAFE_BUILTINS
@@ -179,15 +248,36 @@ def _call(node: ast.Call, resolve_ref: RefResolver, again: Callable[[ast.expr], 
         if is_unknown(value):
             return value
         args.append(value)
-    kwargs = {}
+    kwargs: dict[str, Value] = {}
     for keyword in node.keywords:
-        if keyword.arg is None:
-            return unknown(node, "a **kwargs call")
         value = again(keyword.value)
         if is_unknown(value):
             return value
+        if keyword.arg is None:  # **model_args, a dict torchls can see whole
+            expanded = keyword_dict(value)
+            if expanded is None:
+                return unknown(node, "a **kwargs call with keys torchls cannot see")
+            kwargs.update(expanded)
+            continue
         kwargs[keyword.arg] = value
     return {"call": {"ref": target, "args": args, "kwargs": kwargs}}
+
+
+def keyword_dict(value: Value) -> dict[str, Value] | None:
+    """`{"n_layer": 12}` or `dict(n_layer=12)` read as a value: its items, when every key is a
+    name (what `**` passes by keyword), else None."""
+    if "dict" in value:
+        found: dict[str, Value] = {}
+        for key, item in value["dict"]:
+            name = key.get("literal")
+            if not isinstance(name, str) or not name.isidentifier():
+                return None
+            found[name] = item
+        return found
+    call = value.get("call")
+    if call and call["ref"] == {"import": "builtins.dict"} and not call["args"]:
+        return dict(call["kwargs"])
+    return None
 
 
 def describe(value: Value) -> str:
@@ -207,6 +297,7 @@ def describe(value: Value) -> str:
         return str(ref.get("import") or ref.get("qualname"))
     if "call" in value:
         ref = value["call"]["ref"]
-        name = str(ref.get("import") or ref.get("qualname")).rsplit(".", 1)[-1]
+        name = str(ref.get("import") or ref.get("qualname"))
+        name = ".".join(name.split(".")[-2:]) if "file" in ref else name.rsplit(".", 1)[-1]
         return f"{name}(...)"
     return str(value.get("unknown", "?"))

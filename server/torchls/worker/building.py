@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from torchls.source.models import is_model_factory
-from torchls.source.values import callable_allowed
+from torchls.source.values import callable_allowed, settable
 from torchls.worker import protocol
 from torchls.worker.jobs import JobError, Params
 from torchls.worker.loading import _describe, _Loader
@@ -71,7 +71,13 @@ def evaluate(loader: _Loader, value: dict[str, Any]) -> Any:
             kwargs.update(trust_remote_code=False, local_files_only=True)
             if args and isinstance(args[0], str):
                 args[0] = local_folder(loader, args[0])
-        return function(*args, **kwargs)
+        made = function(*args, **kwargs)
+        assigned = value.get("setattr") or {}
+        if assigned and not settable(call["ref"]):
+            raise JobError(protocol.ERROR_USER, f"torchls does not change {call['ref']}")
+        for key, item in assigned.items():  # config.vocab_size = 50257 after the call
+            setattr(made, str(key), evaluate(loader, item))
+        return made
     raise JobError(protocol.ERROR_USER, f"cannot evaluate {value.get('unknown', value)!r}")
 
 
@@ -100,8 +106,10 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
     if "import" in ref and not is_model_factory(str(ref["import"])):
         raise JobError(protocol.ERROR_USER, f"{ref['import']} is not a model constructor")
     function = loader.resolve(ref)
+    given = params.get("args") or params.get("kwargs") or params.get("hparams")
+    defaults = [] if method or given else _default_config(function, notes)
     try:
-        args, kwargs = _arguments(loader, function, params, notes)
+        args, kwargs = (defaults, {}) if defaults else _arguments(loader, function, params, notes)
     except JobError:
         raise
     except Exception as exc:  # a config class or a function of yours raised
@@ -140,6 +148,28 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
             f"{name}(...) returned {type(model).__name__}, not a torch.nn.Module",
         )
     return model, build
+
+
+def _default_config(function: Any, notes: list[str]) -> list[Any]:
+    """`GPT2LMHeadModel` with no arguments: a Hugging Face model takes a config, and its
+    `config_class()` is the architecture's documented default, so build it from that."""
+    config_class = getattr(function, "config_class", None)
+    module = str(getattr(function, "__module__", ""))
+    if not (isinstance(function, type) and module.startswith("transformers.")):
+        return []
+    if not isinstance(config_class, type) or not callable_allowed(
+        {"import": f"transformers.{config_class.__name__}"}
+    ):
+        return []
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return []
+    first = next(iter(signature.parameters.values()), None)
+    if first is None or first.default is not first.empty:
+        return []
+    notes.append(f"built from {config_class.__name__}() defaults (no arguments were given)")
+    return [config_class()]
 
 
 def _accepted(function: Any, values: dict[str, Any]) -> dict[str, Any]:
