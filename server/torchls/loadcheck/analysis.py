@@ -341,12 +341,11 @@ def _key_findings(
     for step in rewrites:
         loaded = apply_step(loaded, step)
     outcome.loaded = loaded
-    if not container.tensors:
-        nested = best_candidate(checkpoint, container_path, model)
-        if nested is not None:
-            outcome.nested = nested
-            _whole_checkpoint(site, checkpoint, container_path, container, nested, outcome)
-            return
+    nested = best_candidate(checkpoint, container_path, model)
+    if nested is not None and _weights_are_nested(checkpoint, container, nested, model):
+        outcome.nested = nested
+        _whole_checkpoint(site, checkpoint, container_path, container, nested, outcome)
+        return
     if model is None:
         return
     if site.kind == "from_pretrained":
@@ -561,6 +560,20 @@ def filled_share(model: ModelKeys, loaded: Mapping[str, Shape]) -> float:
     return done / total
 
 
+def _weights_are_nested(
+    checkpoint: Checkpoint, container: Container, nested: str, model: ModelKeys | None
+) -> bool:
+    """Whether the weights are in `nested` rather than in the container itself: it has no
+    tensors of its own, or the few it has (a `best_val_loss` saved as a 0-dim tensor beside
+    `model`, `optimizer`, `iter_num`) fill less of the model than the nested dict does."""
+    if not container.tensors:
+        return True
+    inside = checkpoint.containers[nested].tensors if nested in checkpoint.containers else {}
+    if model is not None:
+        return filled_share(model, inside) > filled_share(model, container.tensors)
+    return len(container.tensors) * 4 <= len(inside)
+
+
 def best_candidate(checkpoint: Checkpoint, under: str, model: ModelKeys | None) -> str | None:
     """The nested state dict below `under` the model would load best from."""
     below = [c for c in checkpoint.candidates if c.startswith(under) and c != under]
@@ -716,7 +729,16 @@ def _strict_finding(
                 f"{_count(unexpected, 'key')} {verb} unexpected ({_groups(comparison.unexpected)})"
             )
         why = " and ".join(parts)
-        if tied and len(tied) == missing and not unexpected:
+        loaded = outcome.loaded or {}
+        strays = [key for key in comparison.unexpected if loaded.get(key) == NOT_A_TENSOR]
+        if strays and len(strays) == unexpected and not missing:
+            kinds = _leaf_kinds(checkpoint, outcome.container, strays)
+            why = (
+                f"{_groups(strays)} {'is' if len(strays) == 1 else 'are'} not "
+                f"{'a tensor' if len(strays) == 1 else 'tensors'} ({kinds}, saved beside the "
+                "weights) and load_state_dict takes tensors only"
+            )
+        elif tied and len(tied) == missing and not unexpected:
             why += f", though tied weights fill {'it' if missing == 1 else 'them'}"
         elif comparison.stray and len(comparison.stray) == unexpected and not missing:
             why += f", left by {_stray_origin(comparison.stray)}"
@@ -725,6 +747,21 @@ def _strict_finding(
     else:
         message = f"{_call(site)} will raise (strict loading): {why}."
     return Finding(ERROR, "keys", message, site.span, _key_related(comparison))
+
+
+def _leaf_kinds(checkpoint: Checkpoint, container: str, keys: list[str]) -> str:
+    """`a list`, `an int and a str`: what the non-tensor entries are, as the reader saw them."""
+    found = []
+    for key in keys:
+        child = checkpoint.containers.get(f"{container}[{key!r}]")
+        value = checkpoint.containers.get(container, Container()).values.get(key)
+        kind = child.type if child is not None and child.type else type(value).__name__
+        if value is None and child is None:
+            kind = "not a tensor"
+        found.append(kind)
+    unique = sorted(set(found))
+    words = [f"{'an' if k[:1] in 'aeiou' else 'a'} {k}" for k in unique if k != "not a tensor"]
+    return " and ".join(words) or "plain values"
 
 
 def _partial_finding(

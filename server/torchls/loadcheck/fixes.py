@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from torchls.compare import compare
 from torchls.loadcheck.analysis import (
+    NOT_A_TENSOR,
     Checkpoint,
     ModelKeys,
     Outcome,
@@ -208,6 +209,15 @@ def _key_fixes(
                 )
             )
     current = outcome.comparison
+    strays = _non_tensor_entries(outcome)
+    if strays and site.kind == "load_state_dict" and current is not None and not rewrites_now:
+        # `sd["mask_values"] = [0, 1]` saved beside the weights: drop exactly those entries,
+        # which keeps strict loading for everything else.
+        argument = _rewritten_argument(site.argument_text, [], [Step("drop_keys", strays)])
+        entries = ", ".join(f"`{key}`" for key in strays)
+        noun = "entry" if len(strays) == 1 else "entries"
+        title = f"drop the non-tensor {noun} {entries}"
+        fixes.append(_argument_fix(site, text, argument, [title], strict=False))
     if (
         site.strict is not False
         and current is not None
@@ -222,6 +232,18 @@ def _key_fixes(
         if edit is not None:
             fixes.append(_Candidate([f"load with strict=False{share}"], apply_edits(text, [edit])))
     return fixes
+
+
+def _non_tensor_entries(outcome: Outcome) -> tuple[str, ...]:
+    """The unexpected keys whose values are not tensors (lists, numbers saved with the
+    weights), when they are all the load has wrong."""
+    comparison, loaded = outcome.comparison, outcome.loaded or {}
+    if comparison is None or comparison.missing or comparison.mismatched:
+        return ()
+    strays = [key for key in comparison.unexpected if loaded.get(key) == NOT_A_TENSOR]
+    if not strays or len(strays) != len(comparison.unexpected):
+        return ()
+    return tuple(sorted(strays))
 
 
 def _repair_plan(

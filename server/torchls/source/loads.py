@@ -378,6 +378,11 @@ def _read_loader(
     site.loader_span = models._span(call)
     site.loader_end = _end(models, [*call.args, *(k.value for k in call.keywords)][-1])
     site.path_span = models._span(path)
+    if isinstance(path, ast.Name):
+        # torch.load(f) inside `with open(p, "rb") as f:`, as the official examples write it
+        opened = _opened_as(models, call, path.id)
+        if opened is not None:
+            path = opened
     site.path = _path_text(models, path, lookup)
     if site.path is None:
         site.problems.append(
@@ -693,6 +698,9 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
         left = _path_text(models, node.left, lookup, depth + 1)
         right = _path_text(models, node.right, lookup, depth + 1)
         return str(Path(left) / right) if left is not None and right is not None else None
+    opened = _opened_path(models, node) if isinstance(node, ast.Call) else None
+    if opened is not None:  # f = open(p, "rb"); torch.load(f)
+        return _path_text(models, opened, lookup, depth + 1)
     if isinstance(node, ast.Call):
         dotted = models.imports.resolve(node.func) or ""
         args = [_path_text(models, arg, lookup, depth + 1) for arg in node.args]
@@ -703,6 +711,56 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
             return str(Path(*texts))
         if dotted in {"pathlib.Path", "pathlib.PurePath"} and texts:
             return str(Path(*texts))
+    return None
+
+
+_OPENERS = {"open", "io.open", "builtins.open"}
+
+
+def _opened_path(models: FileModels, call: ast.Call) -> ast.expr | None:
+    """The path a call opens for reading bytes: `open(p, "rb")`, `io.open(p, "rb")`,
+    `Path(p).open("rb")`, `p.open("rb")`; None for anything else."""
+    func = call.func
+    dotted = models.imports.resolve(func) or dotted_name(func) or ""
+    if dotted in _OPENERS and call.args:
+        mode = call.args[1] if len(call.args) > 1 else _keyword_value(call, "mode")
+        return call.args[0] if _reads_bytes(mode) else None
+    if isinstance(func, ast.Attribute) and func.attr == "open" and dotted not in _OPENERS:
+        mode = call.args[0] if call.args else _keyword_value(call, "mode")
+        return func.value if _reads_bytes(mode) else None
+    return None
+
+
+def _keyword_value(call: ast.Call, name: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _reads_bytes(mode: ast.expr | None) -> bool:
+    return (
+        isinstance(mode, ast.Constant)
+        and isinstance(mode.value, str)
+        and "b" in mode.value
+        and not any(c in mode.value for c in "wax+")
+    )
+
+
+def _opened_as(models: FileModels, at: ast.AST, name: str) -> ast.expr | None:
+    """The path of `with open(p, "rb") as name:` around `at`, if that is where `name` is from."""
+    node = models.parents.get(at)
+    while node is not None:
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                target = item.optional_vars
+                if isinstance(target, ast.Name) and target.id == name:
+                    expression = item.context_expr
+                    return (
+                        _opened_path(models, expression)
+                        if isinstance(expression, ast.Call)
+                        else None
+                    )
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            return None
+        node = models.parents.get(node)
     return None
 
 
