@@ -12,7 +12,9 @@ import importlib.util
 import io
 from typing import Any
 
+from torchls.source.spec import describe_json
 from torchls.worker import protocol
+from torchls.worker.inputs import forward
 from torchls.worker.jobs import JobError
 from torchls.worker.loading import _describe, _Loader
 
@@ -132,10 +134,10 @@ def _measure(
     model.eval()
     try:
         with torch.enable_grad(), counter:
-            output = model(*inputs)
+            output = forward(model, inputs)
     except Exception as exc:
         where = "with the guessed input " if spec.get("guess") else "with the input "
-        shape = ", ".join(str(tuple(t["shape"])) for t in spec["tensors"])
+        shape = describe_json(spec)
         raise JobError(
             protocol.ERROR_USER,
             f"forward() failed {where}{shape}: {_describe(exc, loader)}",
@@ -215,6 +217,8 @@ def _thop(torch: Any, model: Any, inputs: list[Any], measured: dict[str, Any]) -
         with contextlib.suppress(metadata.PackageNotFoundError):
             version = metadata.version(distribution).split("-")[0]
             break
+    if getattr(inputs, "kwargs", None):
+        return {"version": version, "error": "thop passes no inputs by name"}
     try:
         import thop
 
