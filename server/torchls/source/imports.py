@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 class ImportTable:
     # local name -> dotted path it was bound to by an import
     names: dict[str, str] = field(default_factory=dict)
+    # modules the file star-imports (`from .parts import *`), absolute, in order; Project fills
+    # `names` with what each of them binds when it knows the workspace (ModuleFile.imports)
+    stars: list[str] = field(default_factory=list)
 
     def resolve(self, node: ast.expr) -> str | None:
         """`nn.Module` -> `torch.nn.Module` when `from torch import nn`; None for non-imports."""
@@ -53,6 +56,8 @@ def read_imports(tree: ast.Module, module_name: str | None, is_package: bool) ->
                 continue
             for alias in node.names:
                 if alias.name == "*":
+                    if base and base not in table.stars:
+                        table.stars.append(base)
                     continue
                 target = f"{base}.{alias.name}" if base else alias.name
                 table.names[alias.asname or alias.name] = target

@@ -19,6 +19,8 @@ from torchls.source.imports import ImportTable, read_imports
 # Text of an open document, by absolute path, or None to read the file from disk.
 TextSource = Callable[[str], "str | None"]
 MAX_LOCAL_MODULES = 200
+MAX_REEXPORT_DEPTH = 8  # `pkg` -> `pkg.models` -> `pkg.models.unet`: re-exports followed
+MAX_STAR_NAMES = 5000
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
 
@@ -43,13 +45,33 @@ class ModuleFile:
         self._made["tree"] = tree
 
     def imports(self) -> ImportTable:
+        """What each name refers to; with its project known, names that star imports of
+        workspace modules bind too (`from .parts import *` binds `nn` and `DoubleConv`)."""
         if "imports" not in self._made:
             tree = self.tree()
-            self._made["imports"] = (
+            table = (
                 ImportTable() if tree is None else read_imports(tree, self.module, self.is_package)
             )
+            self._made["imports"] = table
+            project = self._made.get("project")
+            if table.stars and isinstance(project, Project):
+                project.add_star_names(self, table)
         imports: ImportTable = self._made["imports"]
         return imports
+
+    def top_level_names(self) -> set[str]:
+        """Names the module binds at its top level by a definition or an assignment."""
+        tree = self.tree()
+        found: set[str] = set()
+        for statement in [] if tree is None else tree.body:
+            if isinstance(statement, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.add(statement.name)
+            elif isinstance(statement, (ast.Assign, ast.AnnAssign)):
+                targets = (
+                    statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+                )
+                found.update(t.id for t in targets if isinstance(t, ast.Name))
+        return found
 
 
 # The last tree parsed of each file, for the files seen last: other files' trees are asked for
@@ -137,12 +159,45 @@ class Project:
             return known  # parsed already: the same text, read again (it may have changed)
         module, is_package, _ = self.module_name(path)
         made = ModuleFile(resolved, module, is_package, text)
+        made._made["project"] = self
         self._files[resolved] = made
         return made
 
     def adopt(self, module: ModuleFile) -> None:
         """Use `module` (the editor's document, parsed already) for its path in this view."""
+        module._made.setdefault("project", self)
         self._files[str(Path(module.path).resolve())] = module
+
+    def add_star_names(self, module: ModuleFile, table: ImportTable) -> None:
+        """Adds to `table` what `from X import *` binds for each workspace module X it star-
+        imports: X's public imports and top-level definitions, or its literal `__all__`. Names
+        the file binds itself win; a cycle of star imports stops where it closes."""
+        module._made["expanding"] = True
+        try:
+            for base in table.stars:
+                found = self.find_module(base, module.path)
+                if found is None or found._made.get("expanding"):
+                    continue
+                for name, target in self._star_exports(found).items():
+                    if len(table.names) >= MAX_STAR_NAMES:
+                        return
+                    table.names.setdefault(name, target)
+        finally:
+            module._made["expanding"] = False
+
+    def _star_exports(self, module: ModuleFile) -> dict[str, str]:
+        exported = {
+            name: target
+            for name, target in module.imports().names.items()
+            if not name.startswith("_")
+        }
+        for name in module.top_level_names():
+            if not name.startswith("_"):
+                exported[name] = f"{module.module}.{name}"
+        public = _literal_all(module.tree())
+        if public is not None:
+            exported = {name: target for name, target in exported.items() if name in public}
+        return exported
 
     def find_module(self, dotted: str, near: str | None = None) -> ModuleFile | None:
         """The workspace file a dotted module name imports, looked up next to `near` and at the
@@ -165,13 +220,30 @@ class Project:
                     return self.module_file(str(candidate))
         return None
 
-    def resolve_symbol(self, dotted: str, near: str | None = None) -> tuple[ModuleFile, str] | None:
-        """`model.SmallConvNet` -> (the workspace file model.py, "SmallConvNet"), if local."""
+    def resolve_symbol(
+        self, dotted: str, near: str | None = None, depth: int = 0
+    ) -> tuple[ModuleFile, str] | None:
+        """`model.SmallConvNet` -> (the workspace file model.py, "SmallConvNet"), if local.
+
+        A name a module imports rather than defines is followed to where it is defined, as
+        Python's attribute lookup would: `unet.UNet` with `from .unet_model import UNet` in
+        `unet/__init__.py` is unet_model.py's class, and `pkg.alexnet` is the function the
+        package binds, not its submodule `alexnet.py`."""
         parts = dotted.split(".")
         for cut in range(len(parts) - 1, 0, -1):
             module = self.find_module(".".join(parts[:cut]), near)
-            if module is not None:
-                return module, ".".join(parts[cut:])
+            if module is None:
+                continue
+            head = parts[cut]
+            if depth < MAX_REEXPORT_DEPTH and head not in module.top_level_names():
+                target = module.imports().names.get(head)
+                submodule = ".".join(parts[: cut + 1])
+                if target is not None and target not in (dotted, submodule):
+                    rest = ".".join([target, *parts[cut + 1 :]])
+                    again = self.resolve_symbol(rest, module.path, depth + 1)
+                    if again is not None:
+                        return again
+            return module, ".".join(parts[cut:])
         return None
 
     def local_closure(self, start: ModuleFile) -> list[ModuleFile]:
@@ -180,7 +252,8 @@ class Project:
         queue = [start]
         while queue and len(seen) < MAX_LOCAL_MODULES:
             current = queue.pop()
-            for target in set(current.imports().names.values()):
+            table = current.imports()
+            for target in {*table.names.values(), *table.stars}:
                 parts = target.split(".")
                 for cut in range(len(parts), 0, -1):
                     found = self.find_module(".".join(parts[:cut]), current.path)
@@ -201,3 +274,19 @@ class Project:
             digest.update(module.text.encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
         return digest.hexdigest()
+
+
+def _literal_all(tree: ast.Module | None) -> set[str] | None:
+    """A module's `__all__` when it is a literal list or tuple of strings."""
+    for statement in [] if tree is None else tree.body:
+        if (
+            isinstance(statement, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in statement.targets)
+            and isinstance(statement.value, (ast.List, ast.Tuple))
+        ):
+            return {
+                item.value
+                for item in statement.value.elts
+                if isinstance(item, ast.Constant) and isinstance(item.value, str)
+            }
+    return None
