@@ -44,7 +44,10 @@ Target (issue 15): at least 90% of the model classes of a typical research repos
 as laid out or with at most --args/--input, and 100% of those that profile are exact.
 
 The corpus file (bench/reach_corpus.json) names each repository's public GitHub source and the
-commit measured, and the per-class hints; without it the bench runs with no hints. Each profile
+commit measured, and the per-class hints; without it the bench runs with no hints. --python is
+the interpreter that runs the repositories' code (torchls's worker and the check): it needs
+torch and what the repositories import (torchvision, einops, ...); a module missing there is
+counted apart, as the environment's failure, not torchls's. Each profile
 starts a worker that imports torch (3-6 s), so --jobs 2 on two cores and --limit N (classes per
 repository) keep a run short. The profile is run with --no-thop (thop's figure is not what is
 measured). Ends with one JSON line (every class's outcome with --json).
@@ -94,6 +97,7 @@ from torchls.source.models import FileModels
 from torchls.source.project import ModuleFile, Project
 
 DEFAULT_CORPUS = BENCH / "reach_corpus.json"
+PYTHON = [sys.executable]  # the interpreter of the user's code (--python)
 SKIP_DIRS = {
     ".git",
     ".hg",
@@ -162,6 +166,7 @@ class ClassResult:
     message: str = ""  # first line of the failure
     cause: str = ""
     hint: dict[str, str] = field(default_factory=dict)
+    hint_message: str = ""  # why it fails with the hints too
     params: int | None = None
     macs: int | None = None
     flops: int | None = None
@@ -298,6 +303,7 @@ def profile(repo: Path, found: Found, hint: dict[str, str], timeout: float) -> d
     relative = found.file.relative_to(repo).as_posix()
     command = [sys.executable, "-m", "torchls", "profile", f"{relative}::{found.name}"]
     command += ["--json", "--no-thop", "--workspace", str(repo), "--timeout", str(timeout)]
+    command += ["--python", PYTHON[0]]
     if "args" in hint:
         command += ["--args", hint["args"]]
     if "input" in hint:
@@ -335,10 +341,13 @@ def cause_of(message: str) -> str:
     return "other"
 
 
-def record(result: ClassResult, payload: dict[str, Any]) -> bool:
+def record(result: ClassResult, payload: dict[str, Any], repo: Path) -> bool:
     if not payload.get("ok"):
         result.message = first_line(payload.get("error", {}).get("message", ""))
         result.cause = cause_of(result.message)
+        missing = re.search(r"No module named '(\w+)", result.message)
+        if missing and not _in_repo(repo, missing.group(1)):
+            result.cause = "a dependency missing from --python's environment (not torchls's)"
         return False
     value = payload["result"]
     result.params = value.get("parameters", {}).get("total")
@@ -348,6 +357,15 @@ def record(result: ClassResult, payload: dict[str, Any]) -> bool:
     result.inputs = value.get("inputs")
     result.message = result.cause = ""
     return True
+
+
+def _in_repo(repo: Path, name: str) -> bool:
+    """Whether a top-level module `name` is the repository's own (a file or folder in it)."""
+    for _folder, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+        if name in dirs or f"{name}.py" in files:
+            return True
+    return False
 
 
 # -- is importing the real module safe? ----------------------------------------------------------
@@ -551,10 +569,13 @@ def value_of(v):
         return resolve(v["ref"])
     if "call" in v:
         call = v["call"]
-        return resolve(call["ref"])(
+        made = resolve(call["ref"])(
             *[value_of(a) for a in call["args"]],
             **{k: value_of(x) for k, x in call["kwargs"].items()},
         )
+        for key, x in (v.get("setattr") or {}).items():  # config.n_layer = 12 after the call
+            setattr(made, key, value_of(x))
+        return made
     raise Unreadable(f"a value torchls reads as {sorted(v)}")
 
 def tensor(spec, device):
@@ -649,7 +670,7 @@ def verify(
         env["TMPDIR"] = scratch  # the one place the checking process may write
         try:
             done = subprocess.run(
-                [sys.executable, str(script)],
+                [PYTHON[0], str(script)],
                 input=json.dumps(job),
                 cwd=scratch,
                 env=env,
@@ -715,16 +736,17 @@ def measure(
     def one(index: int) -> None:
         item, result = found[index], results[index]
         started = time.monotonic()
-        if record(result, profile(repo, item, {}, args.timeout)):
+        if record(result, profile(repo, item, {}, args.timeout), repo):
             result.outcome = "laid-out"
         else:
             hint = hints.get(f"{result.file}::{result.name}")
             if hint:
                 result.hint = dict(hint)
                 first_failure = (result.message, result.cause)
-                if record(result, profile(repo, item, hint, args.timeout)):
+                if record(result, profile(repo, item, hint, args.timeout), repo):
                     result.outcome = "hints"
                 else:  # keep why it fails as laid out: that is what the issue fixes
+                    result.hint_message = result.message
                     result.message, result.cause = first_failure
         result.seconds = round(time.monotonic() - started, 1)
         state = result.outcome if result.outcome != "failed" else f"failed: {result.message}"
@@ -836,6 +858,11 @@ def report(by_repo: dict[str, list[ClassResult]]) -> None:
                 print(f"             e.g. {example.repo}/{example.file}::{example.name}")
             if len(messages) > 6:
                 print(f"       ... and {len(messages) - 6} other messages")
+    hinted = [r for r in failed if r.hint_message]
+    if hinted:
+        print("\nfailing with the corpus's --args/--input too:")
+        for r in hinted:
+            print(f"  {r.repo}/{r.file}::{r.name}: {r.hint_message}")
     wrong = [r for r in everything if r.check == "mismatch"]
     if wrong:
         print("\nmismatches against torch:")
@@ -879,12 +906,19 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per profile")
     parser.add_argument("--json", action="store_true", help="every class's outcome as JSON too")
     parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter that has torch and the repositories' own dependencies "
+        "(torchvision, einops, ...): runs torchls's worker (--python) and the check",
+    )
+    parser.add_argument(
         "--server",
         type=Path,
         default=SERVER,
         help="the torchls server folder to measure (default: this checkout's server/)",
     )
     args = parser.parse_args()
+    PYTHON[0] = args.python
 
     corpus: dict[str, Any] = {}
     if args.corpus.is_file():
