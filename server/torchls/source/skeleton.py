@@ -5,11 +5,18 @@ the file the target is defined in as it stands: it runs this skeleton of it, whi
 function and class definitions and assignments of plain values, and drops every other top-level
 statement (loops, calls, `with` blocks, `if __name__ == "__main__":`). Line numbers are kept,
 so a traceback from a model's `forward` still points at the user's line.
+
+Training scripts define their models next to the state those models read: `opt =
+parser.parse_args()`, `cuda = torch.cuda.is_available()`, `nz = int(opt.nz)`. So the skeleton
+also keeps a dependency slice of the top level: the statements that bind (or, like
+`parser.add_argument(...)`, mutate) a name the kept code reads, transitively, when they call
+nothing that does I/O, trains, downloads, builds a data set or a model, or logs.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 
 # Calls an assignment may make and still be a definition, as written in the source.
 _DEFINITION_CALLS = {
@@ -37,15 +44,340 @@ _DEFINITION_CALLS = {
 
 def skeleton(tree: ast.Module) -> tuple[ast.Module, list[int]]:
     """The kept statements as a new module, and the 1-based lines of the dropped ones."""
-    kept: list[ast.stmt] = []
-    dropped: list[int] = []
-    for statement in tree.body:
-        if _is_definition(statement):
-            kept.append(statement)
-        else:
-            dropped.append(statement.lineno)
+    body = tree.body
+    keep = [_is_definition(statement) for statement in body]
+    # a pathologically deep expression: the definitions alone, as before
+    with contextlib.suppress(RecursionError):
+        _add_slice(body, keep)
+    kept = [statement for statement, kept in zip(body, keep, strict=True) if kept]
+    dropped = [statement.lineno for statement, kept in zip(body, keep, strict=True) if not kept]
     module = ast.Module(body=kept, type_ignores=[])
     return module, dropped
+
+
+def optional_import_lines(tree: ast.Module) -> set[int]:
+    """Lines of the top-level absolute imports outside `try`: a training script imports
+    torchvision for its data sets, and a model that never touches it builds without it."""
+    return {
+        statement.lineno
+        for statement in tree.body
+        if isinstance(statement, ast.Import)
+        or (
+            isinstance(statement, ast.ImportFrom)
+            and statement.level == 0
+            and statement.module != "__future__"
+            and all(alias.name != "*" for alias in statement.names)
+        )
+    }
+
+
+# -- the dependency slice ------------------------------------------------------------------------
+
+# Calls that never belong in a slice, by the last part of the name as written: I/O, downloads,
+# training, devices, logging and processes.
+_UNSAFE_CALLS = {
+    "open",
+    "load",
+    "loads",
+    "load_state_dict",
+    "save",
+    "savez",
+    "save_image",
+    "savefig",
+    "imsave",
+    "imwrite",
+    "imread",
+    "to_csv",
+    "read_csv",
+    "dump",
+    "write",
+    "writelines",
+    "read",
+    "read_text",
+    "read_bytes",
+    "readlines",
+    "write_text",
+    "download",
+    "from_pretrained",
+    "hf_hub_download",
+    "snapshot_download",
+    "load_dataset",
+    "makedirs",
+    "mkdir",
+    "remove",
+    "unlink",
+    "rmtree",
+    "rmdir",
+    "rename",
+    "system",
+    "popen",
+    "run",
+    "call",
+    "check_call",
+    "check_output",
+    "urlopen",
+    "urlretrieve",
+    "cuda",
+    "to",
+    "train",
+    "fit",
+    "eval",
+    "exec",
+    "compile",
+    "step",
+    "backward",
+    "apply",
+    "input",
+    "sleep",
+    "show",
+    "set_device",
+    "init_process_group",
+    "fork",
+    "spawn",
+    "start",
+    "join",
+    "wait",
+    "log",
+    "log_metrics",
+    "add_scalar",
+    "add_image",
+    "watch",
+    "init",
+    "__import__",
+    "setattr",
+    "delattr",
+    "globals",
+    "vars",
+}
+# Modules a slice never calls into, by any part of the name as written.
+_UNSAFE_MODULES = {
+    "wandb",
+    "tensorboard",
+    "tensorboardX",
+    "SummaryWriter",
+    "mlflow",
+    "neptune",
+    "comet_ml",
+    "requests",
+    "urllib",
+    "subprocess",
+    "shutil",
+    "socket",
+    "multiprocessing",
+    "threading",
+    "pickle",
+    "joblib",
+    "h5py",
+    "cv2",
+    "gdown",
+    "distributed",
+    "tqdm",
+    "datasets",
+    "pd",
+    "pandas",
+}
+
+
+def _add_slice(body: list[ast.stmt], keep: list[bool]) -> None:
+    """Marks the statements the kept code needs (see the module's docstring), in place."""
+    model_classes = {
+        statement.name
+        for statement in body
+        if isinstance(statement, ast.ClassDef) and _looks_like_a_model(statement)
+    }
+    functions = {
+        statement.name: statement
+        for statement in body
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    # Names the script binds by assignment: only those can be mutated into shape
+    # (`parser.add_argument`), never an imported module (`torch.cuda.set_device(0)`).
+    variables = {name for statement in body for name in _assigned_names(statement)}
+    # A function's body counts only once something needed calls it: `sample_images()` of a
+    # training loop reads `generator = Generator()`, which profiling `Generator` never needs.
+    needed: set[str] = set()
+    for statement, kept in zip(body, keep, strict=True):
+        if kept:
+            needed |= _reads(statement, bodies=False)
+    opened: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name in (needed & functions.keys()) - opened:
+            opened.add(name)
+            needed |= _reads(functions[name])
+            changed = True
+        for index, statement in enumerate(body):
+            if keep[index] or not _feeds(statement, needed, variables):
+                continue
+            if not _safe(statement, model_classes, functions):
+                continue
+            keep[index] = True
+            needed |= _reads(statement)
+            changed = True
+
+
+def _looks_like_a_model(node: ast.ClassDef) -> bool:
+    if any(isinstance(item, ast.FunctionDef) and item.name == "forward" for item in node.body):
+        return True
+    return any(
+        word in ast.unparse(base) for base in node.bases for word in ("Module", "Model", "Net")
+    )
+
+
+def _assigned_names(statement: ast.stmt) -> set[str]:
+    if isinstance(statement, ast.Assign):
+        targets = statement.targets
+    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
+        targets = [statement.target]
+    elif isinstance(statement, ast.If):
+        return {
+            name for inner in statement.body + statement.orelse for name in _assigned_names(inner)
+        }
+    else:
+        return set()
+    return {
+        node.id
+        for target in targets
+        for node in ast.walk(target)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+    }
+
+
+def _root(node: ast.expr) -> str | None:
+    """`parser` of `parser.add_argument`, `opt` of `opt.lr` or `cfg["a"]`."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _feeds(statement: ast.stmt, needed: set[str], variables: set[str]) -> bool:
+    """Whether the statement binds or mutates a needed name, being of a kind a slice may keep."""
+    if isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        if isinstance(statement, ast.AnnAssign) and statement.value is None:
+            return False
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        for target in targets:
+            for node in ast.walk(target):
+                if (
+                    isinstance(node, ast.Name)
+                    and isinstance(node.ctx, ast.Store)
+                    and node.id in needed
+                ):
+                    return True
+            root = _root(target)
+            if not isinstance(target, ast.Name) and root in needed and root in variables:
+                return True
+        return False
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+        func = statement.value.func
+        root = _root(func)
+        return isinstance(func, ast.Attribute) and root in needed and root in variables
+    if isinstance(statement, ast.If):
+        if "__name__" in ast.unparse(statement.test):
+            return False
+        inner = statement.body + statement.orelse
+        sliceable = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr, ast.Pass, ast.If)
+        if not all(isinstance(s, sliceable) for s in inner):
+            return False
+        return any(_feeds(s, needed, variables) for s in inner)
+    return False
+
+
+def _safe(
+    statement: ast.AST,
+    model_classes: set[str],
+    functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef],
+    depth: int = 0,
+) -> bool:
+    """Whether running the statement calls nothing a slice must not (see _UNSAFE_CALLS)."""
+    for node in ast.walk(statement):
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)):
+            return False
+        if isinstance(node, (ast.Await, ast.Yield, ast.YieldFrom, ast.Global, ast.Delete)):
+            return False
+        if not isinstance(node, ast.Call):
+            continue
+        written = _written(node.func)
+        if written is None:
+            continue  # `f()()`, `x[0]()`: their inner calls are walked too
+        parts = written.split(".")
+        if parts[-1] in _UNSAFE_CALLS or any(part in _UNSAFE_MODULES for part in parts):
+            return False
+        if any("dataset" in part.lower() or "loader" in part.lower() for part in parts):
+            return False
+        if len(parts) == 1 and parts[0] in model_classes:
+            return False  # `generator = Generator()`: the model is what torchls builds
+        if len(parts) == 1 and parts[0] in functions:
+            # `opt = get_args()`: a function of the file, if its own body is safe
+            if depth > 0 or not _safe(functions[parts[0]], model_classes, functions, depth + 1):
+                return False
+            if any(
+                isinstance(inner, ast.Call)
+                and isinstance(inner.func, ast.Name)
+                and inner.func.id in functions
+                for inner in ast.walk(functions[parts[0]])
+            ):
+                return False
+    return True
+
+
+def _written(node: ast.expr) -> str | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Call):  # `torch.Generator().manual_seed(0)`: the chain's names
+        inner = _written(node.func)
+        return None if inner is None else ".".join([inner, *reversed(parts)])
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _reads(node: ast.AST, bodies: bool = True) -> set[str]:
+    """The free names a statement or expression reads, anywhere inside it (the bodies of its
+    functions too, less their parameters and local variables, unless `bodies` is false: then a
+    top-level function's body is left out, its defaults and decorators are not)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        arguments = node.args
+        outside: list[ast.AST] = [*arguments.defaults]
+        outside += [d for d in arguments.kw_defaults if d is not None]
+        if not isinstance(node, ast.Lambda):
+            outside += node.decorator_list
+        names: set[str] = set()
+        for part in outside:
+            names |= _reads(part)
+        if not bodies:
+            return names
+        inner: list[ast.AST] = list(node.body) if isinstance(node.body, list) else [node.body]
+        loads: set[str] = set()
+        for part in inner:
+            loads |= _reads(part)
+        local = {
+            a.arg
+            for a in [
+                *arguments.posonlyargs,
+                *arguments.args,
+                *arguments.kwonlyargs,
+                *([arguments.vararg] if arguments.vararg else []),
+                *([arguments.kwarg] if arguments.kwarg else []),
+            ]
+        }
+        declared: set[str] = set()
+        for part in inner:
+            for child in ast.walk(part):
+                if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                    local.add(child.id)
+                elif isinstance(child, (ast.Global, ast.Nonlocal)):
+                    declared.update(child.names)
+        return names | (loads - (local - declared))
+    if isinstance(node, ast.Name):
+        return {node.id} if isinstance(node.ctx, ast.Load) else set()
+    names = set()
+    for child in ast.iter_child_nodes(node):
+        names |= _reads(child)
+    return names
 
 
 def _is_definition(statement: ast.stmt) -> bool:

@@ -136,7 +136,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         "modules": measured["modules"],
         "thop": thop,
         "submodule": share,
-        "notes": notes,
+        "notes": [*notes, *loader.notes()],
         "torch": str(torch.__version__),
         "seconds": {key: round(value, 4) for key, value in timings.items()},
         # the worker's high-water mark so far (Linux reports KiB)

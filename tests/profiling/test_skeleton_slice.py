@@ -1,0 +1,156 @@
+"""Module-level state a model reads: the skeleton keeps the statements it depends on (argparse
+with the script's defaults, `cuda = ...`, `image_shape = (opt.channels, ...)`), never the
+script around them, and the report names the defaults the model was built with."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.profiling.test_profile_job import Runner
+
+from torchls.source.skeleton import skeleton
+from torchls.source.spec import InputSpec, parse_shapes
+
+SCRIPTS = Path(__file__).resolve().parent / "fixtures" / "script_state"
+
+
+def _torch_count(folder: Path, script: str, build: str) -> int:
+    """The parameters torch itself counts for `build`, after running the script for real up
+    to the point where it fails for want of its data (its models are defined by then)."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.argv = [{script!r}]
+        namespace = {{"__name__": "reference", "__file__": {script!r}}}
+        try:
+            exec(compile(open({script!r}).read(), {script!r}, "exec"), namespace)
+        except FileNotFoundError:
+            pass  # the script reached its data loading: the models are defined
+        model = eval({build!r}, namespace)
+        print(json.dumps(sum(p.numel() for p in model.parameters())))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    count: int = json.loads(done.stdout.strip().splitlines()[-1])
+    return count
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("scripts")
+    for file in SCRIPTS.glob("*.py"):
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runner(workspace: Path) -> Iterator[Runner]:
+    made = Runner(workspace)
+    yield made
+    made.close()
+
+
+def test_the_slice_keeps_what_the_models_read_and_drops_the_script() -> None:
+    tree = ast.parse((SCRIPTS / "gan_script.py").read_text())
+    module, _dropped = skeleton(tree)
+    kept = {ast.unparse(statement).splitlines()[0] for statement in module.body}
+    for needed in [
+        "parser = argparse.ArgumentParser()",
+        "opt = parser.parse_args()",
+        "cuda = torch.cuda.is_available()",
+        "image_shape = (opt.channels, opt.side, opt.side)",
+        "nz = int(opt.noise_dim)",
+        "device = torch.device('cuda' if cuda else 'cpu')",
+    ]:
+        assert needed in kept
+    assert sum(line.startswith("parser.add_argument(") for line in kept) == 5
+    text = "\n".join(kept)
+    # folders, prints, models, data and the loop stay out
+    for never in ["mkdir", "print(", "generator =", "critic =", "loader =", "for epoch"]:
+        assert never not in text
+
+
+def test_unsafe_statements_stay_out_even_when_a_model_reads_them() -> None:
+    source = textwrap.dedent(
+        """
+        import os, torch, wandb
+        from torch import nn
+        data = torch.load("weights.pt")
+        run = wandb.init(project="x")
+        os.makedirs("out")
+        backbone = Backbone().cuda()
+        class Backbone(nn.Module):
+            def forward(self, x):
+                return x
+        if __name__ == "__main__":
+            width = 3
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(data.shape[0], width)
+                self.run = run
+                self.backbone = backbone
+        """
+    )
+    module, _dropped = skeleton(ast.parse(source))
+    kept = "\n".join(ast.unparse(statement) for statement in module.body)
+    for never in ["torch.load", "wandb.init", "os.makedirs", "Backbone()", "width = 3"]:
+        assert never not in kept
+
+
+def test_a_model_reading_argparse_state_profiles_with_the_scripts_defaults(
+    runner: Runner, workspace: Path
+) -> None:
+    result = runner.ok(workspace / "gan_script.py", "Generator")
+    reference = workspace / "reference"
+    reference.mkdir()
+    shutil.copy(workspace / "gan_script.py", reference / "gan_script.py")
+    assert result["parameters"]["total"] == _torch_count(reference, "gan_script.py", "Generator()")
+    # the note names the defaults read while the model was built, in the order they were read
+    notes = [note for note in result["notes"] if "argparse" in note]
+    assert notes == [
+        "built with the script's argparse defaults: --channels 3, --side 16, --noise_dim 64"
+    ]
+    # the script's own statements never ran
+    assert not (workspace / "samples_written_by_the_script").exists()
+
+
+def test_state_computed_from_the_options_is_kept(runner: Runner, workspace: Path) -> None:
+    shape = InputSpec(parse_shapes("(1, 3, 16, 16)"), "--input")
+    result = runner.ok(workspace / "gan_script.py", "Critic", input_override=shape)
+    reference = workspace / "reference_critic"
+    reference.mkdir()
+    shutil.copy(workspace / "gan_script.py", reference / "gan_script.py")
+    assert result["parameters"]["total"] == _torch_count(reference, "gan_script.py", "Critic()")
+    assert not (workspace / "samples_written_by_the_script").exists()
+
+
+def test_a_required_option_without_a_default_is_one_line_naming_it(
+    runner: Runner, workspace: Path
+) -> None:
+    result = runner.run(workspace / "needs_a_flag.py", "Wide")
+    assert not result.ok
+    message = result.message
+    assert "--width" in message and "--args" in message and "needs_a_flag.py, line 9" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_a_library_only_the_script_uses_need_not_be_installed(
+    runner: Runner, workspace: Path
+) -> None:
+    assert runner.ok(workspace / "missing_library.py", "Small")["parameters"]["total"] == 18
+    result = runner.run(workspace / "missing_library.py", "NeedsIt")
+    assert not result.ok
+    assert "torchls_fixture_missing_lib is not installed" in result.message
+    assert "missing_library.py, line 5" in result.message
