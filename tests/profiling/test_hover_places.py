@@ -178,3 +178,19 @@ def test_a_factory_is_run_only_when_its_body_does_no_io(tmp_path: Path) -> None:
     assert "`saves` calls `torch.save` on line 17" in saved.refusal
     # a function that builds no model is no factory
     assert _target(models, text, "helper(1)") is None
+
+
+def test_a_hover_finds_its_place_in_nested_and_decorated_statements(tmp_path: Path) -> None:
+    models, text = _models(
+        tmp_path,
+        HEADER
+        + "def register(model):\n    return lambda f: f\n\n"
+        + "@register(Net())\ndef decorated():\n    pass\n\n"
+        + "def nested(flag):\n    if flag:\n        try:\n            model = Net()\n"
+        + "        except ValueError:\n            return None\n        else:\n"
+        + "            model.eval()\n    return None\n",
+    )
+    assert _target(models, text, "Net())\ndef").name == "Net"  # in a decorator
+    assert _target(models, text, "Net()\n        except").name == "Net"  # try under an if
+    # assigned under an `if`: not certainly the model where it is used (the load checks' rule)
+    assert _target(models, text, "model.eval()") is None

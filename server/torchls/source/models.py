@@ -10,6 +10,7 @@ Each becomes a `ModelTarget`: what to build, with which arguments, and which inp
 from __future__ import annotations
 
 import ast
+import bisect
 import dataclasses
 import re
 import sys
@@ -391,12 +392,10 @@ class FileModels:
             if self._class_name_span(class_node).contains(line, character):
                 return self.class_target(class_node) if self.is_model_class(name) else None
         best: ast.Call | None = None
-        for node in self.calls:
+        for node in self._on_line(line, ast.Call):
             # The innermost call whose callee is under the cursor: `Net(...)` in `f(Net())`.
-            func = node.func
-            if not func.lineno - 1 <= line <= (func.end_lineno or func.lineno) - 1:
-                continue
-            if self._span(func).contains(line, character) and (
+            assert isinstance(node, ast.Call)
+            if self._span(node.func).contains(line, character) and (
                 best is None or _is_inside(node, best)
             ):
                 best = node
@@ -580,14 +579,47 @@ class FileModels:
 
     # -- where else a hover answers: submodule lines, variables, factory functions -------------
 
+    def _on_line(self, line: int, *kinds: type) -> list[ast.AST]:
+        """The calls (by their callee's lines), names and assignments on a 0-based line. Found
+        from the innermost statement that holds the line (statements are in line order, so
+        each level is a bisection): a hover on a large file reads one statement, not the file."""
+        statement = self._statement_at(line + 1)
+        if statement is None:
+            return []
+        found = []
+        for node in walk(statement):
+            if not isinstance(node, kinds):
+                continue
+            where = node.func if isinstance(node, ast.Call) else node
+            first = getattr(where, "lineno", 0)
+            if first - 1 <= line <= (getattr(where, "end_lineno", None) or first) - 1:
+                found.append(node)
+        return found
+
+    def _statement_at(self, number: int) -> ast.stmt | None:
+        """The innermost statement whose lines hold the 1-based line `number`."""
+        body: list[ast.stmt] = self.tree.body if self.tree is not None else []
+        found: ast.stmt | None = None
+        while body:
+            index = bisect.bisect_right(body, number, key=_first_line) - 1
+            if index < 0 or (body[index].end_lineno or body[index].lineno) < number:
+                break
+            found = body[index]
+            body = [
+                inner
+                for block in _statement_blocks(found)
+                for inner in block
+                if _first_line(inner) <= number <= (inner.end_lineno or inner.lineno)
+            ]
+            body = body[:1]
+        return found
+
     def submodule_target_at(self, line: int, character: int) -> ModelTarget | None:
         """`self.encoder = Encoder(...)` in a model class's method, with the cursor on
         `self.encoder` (or on a callee that is no model of its own, `nn.Conv2d`): the parent
         class, profiled as its hover would, with the submodule's share picked out."""
-        for statement in [*self.by_type.get(ast.Assign, []), *self.by_type.get(ast.AnnAssign, [])]:
+        for statement in self._on_line(line, ast.Assign, ast.AnnAssign):
             assert isinstance(statement, (ast.Assign, ast.AnnAssign))
-            if not statement.lineno - 1 <= line <= (statement.end_lineno or 0) - 1:
-                continue
             targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
             if len(targets) != 1 or not isinstance(targets[0], ast.Attribute):
                 continue
@@ -644,9 +676,9 @@ class FileModels:
     def variable_target_at(self, line: int, character: int) -> ModelTarget | None:
         """`model` in `model.eval()`, `model(x)`, `print(model)` after `model = Net(...)` in the
         same scope (or at module level): the construction's profile."""
-        for node in self.by_type.get(ast.Name, []):
+        for node in self._on_line(line, ast.Name):
             assert isinstance(node, ast.Name)
-            if node.lineno - 1 != line or not self._span(node).contains(line, character):
+            if not self._span(node).contains(line, character):
                 continue
             target = self._model_bound_to(node)
             if target is None:
@@ -1286,3 +1318,24 @@ def _io_call(owner: FileModels, function: ast.FunctionDef) -> tuple[str, int] | 
         ):
             return written, node.lineno
     return None
+
+
+def _statement_blocks(statement: ast.stmt) -> list[list[ast.stmt]]:
+    """The statement lists inside a compound statement: bodies, else, finally, handlers, cases."""
+    blocks: list[list[ast.stmt]] = []
+    for name in ("body", "orelse", "finalbody"):
+        value = getattr(statement, name, None)
+        if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+            blocks.append(value)
+    for handler in getattr(statement, "handlers", None) or []:
+        blocks.append(handler.body)
+    for case in getattr(statement, "cases", None) or []:
+        blocks.append(case.body)
+    return blocks
+
+
+def _first_line(statement: ast.stmt) -> int:
+    """A statement's first line, its decorators' included."""
+    decorators = getattr(statement, "decorator_list", None) or []
+    first: int = statement.lineno
+    return min([first, *(int(decorator.lineno) for decorator in decorators)])
