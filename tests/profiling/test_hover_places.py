@@ -94,6 +94,11 @@ async def test_hover_on_a_variable_and_a_submodule_line_show_the_numbers(tmp_pat
         on_head = await _hover_text(session, uri, _at(text, "self.head = nn.Linear", offset=14))
         assert _number(on_head, "Parameters") == head_parameters
         assert "| output | 2x10 |" in on_head
+        # attributes that are no modules: no hover on a plain value, a sentence on a call's
+        assert await _hover(session, uri, _at(text, "self.width = ", offset=6)) is None
+        on_scale = await _hover_text(session, uri, _at(text, "self.scale = ", offset=6))
+        assert on_scale.startswith("**self.scale** is no submodule: `self.scale` of the built Net")
+        assert "is a float" in on_scale
 
         # `built = build_model(8)`: the factory is run, on the callee and on the variable
         on_factory = await _hover_text(session, uri, _at(text, "build_model(8)"))

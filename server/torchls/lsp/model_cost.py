@@ -309,6 +309,9 @@ def _submodule_markdown(
         return report.failure_markdown(
             name, f"the worker did not report its share of {target.parent}.", context
         )
+    missing = result.value["submodule"].get("missing")
+    if missing:
+        return f"**{name}** is no submodule: {missing}, so it has no share of the count."
     return report.submodule_markdown(result.value, context, target.parent)
 
 

@@ -625,6 +625,8 @@ class FileModels:
                 continue
             attribute = targets[0]
             value = statement.value
+            if not isinstance(value, ast.Call):
+                continue  # `self.width = width`: made elsewhere, if a module at all
             on_callee = isinstance(value, ast.Call) and self._span(value.func).contains(
                 line, character
             )

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchls.worker import protocol
-from torchls.worker.jobs import JobError, Params
+from torchls.worker.jobs import Params
 from torchls.worker.measure import _count_parameters, _first_tensor
 
 
@@ -17,21 +16,22 @@ class SubmoduleWatch:
     def __init__(self, torch: Any, model: Any, path: str) -> None:
         self.torch = torch
         self.path = path
+        self.output: list[int] | None = None
+        self.calls = 0
+        self.missing = ""
         try:
             self.module = model.get_submodule(path)
         except AttributeError:
-            children = ", ".join(f"`{name}`" for name, _ in model.named_children()) or "none"
-            raise JobError(
-                protocol.ERROR_USER,
-                f"the built {type(model).__name__} has no submodule `{path}` (its submodules: "
-                f"{children}); `self.{path}` is not an nn.Module, or is replaced later",
-            ) from None
+            # `self.scale = math.sqrt(d)`: an attribute, but no module; the parent still counts
+            value = _attribute(model, path)
+            what = "not set" if value is _MISSING else f"a {type(value).__name__}"
+            self.missing = f"`self.{path}` of the built {type(model).__name__} is {what}"
+            self.module = None
+            return
         # The name the parent's counting knows it by (the first, when a module is shared).
         self.counted_as = next(
             (name for name, module in model.named_modules() if module is self.module), path
         )
-        self.output: list[int] | None = None
-        self.calls = 0
         self._handle = self.module.register_forward_hook(self._after)
 
     def _after(self, module: Any, args: Any, output: Any) -> None:
@@ -41,6 +41,8 @@ class SubmoduleWatch:
             self.output = list(tensor.shape)
 
     def result(self, measured: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+        if self.module is None:
+            return {"path": self.path, "missing": self.missing}
         self._handle.remove()
         counts = _count_parameters(self.torch, self.module)
         inclusive = measured.get("inclusive") or {}
@@ -61,6 +63,18 @@ class SubmoduleWatch:
             ),
             "share_macs": (macs / parent_macs if parent_macs and macs is not None else 0.0),
         }
+
+
+_MISSING = object()
+
+
+def _attribute(model: Any, path: str) -> Any:
+    value = model
+    for name in path.split("."):
+        value = getattr(value, name, _MISSING)
+        if value is _MISSING:
+            break
+    return value
 
 
 def watch(torch: Any, model: Any, params: Params) -> SubmoduleWatch | None:
