@@ -169,3 +169,39 @@ def test_cli_input_takes_tuples_and_names() -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)["result"]
     assert _counts(result) == _word_lm(35, 1)
+
+
+# -- messages a user can act on -----------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": f"{ROOT / 'server'}:{FIXTURES}", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "torchls", "profile", *args, "--no-thop"],
+        cwd=STATED,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_failures_say_which_option_to_pass_never_a_comment() -> None:
+    for args, option in [
+        (["nets.py::WordLM"], "--input"),  # forward() takes (tokens, state): the guess fails
+        (["nets.py::Needs"], "--args"),  # no value for `width` anywhere
+    ]:
+        done = _cli(*args)
+        assert done.returncode == 1
+        message = done.stderr.strip()
+        assert len(message.splitlines()) == 1 and "Traceback" not in message
+        assert f"pass {option} '" in message and "# torchls" not in message
+
+
+def test_editor_failures_name_the_comment_and_the_line(runner: Runner) -> None:
+    path = STATED / "nets.py"
+    result = runner.run(path, "Needs", "class")
+    assert not result.ok
+    assert "the constructor needs `width`" in result.message
+    line = 1 + path.read_text().splitlines().index("class Needs(nn.Module):")
+    assert f"add `# torchls: args=(...)` above line {line} of nets.py" in result.message

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(target, project, document, input_override=override)
     params = dict(prepared.params)
     params["thop"] = not args.no_thop
+    params["front"] = "cli"  # messages say --args/--input, not a comment in a file
     workspace = str(Path(args.workspace or ".").resolve())
     settings = WorkerSettings(
         command=(args.python or sys.executable,),
@@ -95,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     elif result.ok:
         print(report.text(result.value, context))
     else:
-        print(f"torchls profile: {target.name}: {result.message}", file=sys.stderr)
+        message = str(result.message)
+        if message.startswith("forward() failed") and "--input" not in message:
+            message += "; if the input is not what forward() takes, pass --input '(...)'"
+        print(f"torchls profile: {target.name}: {message}", file=sys.stderr)
         for problem in prepared.problems:
             print(f"  note: {problem}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -56,6 +56,8 @@ def prepare(
                 break
     params = target.request()
     params["inputs"] = inputs.as_json() if inputs else None
+    # where the user would write a `# torchls:` comment, for the worker's messages
+    params["where"] = {"file": Path(document_path).name, "line": target.line}
     sources: dict[str, str] = {}
     digest = hashlib.sha256()
     for ref in _file_refs(params):

@@ -13,6 +13,7 @@ from typing import Any
 from torchls.source.models import is_model_factory
 from torchls.source.values import callable_allowed, settable
 from torchls.worker import protocol
+from torchls.worker.inputs import advice
 from torchls.worker.jobs import JobError, Params
 from torchls.worker.loading import _describe, _Loader
 
@@ -138,9 +139,12 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
             model = model.to("meta")
             build = "empty"
         except Exception:
+            given = str(params.get("args_source") or "defaults")
+            fix = "check them" if given == "--args" else f"check them, or {advice(params, 'args')}"
             raise JobError(
                 protocol.ERROR_USER,
-                f"{name}(...) failed: {_describe(first_error, loader)}",
+                f"{name}(...) failed: {_describe(first_error, loader)}; the arguments came "
+                f"from {given}: {fix}",
             ) from None
     if not isinstance(model, torch.nn.Module):
         raise JobError(
@@ -223,9 +227,9 @@ def _arguments(
         if param_name in required:
             raise JobError(
                 protocol.ERROR_USER,
-                f"the constructor needs `{param_name}`, and the call passes `{expression}`, "
-                "which torchls cannot see without running your script; add "
-                "`# torchls: args=(...)` on the line above with literal values",
+                f"the constructor needs `{param_name}`, and {_source(params)} passes "
+                f"`{expression}`, which torchls cannot see without running your script; "
+                f"{advice(params, 'args')}",
             )
         notes.append(f"used the default for `{param_name}` (the call passes `{expression}`)")
     missing = _required(signature, len(args), kwargs) - set(unseen)
@@ -233,10 +237,14 @@ def _arguments(
         names = " and ".join(f"`{name}`" for name in sorted(missing))
         raise JobError(
             protocol.ERROR_USER,
-            f"the constructor needs {names}; add `# torchls: args=(...)` above the class "
-            "or the call, with literal values",
+            f"the constructor needs {names}; {advice(params, 'args')}",
         )
     return args, kwargs
+
+
+def _source(params: Params) -> str:
+    given = str(params.get("args_source") or "")
+    return given if given and given != "defaults" else "the call"
 
 
 def _required(signature: inspect.Signature | None, given: int, kwargs: dict[str, Any]) -> set[str]:

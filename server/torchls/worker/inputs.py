@@ -9,7 +9,21 @@ from torchls.worker import protocol
 from torchls.worker.jobs import JobError
 
 
-def _guess_inputs(torch: Any, model: Any) -> dict[str, Any]:
+def advice(params: dict[str, Any] | None, what: str) -> str:
+    """What to add and where, for the place the user asked from: an option of `torchls
+    profile`, or a comment above the line of their file in the editor (never a comment in an
+    installed library's code)."""
+    example = "(...)" if what == "args" else "(1, 3, 224, 224)"
+    params = params or {}
+    if params.get("front") == "cli":
+        return f"pass --{what} '{example}' (your values)"
+    where = params.get("where") or {}
+    line, file = where.get("line"), where.get("file")
+    place = f"above line {line} of {file}" if line and file else "above the class or the call"
+    return f"add `# torchls: {what}={example}` {place} (your values)"
+
+
+def _guess_inputs(torch: Any, model: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """An input shape read off the model when none is written anywhere: labelled a guess."""
     config = getattr(model, "config", None)
     main_input = getattr(model, "main_input_name", None)
@@ -42,8 +56,7 @@ def _guess_inputs(torch: Any, model: Any) -> dict[str, Any]:
             return _guess([shape], "float32", where)
     raise JobError(
         protocol.ERROR_USER,
-        "torchls cannot tell this model's input shape; add `# torchls: input=(1, 3, 224, 224)` "
-        "(your shape) above the class or the call",
+        f"torchls cannot tell this model's input shape; {advice(params, 'input')}",
     )
 
 
