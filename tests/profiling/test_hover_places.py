@@ -199,3 +199,23 @@ def test_a_hover_finds_its_place_in_nested_and_decorated_statements(tmp_path: Pa
     assert _target(models, text, "Net()\n        except").name == "Net"  # try under an if
     # assigned under an `if`: not certainly the model where it is used (the load checks' rule)
     assert _target(models, text, "model.eval()") is None
+
+
+def test_a_factory_in_another_workspace_file(tmp_path: Path) -> None:
+    (tmp_path / "factories.py").write_text(
+        HEADER
+        + "def build(n):\n    return Net()\n\n"
+        + "def restore(path):\n    net = Net()\n    net.load_state_dict(torch.load(path))\n"
+        + "    return net\n"
+    )
+    models, text = _models(
+        tmp_path,
+        "from factories import build, restore\n\nmodel = build(3)\nmodel.eval()\n"
+        + "other = restore('w.pt')\n",
+    )
+    built = _target(models, text, "model.eval()")
+    assert isinstance(built, PlacedTarget) and not built.refusal
+    assert built.ref["file"] == str(tmp_path / "factories.py") and built.ref["qualname"] == "build"
+    restored = _target(models, text, "restore('w.pt')")
+    assert restored.refusal.startswith("`restore` calls `net.load_state_dict` on line 12 of ")
+    assert "factories.py" in restored.refusal
