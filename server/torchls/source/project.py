@@ -54,15 +54,21 @@ class ModuleFile:
             )
             self._made["imports"] = table
             project = self._made.get("project")
-            if table.stars and isinstance(project, Project):
-                project.add_star_names(self, table)
+            if isinstance(project, Project):
+                if table.stars:
+                    project.add_star_names(self, table)
+                project.follow_reexports(self, table)
         imports: ImportTable = self._made["imports"]
         return imports
 
     def top_level_names(self) -> set[str]:
         """Names the module binds at its top level by a definition or an assignment."""
+        known = self._made.get("top_level_names")
+        if isinstance(known, set):
+            return known
         tree = self.tree()
         found: set[str] = set()
+        self._made["top_level_names"] = found
         for statement in [] if tree is None else tree.body:
             if isinstance(statement, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 found.add(statement.name)
@@ -184,6 +190,34 @@ class Project:
                     table.names.setdefault(name, target)
         finally:
             module._made["expanding"] = False
+
+    def follow_reexports(self, module: ModuleFile, table: ImportTable) -> None:
+        """`from ...parts import nn` binds `torch.nn` when parts.py itself imported it: names
+        taken from a workspace module that only imports them point where they come from."""
+        module._made["expanding"] = True
+        try:
+            for name, target in list(table.names.items()):
+                table.names[name] = self._canonical(target, module.path)
+        finally:
+            module._made["expanding"] = False
+
+    def _canonical(self, dotted: str, near: str) -> str:
+        for _ in range(MAX_REEXPORT_DEPTH):
+            parts = dotted.split(".")
+            for cut in range(len(parts) - 1, 0, -1):
+                module = self.find_module(".".join(parts[:cut]), near)
+                if module is not None:
+                    break
+            else:
+                return dotted
+            head = parts[cut]
+            if head in module.top_level_names() or module._made.get("expanding"):
+                return dotted
+            target = module.imports().names.get(head)
+            if target is None or target in (dotted, ".".join(parts[: cut + 1])):
+                return dotted
+            dotted, near = ".".join([target, *parts[cut + 1 :]]), module.path
+        return dotted
 
     def _star_exports(self, module: ModuleFile) -> dict[str, str]:
         exported = {
