@@ -158,3 +158,14 @@ async def test_the_hover_on_a_star_import_class(workspace: Path) -> None:
     assert markdown is not None, "no hover on a class whose base comes from a star import"
     expected = _torch_count(workspace, "from segnet import SegNet", "SegNet(3, 2)")
     assert _number(markdown, "Parameters") == expected
+
+
+@pytest.mark.parametrize("target", ["nets/tower.py::Tower", "nets.tower::Tower"])
+def test_a_folder_without_init_whose_modules_import_relatively(
+    workspace: Path, target: str
+) -> None:
+    assert _models(workspace, "nets/tower.py").model_classes() == ["Tower"]
+    payload = _profile(workspace, target, "--input", "2,6")
+    expected = _torch_count(workspace, "from nets.tower import Tower", "Tower()")
+    result = payload["result"]
+    assert isinstance(result, dict) and result["parameters"]["total"] == expected

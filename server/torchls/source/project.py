@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ TextSource = Callable[[str], "str | None"]
 MAX_LOCAL_MODULES = 200
 MAX_REEXPORT_DEPTH = 8  # `pkg` -> `pkg.models` -> `pkg.models.unet`: re-exports followed
 MAX_STAR_NAMES = 5000
+_RELATIVE = re.compile(r"^[ \t]*from[ \t]+\.", re.MULTILINE)
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
 
@@ -125,6 +127,7 @@ class Project:
         self._files: dict[str, ModuleFile] = {}  # by resolved path: each text parsed once
         # analyses of other files, shared while this project view lives (one document version)
         self.memo: dict[str, object] = {}
+        self._names: dict[str, tuple[str, bool, str]] = {}
 
     def is_open(self, path: str) -> bool:
         """Whether the editor holds the file (its text may differ from the disk's)."""
@@ -142,8 +145,17 @@ class Project:
         """(dotted name, is a package, the folder to put on sys.path) for a workspace file.
 
         A file inside folders with `__init__.py` gets its package name up to the first folder
-        without one; any other file is a top-level module named after its stem.
+        without one; any other file is a top-level module named after its stem, unless it uses
+        relative imports: then it belongs to a namespace package named from the workspace root
+        (`models/unet.py` with `from .parts import *` is `models.unet`, as `python -c "from
+        models.unet import UNet"` from the root imports it).
         """
+        known = self._names.get(path)
+        if known is None:
+            known = self._names[path] = self._module_name(path)
+        return known
+
+    def _module_name(self, path: str) -> tuple[str, bool, str]:
         file = Path(path).resolve()
         is_package = file.name == "__init__.py"
         parts = [] if is_package else [file.stem]
@@ -153,6 +165,17 @@ class Project:
             folder = folder.parent
         if not parts:
             parts = [file.parent.name]
+        if (
+            not is_package
+            and folder == file.parent
+            and self.root is not None
+            and folder != self.root
+            and folder.is_relative_to(self.root)
+        ):
+            names = [*folder.relative_to(self.root).parts, file.stem]
+            text = self.read(str(file))
+            if all(name.isidentifier() for name in names) and text and _RELATIVE.search(text):
+                return ".".join(names), False, str(self.root)
         return ".".join(parts), is_package, str(folder)
 
     def module_file(self, path: str) -> ModuleFile | None:
