@@ -153,4 +153,4 @@ def test_a_library_only_the_script_uses_need_not_be_installed(
     result = runner.run(workspace / "missing_library.py", "NeedsIt")
     assert not result.ok
     assert "torchls_fixture_missing_lib is not installed" in result.message
-    assert "missing_library.py, line 5" in result.message
+    assert "missing_library.py, line 6" in result.message

@@ -56,11 +56,21 @@ def skeleton(tree: ast.Module) -> tuple[ast.Module, list[int]]:
 
 
 def optional_import_lines(tree: ast.Module) -> set[int]:
-    """Lines of the top-level absolute imports outside `try`: a training script imports
-    torchvision for its data sets, and a model that never touches it builds without it."""
+    """Lines of the top-level absolute imports a missing library may skip: a training script
+    imports torchvision for its data sets, and a model that never touches it builds without
+    it. Imports inside a `try` whose handler binds a fallback are left to it; a handler that
+    only says why and raises again has no fallback to offer."""
+    statements: list[ast.stmt] = []
+    for statement in tree.body:
+        if isinstance(statement, ast.Try) and all(
+            _reports_and_raises(inner) for handler in statement.handlers for inner in handler.body
+        ):
+            statements += statement.body
+        else:
+            statements.append(statement)
     return {
         statement.lineno
-        for statement in tree.body
+        for statement in statements
         if isinstance(statement, ast.Import)
         or (
             isinstance(statement, ast.ImportFrom)
@@ -403,9 +413,14 @@ def _is_definition(statement: ast.stmt) -> bool:
     if isinstance(statement, ast.Try):
         # try: import fast_thing / except ImportError: fast_thing = None
         blocks = [statement.body, statement.orelse, statement.finalbody]
-        blocks += [handler.body for handler in statement.handlers]
-        return all(_is_definition(s) for block in blocks for s in block) and all(
-            handler.type is None or _is_plain(handler.type) for handler in statement.handlers
+        # or `except ImportError as e: print(e); raise`: saying why, then failing, is safe
+        handled = [s for handler in statement.handlers for s in handler.body]
+        return (
+            all(_is_definition(s) for block in blocks for s in block)
+            and all(_is_definition(s) or _reports_and_raises(s) for s in handled)
+            and all(
+                handler.type is None or _is_plain(handler.type) for handler in statement.handlers
+            )
         )
     if isinstance(statement, ast.If):
         if "__name__" in ast.unparse(statement.test) or not _is_plain(statement.test):
@@ -413,6 +428,25 @@ def _is_definition(statement: ast.stmt) -> bool:
         # `if TYPE_CHECKING:` and `if sys.version_info >= ...:` blocks of definitions
         return all(_is_definition(s) for s in statement.body) and all(
             _is_definition(s) for s in statement.orelse
+        )
+    return False
+
+
+def _reports_and_raises(statement: ast.stmt) -> bool:
+    if isinstance(statement, ast.Raise):
+        return (
+            statement.exc is None
+            or _is_plain(statement.exc)
+            or (
+                isinstance(statement.exc, ast.Call)
+                and isinstance(statement.exc.func, ast.Name)
+                and all(isinstance(a, (ast.Constant, ast.Name)) for a in statement.exc.args)
+            )
+        )
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+        said = _written(statement.value.func)
+        return said in {"print", "warnings.warn"} and all(
+            isinstance(a, (ast.Constant, ast.Name, ast.JoinedStr)) for a in statement.value.args
         )
     return False
 
