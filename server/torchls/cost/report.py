@@ -93,6 +93,8 @@ def thop_verdict(result: dict[str, Any]) -> tuple[str, list[str]]:
     version = thop.get("version") or ""
     if "error" in thop:
         return f"thop {version} failed on this model: {thop['error']}", []
+    if result.get("variation"):  # thop's one forward against a range: no comparison
+        return f"thop {version}: {count(thop['macs'])} MACs (one run of its own)", []
     difference = float(thop["difference"])
     line = f"thop {version}: {count(thop['macs'])} MACs ({difference:+.1%})"
     if abs(difference) <= THOP_TOLERANCE:
@@ -146,6 +148,11 @@ def markdown(result: dict[str, Any], context: ReportContext) -> str:
         ("MACs", f"**{count(result['macs'])}** ({result['macs']:,})"),
         ("FLOPs", f"**{count(result['flops'])}** (1 MAC = 2 FLOPs)"),
     ]
+    varies = variation(result)
+    if varies:
+        low, high = result["variation"]["flops"]["min"], result["variation"]["flops"]["max"]
+        rows[-2] = ("MACs", f"**{varies}**")
+        rows[-1] = ("FLOPs", f"**{count_range(low, high)}** (1 MAC = 2 FLOPs)")
     if parameters.get("shared"):
         rows.insert(2, ("shared/tied", f"{parameters['shared']} tensors, counted once"))
     if thop_line:
@@ -155,6 +162,9 @@ def markdown(result: dict[str, Any], context: ReportContext) -> str:
     lines.append("")
     lines.append(f"{_input_sentence(result['inputs'], markdown=True)} {_how_to_change(context)}")
     lines.append("")
+    if how_counted(result):
+        lines.append(f"C{how_counted(result)[1:]}.")
+        lines.append("")
     mem = memory(result)
     lines.append(
         f"**Memory of the parameters:** fp32 {size(mem['fp32'])} · bf16/fp16 "
@@ -184,6 +194,60 @@ def markdown(result: dict[str, Any], context: ReportContext) -> str:
     lines.append("")
     lines.append(f"*{COUNTED}*")
     return "\n".join(lines)
+
+
+MODES = {
+    "meta": "counted on the meta device",
+    "fake": "counted with fake tensors",
+    "cpu": "counted on CPU with random weights",
+}
+
+
+def how_counted(result: dict[str, Any]) -> str:
+    """How the forward ran: `counted with fake tensors (the meta device could not run ...)`;
+    empty for a result from a worker that did not say."""
+    mode = MODES.get(str(result.get("mode")), "")
+    reason = result.get("mode_reason")
+    return f"{mode} ({reason})" if mode and reason else mode
+
+
+def count_range(low: float, high: float) -> str:
+    """6.37-7.06 G: one unit when both ends have it."""
+    low_text, high_text = count(low), count(high)
+    low_number, _, low_unit = low_text.partition(" ")
+    if low_unit == high_text.partition(" ")[2]:
+        return f"{low_number}-{high_text}"
+    return f"{low_text} - {high_text}"
+
+
+def variation(result: dict[str, Any]) -> str:
+    """`varies between runs: 6.37-7.06 G; stochastic layers in forward`, or empty."""
+    varies = result.get("variation")
+    if not varies:
+        return ""
+    low, high = int(varies["macs"]["min"]), int(varies["macs"]["max"])
+    where = f" of {varies['module']}" if varies.get("module") else ""
+    if low == high:
+        return (
+            f"{count(high)} in each of {varies['runs']} runs, but which layers run varies; "
+            f"stochastic layers in forward{where}"
+        )
+    return f"varies between runs: {count_range(low, high)}; stochastic layers in forward{where}"
+
+
+def _text_counts(result: dict[str, Any]) -> list[str]:
+    varies = variation(result)
+    if varies:
+        flops = result["variation"]["flops"]
+        return [
+            f"  MACs         {varies} (MACs {result['variation']['macs']['min']:,} to "
+            f"{result['variation']['macs']['max']:,} in {result['variation']['runs']} runs)",
+            f"  FLOPs        {count_range(flops['min'], flops['max'])} (1 MAC = 2 FLOPs)",
+        ]
+    return [
+        f"  MACs         {result['macs']:,} ({count(result['macs'])})",
+        f"  FLOPs        {result['flops']:,} ({count(result['flops'])}; 1 MAC = 2 FLOPs)",
+    ]
 
 
 def _input_sentence(spec: dict[str, Any], markdown: bool) -> str:
@@ -230,11 +294,12 @@ def text(result: dict[str, Any], context: ReportContext) -> str:
         ),
         f"  buffers      {buffers['total']:,} in {buffers['tensors']} tensors "
         f"({size(buffers['bytes'])})",
-        f"  MACs         {result['macs']:,} ({count(result['macs'])})",
-        f"  FLOPs        {result['flops']:,} ({count(result['flops'])}; 1 MAC = 2 FLOPs)",
+        *_text_counts(result),
         f"  memory       fp32 {size(mem['fp32'])}, bf16/fp16 {size(mem['bf16/fp16'])}, "
         f"int8 {size(mem['int8'])}; Adam training {size(mem['training'])} + activations",
     ]
+    if how_counted(result):
+        out.insert(3, f"  counted      {how_counted(result).removeprefix('counted ')}")
     thop_line, reasons = thop_verdict(result)
     if thop_line:
         out.append(f"  {thop_line}")

@@ -10,6 +10,7 @@ it counts a throwaway deep copy, and the difference is explained per module type
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -17,10 +18,16 @@ from typing import Any
 
 from torchls.worker import protocol, submodule
 from torchls.worker.building import _build_model
-from torchls.worker.inputs import _guess_inputs, _make_inputs
+from torchls.worker.inputs import _guess_inputs
 from torchls.worker.jobs import JobContext, JobError, Params
 from torchls.worker.loading import _describe, _Loader
-from torchls.worker.measure import _count_parameters, _measure, _thop
+from torchls.worker.measure import (  # noqa: F401 (_measure: the tests call it)
+    Counted,
+    _count_parameters,
+    _measure,
+    _thop,
+    count_forward,
+)
 
 
 def _import_torch(context: JobContext) -> Any:
@@ -104,11 +111,20 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
 
     step = time.perf_counter()
     spec = params.get("inputs") or _guess_inputs(torch, model, params)
-    inputs = _make_inputs(torch, spec)
-    watched = submodule.watch(torch, model, params)  # `self.x = ...` hovers: x's share
-    measured = _measure(torch, model, inputs, spec, loader)
+    # `self.x = ...` hovers: x's share, watched on whichever model the forward runs on
+    watches: list[submodule.SubmoduleWatch | None] = []
+    counted = count_forward(
+        torch,
+        model,
+        spec,
+        loader,
+        context.memory_limit_mb,
+        prepare=lambda running: watches.append(submodule.watch(torch, running, params)),
+    )
+    watched = watches[-1] if watches else None
+    measured = counted.measured
     try:  # after the forward: lazy modules (nn.LazyLinear) have their shapes only then
-        counts = _count_parameters(torch, model)
+        counts = _count_parameters(torch, counted.model)
     except Exception as exc:
         raise JobError(
             protocol.ERROR_USER, f"counting the parameters failed: {_describe(exc, loader)}"
@@ -117,7 +133,16 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
     share = watched.result(measured, counts) if watched else None  # unhooked before thop
 
     step = time.perf_counter()
-    thop = _thop(torch, model, inputs, measured) if params.get("thop", True) else None
+    thop = None
+    if params.get("thop", True):
+        # fake weights need their mode; thop's own counters must not land on meta
+        with counted.device() if counted.mode == "fake" else contextlib.nullcontext():
+            thop = _thop(torch, counted.model, counted.inputs, measured)
+        if thop and "error" in thop and not counted.plain:
+            thop["error"] = (
+                "it needs real tensors for this forward, which torchls counted without "
+                f"them ({thop['error']})"
+            )
     timings["thop"] = time.perf_counter() - step
 
     model_type = type(model)
@@ -135,10 +160,29 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         "layers": measured["layers"],
         "modules": measured["modules"],
         "thop": thop,
+        # how the forward ran: "meta", "fake" (fake tensors) or "cpu" (random weights), and
+        # why the ways before it could not
+        "mode": counted.mode,
+        "mode_reason": counted.why or None,
+        "variation": _variation(counted),
         "submodule": share,
         "notes": [*notes, *loader.notes()],
         "torch": str(torch.__version__),
         "seconds": {key: round(value, 4) for key, value in timings.items()},
         # the worker's high-water mark so far (Linux reports KiB)
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _variation(counted: Counted) -> dict[str, Any] | None:
+    """Counts that differ between forwards (stochastic depth, layers dropped at random even in
+    eval mode): the range, so that no one figure passes for exact."""
+    if not counted.varies:
+        return None
+    low, high = min(counted.runs), max(counted.runs)
+    return {
+        "runs": len(counted.runs),
+        "macs": {"min": low // 2, "max": high // 2},
+        "flops": {"min": low, "max": high},
+        "module": counted.varying or None,
     }
