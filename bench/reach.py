@@ -136,6 +136,11 @@ HARMLESS_CALL = re.compile(
 # fix, in the words of the issue.
 CAUSES: list[tuple[str, str]] = [
     (r"timed out|timeout", "timed out"),
+    (
+        r"\(__init__\.py, line",
+        "import of the workspace module (package layout, relative/star import, cycle)",
+    ),
+    (r"forward\(\) missing", "needs an input shape (--input)"),
     (r"name '\w+' is not defined", "module-level state dropped by the skeleton (NameError)"),
     (
         r"attempted relative import|No module named|cannot import name|ImportError|"
@@ -591,8 +596,8 @@ def inputs_of(spec, device):
     def make(item):
         if isinstance(item, dict) and "shape" in item:
             return tensor(item, device)
-        if isinstance(item, dict) and "tensors" in item:
-            return tuple(make(x) for x in item["tensors"])
+        if isinstance(item, dict) and "tuple" in item:  # an LSTM's (h, c)
+            return tuple(make(x) for x in item["tuple"])
         if isinstance(item, (list, tuple)):
             return tuple(make(x) for x in item)
         raise Unreadable(f"an input torchls describes as {item!r}"[:120])
@@ -764,7 +769,8 @@ def measure(
             result.check = "not verifiable"
             result.check_detail = f"importing it runs script code: {why}"
             continue
-        by_module[found[index].module].append(index)
+        # By file: many scripts' folders hold a top-level `models.py`, each its own module.
+        by_module[str(found[index].file)].append(index)
 
     def check(indexes: list[int]) -> None:
         answers = verify(repo, [found[i] for i in indexes], [results[i] for i in indexes], 300)
