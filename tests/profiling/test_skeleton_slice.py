@@ -154,3 +154,27 @@ def test_a_library_only_the_script_uses_need_not_be_installed(
     assert not result.ok
     assert "torchls_fixture_missing_lib is not installed" in result.message
     assert "missing_library.py, line 6" in result.message
+
+
+def test_a_data_set_a_model_reads_is_never_built_by_the_slice() -> None:
+    """A notebook exported as a script: `train_set = MNIST(root=..., download=True)` read by a
+    model's default argument. Building it would download (a real run wrote data/MNIST/raw)."""
+    source = textwrap.dedent(
+        """
+        from torch import nn
+        from torchvision.datasets import MNIST
+        import torchvision.datasets as tvd
+        DATASET_PATH = "data"
+        train_set = MNIST(root=DATASET_PATH, train=True, download=True)
+        other = tvd.CIFAR10(DATASET_PATH)
+        fetched = fetch_table(cache_dir="x")
+        class Net(nn.Module):
+            def __init__(self, n=len(train_set), m=len(other), k=len(fetched)):
+                super().__init__()
+                self.fc = nn.Linear(n, m + k)
+        """
+    )
+    module, _dropped = skeleton(ast.parse(source))
+    kept = "\n".join(ast.unparse(statement) for statement in module.body)
+    for never in ["MNIST(root", "CIFAR10(", "fetch_table("]:
+        assert never not in kept, kept

@@ -195,6 +195,9 @@ def _add_slice(body: list[ast.stmt], keep: list[bool]) -> None:
         for statement in body
         if isinstance(statement, ast.ClassDef) and _looks_like_a_model(statement)
     }
+    # Names imported from a module a slice never calls into (`from torchvision.datasets import
+    # MNIST`): calling them is refused like calling the module by its dotted name.
+    model_classes |= _imported_from_unsafe_modules(body)
     functions = {
         statement.name: statement
         for statement in body
@@ -294,6 +297,25 @@ def _feeds(statement: ast.stmt, needed: set[str], variables: set[str]) -> bool:
     return False
 
 
+def _imported_from_unsafe_modules(body: list[ast.stmt]) -> set[str]:
+    names: set[str] = set()
+    for statement in body:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.ImportFrom) and any(
+                part in _UNSAFE_MODULES for part in (node.module or "").split(".")
+            ):
+                names |= {alias.asname or alias.name for alias in node.names}
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if any(part in _UNSAFE_MODULES for part in alias.name.split(".")):
+                        names.add(alias.asname or alias.name.split(".")[0])
+    return names
+
+
+# Keyword arguments that mean a call reads or fetches data: `MNIST(root=..., download=True)`.
+_DATA_KEYWORDS = {"download", "root", "data_dir", "cache_dir", "url", "filename", "path"}
+
+
 def _safe(
     statement: ast.AST,
     model_classes: set[str],
@@ -315,6 +337,10 @@ def _safe(
         if parts[-1] in _UNSAFE_CALLS or any(part in _UNSAFE_MODULES for part in parts):
             return False
         if any("dataset" in part.lower() or "loader" in part.lower() for part in parts):
+            return False
+        if any(keyword.arg in _DATA_KEYWORDS for keyword in node.keywords):
+            return False
+        if parts[0] in model_classes:  # a name imported from a data or I/O module
             return False
         if len(parts) == 1 and parts[0] in model_classes:
             return False  # `generator = Generator()`: the model is what torchls builds
