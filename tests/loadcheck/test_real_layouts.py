@@ -126,3 +126,45 @@ async def test_the_editor_shows_it_with_the_same_fix(tmp_path: Path, case: str) 
     script.write_text(_apply(script.read_text(), chosen))
     after = _run(script)
     assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
+
+
+WHOLE = """import torch
+from model import UNetish
+
+model = torch.load("model.pt")
+print("loaded", type(model).__name__)
+"""
+
+
+async def test_a_pickled_model_is_checked_and_safe_globals_makes_it_load(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(MODEL)
+    saver = "import torch\nfrom model import UNetish\ntorch.save(UNetish(), 'model.pt')\n"
+    subprocess.run([sys.executable, "-c", saver], cwd=tmp_path, check=True, timeout=300)
+    script = tmp_path / "predict.py"
+    script.write_text(WHOLE)
+    before = _run(script)
+    assert before.returncode != 0 and "Weights only load failed" in before.stderr
+
+    done = _check("predict.py", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "predict.py:4:9: error: torch.load will raise:" in done.stdout
+    assert "`model.UNetish`" in done.stdout and "[weights-only]" in done.stdout
+    assert "1 load: 1 checked" in done.stderr
+    # Both fixes trust the file: `--fix` applies neither.
+    fixed = _check("--fix", "--unsafe-fixes", "predict.py", cwd=tmp_path)
+    assert script.read_text() == WHOLE and fixed.returncode == 1
+
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        error = _torchls(found)[0]
+        assert error.code == "weights-only"
+        actions = await _actions(session, uri, error)
+        titles = [a.title for a in actions]
+        assert any("weights_only=False" in title for title in titles), titles
+        chosen = next(a for a in actions if "safe_globals" in a.title)
+        assert chosen.is_preferred  # names what it allows, unlike weights_only=False
+    script.write_text(_apply(script.read_text(), chosen))
+    assert "with torch.serialization.safe_globals([UNetish, torch.nn" in script.read_text()
+    after = _run(script)
+    assert after.returncode == 0 and after.stdout.strip() == "loaded UNetish", after.stderr

@@ -202,16 +202,16 @@ class LoadChecker:
         """Quick fixes for one site, each re-checked on the edited text."""
         site = report.site
 
-        def recheck(text: str) -> tuple[LoadSite, Outcome] | None:
+        def recheck(
+            text: str, at: tuple[int, int] | None = None
+        ) -> tuple[LoadSite, Outcome] | None:
             module = ModuleFile(
                 models.module.path, models.module.module, models.module.is_package, text
             )
             edited = FileModels(models.project, module)
+            start = at or (site.span.start_line, site.span.start_char)
             for candidate in find_load_sites(edited, str(models.project.root or "") or None):
-                if (candidate.span.start_line, candidate.span.start_char) == (
-                    site.span.start_line,
-                    site.span.start_char,
-                ):
+                if (candidate.span.start_line, candidate.span.start_char) == start:
                     candidate.candidates = site.candidates
                     outcome = analyse(
                         candidate, report.checkpoint, report.model, self._environment()

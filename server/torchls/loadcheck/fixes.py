@@ -26,10 +26,11 @@ from torchls.loadcheck.analysis import (
     tied_missing,
 )
 from torchls.source.loads import LoadSite, Step
-from torchls.source.text import Span, offset_at, position_at
+from torchls.source.text import Span, line_ending, offset_at, position_at
 
-# Re-reads the edited text: the site that starts where the original started, and its outcome.
-Recheck = Callable[[str], tuple[LoadSite, Outcome] | None]
+# Re-reads the edited text: the site that starts where the original started (or at the given
+# 0-based line and column, where an edit moved it), and its outcome.
+Recheck = Callable[[str, "tuple[int, int] | None"], tuple[LoadSite, Outcome] | None]
 THOP_SUFFIXES = ("total_ops", "total_params")
 KEY_CODES = {"keys", "shapes", "nested", "partial"}
 
@@ -56,6 +57,8 @@ class _Candidate:
     titles: list[str]
     text: str  # the whole edited file
     risky: bool = False  # weights_only=False: never the preferred fix
+    trusting: bool = False  # allows named globals: fine to prefer, never applied by --fix
+    at: tuple[int, int] | None = None  # where the load starts in `text`, when it moved
 
 
 def propose(
@@ -76,12 +79,15 @@ def propose(
     stages = [_Candidate([], text)]
     for loader_fix in _loader_fixes(site, outcome, text):
         stages.append(loader_fix)
+    trusted = _safe_globals_fix(site, outcome, checkpoint, text)
     if len(stages) == 3:  # both: weights_only=False and map_location
         both = _loader_fixes(site, outcome, text, combined=True)
         stages += both
     candidates = [stage for stage in stages[1:]]
+    if trusted is not None:
+        candidates.insert(0, trusted)
     for stage in stages:
-        found = (site, outcome) if stage.text == text else recheck(stage.text)
+        found = (site, outcome) if stage.text == text else recheck(stage.text, stage.at)
         if found is None:
             continue
         stage_site, stage_outcome = found
@@ -90,7 +96,7 @@ def propose(
     offered: list[Fix] = []
     wanted_keys = any(code in KEY_CODES for code in codes)
     for candidate in candidates:
-        after = recheck(candidate.text)
+        after = recheck(candidate.text, candidate.at)
         if after is None:
             continue
         result = after[1]
@@ -100,7 +106,7 @@ def propose(
             continue  # raises nothing, but loads nothing either
         title = ", ".join(candidate.titles)
         fix = Fix(title[:1].upper() + title[1:], diff(text, candidate.text), codes)
-        fix.safe = not candidate.risky
+        fix.safe = not (candidate.risky or candidate.trusting)
         clean = not any(f.severity in {"error", "warning"} for f in result.findings)
         if clean and not candidate.risky and not any(f.preferred for f in offered):
             fix.preferred = True
@@ -142,6 +148,63 @@ def _loader_fixes(
         if edit is not None:
             candidates.append(_Candidate([title], apply_edits(text, [edit]), risky))
     return candidates
+
+
+def _safe_globals_fix(
+    site: LoadSite, outcome: Outcome, checkpoint: Checkpoint | None, text: str
+) -> _Candidate | None:
+    """`model = torch.load("model.pt")` refused by weights_only: the statement wrapped in
+    `with torch.serialization.safe_globals([...]):` naming exactly the globals the file needs,
+    through the file's own imports. Only where each one can be named that way."""
+    if (
+        site.kind != "torch_load"
+        or site.statement_lines is None
+        or checkpoint is None
+        or not outcome.has("weights-only")
+        or "torch" not in site.imports.values()
+    ):
+        return None
+    verdict = checkpoint.weights_only or {}
+    if verdict.get("unsupported_opcodes"):
+        return None
+    needed = [str(name) for name in verdict.get("refused_globals") or []]
+    torch_name = next(name for name, dotted in site.imports.items() if dotted == "torch")
+    named = [_named_by_imports(global_name, site.imports, torch_name) for global_name in needed]
+    if not needed or any(name is None for name in named):
+        return None
+    first, last = site.statement_lines
+    lines = text.splitlines(keepends=True)
+    if last >= len(lines):
+        return None
+    indent = lines[first][: len(lines[first]) - len(lines[first].lstrip(" \t"))]
+    ending = line_ending(text)
+    listed = ", ".join(name for name in named if name is not None)
+    head = f"{indent}with {torch_name}.serialization.safe_globals([{listed}]):{ending}"
+    body = "".join(f"    {line}" if line.strip() else line for line in lines[first : last + 1])
+    edit = Edit(Span(first, 0, last + 1, 0), head + body)
+    if last + 1 == len(lines) and not lines[last].endswith(("\n", "\r")):
+        edit = Edit(Span(first, 0, last, len(lines[last])), head + body)
+    title = f"allow the file's {len(needed)} global{'s' if len(needed) != 1 else ''}: " + (
+        "torch.serialization.safe_globals([...]) around the load (only for a file you trust)"
+    )
+    at = (site.span.start_line + 1, site.span.start_char + 4)
+    return _Candidate([title], apply_edits(text, [edit]), trusting=True, at=at)
+
+
+def _named_by_imports(dotted: str, imports: dict[str, str], torch_name: str) -> str | None:
+    """How the file can write the global `dotted`: through a name it imports (`from model
+    import Net` -> `Net`; `import model` -> `model.Net`), or through torch for torch's own."""
+    best: str | None = None
+    for bound, target in imports.items():
+        if dotted == target:
+            return bound
+        if dotted.startswith(target + "."):
+            candidate = bound + dotted[len(target) :]
+            if best is None or len(candidate) < len(best):
+                best = candidate
+    if best is None and dotted.startswith("torch."):
+        best = torch_name + dotted[len("torch") :]
+    return best
 
 
 # -- the keys ---------------------------------------------------------------------------------

@@ -78,6 +78,10 @@ class LoadSite:
     # not something it can follow), or None; `in_memory`: it is no file's (`other.state_dict()`).
     unchecked: str | None = None
     in_memory: bool = False
+    # A bare torch.load: the simple statement it is in (lines, 0-based, first and last) and
+    # the file's imports (bound name -> dotted), to wrap it in `with safe_globals([...]):`.
+    statement_lines: tuple[int, int] | None = None
+    imports: dict[str, str] = field(default_factory=dict)
 
     @property
     def subscripts(self) -> list[str]:
@@ -114,8 +118,42 @@ def find_load_sites(models: FileModels, workspace: str | None) -> list[LoadSite]
         if site.kind == "from_pretrained" and not _is_folder_path(site):
             continue  # a Hub id: not checked
         sites.append(site)
+    sites += _bare_loads(models, sites, workspace)
     sites.sort(key=lambda site: (site.span.start_line, site.span.start_char))
     return sites
+
+
+def _bare_loads(models: FileModels, found: list[LoadSite], workspace: str | None) -> list[LoadSite]:
+    """`model = torch.load("model.pt")`, `stats = torch.load(p)`: torch.load calls that feed no
+    state-dict load. What torch.load itself does is checked (weights_only refusing a pickled
+    model, CUDA storages, a missing file); there are no keys to compare."""
+    taken = {
+        (site.loader_span.start_line, site.loader_span.start_char)
+        for site in found
+        if site.loader_span is not None
+    }
+    bare: list[LoadSite] = []
+    for call in models.calls_to("torch.load"):
+        span = models._span(call)
+        if (span.start_line, span.start_char) in taken or not call.args:
+            continue
+        if len(found) + len(bare) >= MAX_SITES:
+            break
+        site = LoadSite(span=span, line=call.lineno, kind="torch_load")
+        try:
+            _read_loader(models, call, call.args[0], site, "torch.load")
+        except RecursionError:
+            continue
+        if site.path is None:
+            site.unchecked = site.problems[0] if site.problems else "the path is not a literal"
+        statement = models._statement_of(call)
+        if isinstance(statement, (ast.Assign, ast.AnnAssign, ast.Expr, ast.Return)):
+            last = statement.end_lineno or statement.lineno
+            site.statement_lines = (statement.lineno - 1, last - 1)
+            site.imports = dict(models.imports.names)
+        site.candidates = _candidates(site.path, models.module.path, workspace)
+        bare.append(site)
+    return bare
 
 
 def _construction(models: FileModels, call: ast.Call) -> ModelTarget | None:
