@@ -194,3 +194,61 @@ def test_the_underscore_typo_is_said_only_where_the_read_must_fail(tmp_path: Pat
     found = [f for f in lint(FileModels(project, module)) if f.finding.code == "underscore-typo"]
     assert [(f.finding.span.start_line, f.finding.span.start_char) for f in found] == [(8, 11)]
     assert found[0].fixes[0][0] == "Use `loss_fct`"
+
+
+BY_USE = """import torch
+from sklearn.model_selection import KFold
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+
+def evaluate(model, loader):
+    with torch.no_grad():
+        return sum((model(i).argmax(1) == t).sum().item() for i, t in loader)
+
+
+x = torch.randn(40, 4)
+y = torch.randint(0, 2, (40,))
+dataset = TensorDataset(x, y)
+splitter = KFold(n_splits=4, shuffle=True, random_state=0)
+for fold, (train_idx, dev_idx) in enumerate(splitter.split(x)):
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_loader = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=8, shuffle=True)
+    dev_loader = DataLoader(Subset(dataset, dev_idx.tolist()), batch_size=8, shuffle=True)
+    held = DataLoader(Subset(dataset, dev_idx.tolist()), batch_size=8, shuffle=True)
+    for inputs, targets in train_loader:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    print("fold", fold, evaluate(model, dev_loader), len(list(held)))
+"""
+
+
+def test_validation_loaders_are_known_by_use_not_by_name(tmp_path: Path) -> None:
+    """`dev_loader` handed to `evaluate(...)`, `held` built on the fold's validation indices:
+    both are validation loaders; the training loader is not."""
+    from tests.loadcheck.test_cli_check import _check
+
+    path = tmp_path / "cv.py"
+    path.write_text(BY_USE)
+    done = _check("--format", "json", "cv.py", cwd=tmp_path)
+    shuffled = [
+        d
+        for d in json.loads(done.stdout)["diagnostics"]
+        if d["code"] == "kfold-shuffled-validation"
+    ]
+    lines = BY_USE.splitlines()
+    assert sorted(d["line"] for d in shuffled) == [
+        next(n for n, line in enumerate(lines, 1) if line.lstrip().startswith(name))
+        for name in ("dev_loader =", "held =")
+    ]
+    assert "`dev_loader` shuffles the validation data" in shuffled[0]["message"]
+    fixed = _check("--fix", "--unsafe-fixes", "cv.py", cwd=tmp_path)
+    assert "fixed 2 problems" in fixed.stderr, fixed.stdout + fixed.stderr
+    text = path.read_text()
+    assert (
+        text.count("shuffle=False") == 2
+        and "train_idx.tolist()), batch_size=8, shuffle=True" in text
+    )
+    assert _run(path).returncode == 0

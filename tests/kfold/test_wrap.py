@@ -171,3 +171,31 @@ def test_a_loop_with_no_loader_to_rebind_is_not_offered(tmp_path: Path) -> None:
     module = Project(str(tmp_path)).module_file(str(path))
     assert module is not None
     assert can_wrap(FileModels(project, module), 9, 9)
+
+
+async def test_a_loader_whose_dataset_is_built_in_the_call_is_wrapped(tmp_path: Path) -> None:
+    """`DataLoader(TensorDataset(x, y), ...)`: the dataset is bound to a name before the folds,
+    and each fold's loaders take their part of it."""
+    text = SCRIPT.format(i="    ").replace(
+        "data = TensorDataset(x, y)\nloader = DataLoader(data, batch_size=10, shuffle=True)",
+        "loader = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)",
+    )
+    assert "DataLoader(TensorDataset(x, y)" in text
+    path = tmp_path / "train.py"
+    path.write_text(text)
+    cursor = next(n for n, line in enumerate(text.splitlines()) if "loss.backward()" in line)
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, path)
+        actions = await _listed(session, uri, cursor, 4)
+        action = next(a for a in actions if "Wrap in k-fold" in a.title)
+        resolved = await session.client.code_action_resolve_async(action)
+    wrapped = apply_edits(text, _edits(resolved))
+    assert "fold_dataset = TensorDataset(x, y)" in wrapped
+    assert "loader = DataLoader(Subset(fold_dataset, train_idx.tolist())" in wrapped
+    path.write_text(wrapped)
+    done = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr + wrapped
+    assert len(re.findall(r"^fold \d: validation loss", done.stdout, re.M)) == 5
+    assert done.stdout.count("epoch ") == 15

@@ -302,8 +302,56 @@ def _constructions_before(models: FileModels, loop: ast.For) -> dict[str, ast.As
     return {k: found[k] for k in ("model", "optimizer", "scheduler") if k in found}
 
 
+def _validation_indices(loop: ast.For) -> str | None:
+    """The name the fold loop gives the validation indices: `val_idx` in
+    `for fold, (train_idx, val_idx) in enumerate(...)` or `for train_idx, val_idx in ...`."""
+    target = loop.target
+    if isinstance(target, ast.Tuple) and len(target.elts) == 2:
+        pair = target.elts[1] if isinstance(target.elts[1], ast.Tuple) else target
+        if (
+            isinstance(pair, ast.Tuple)
+            and len(pair.elts) == 2
+            and isinstance(pair.elts[1], ast.Name)
+        ):
+            return pair.elts[1].id
+    return None
+
+
+def _used_for_validation(
+    models: FileModels, loop: ast.For, name: str, call: ast.Call, indices: str | None
+) -> bool:
+    """A loader is a validation loader by what it is, whatever its name: built on the fold's
+    validation indices, or handed to an evaluation (`evaluate(model, dev_loader)`)."""
+    if any(word in name.lower() for word in _VALIDATION_WORDS):
+        return True
+    dataset = call.args[0] if call.args else _keyword_value(call, "dataset")
+    if (
+        indices
+        and dataset is not None
+        and any(isinstance(n, ast.Name) and n.id == indices for n in walk(dataset))
+    ):
+        return True
+    for statement in loop.body:
+        for node in _scope_walk(statement):
+            if not isinstance(node, ast.Call):
+                continue
+            callee = (dotted_name(node.func) or "").rsplit(".", 1)[-1].lower()
+            passed = [*node.args, *(k.value for k in node.keywords)]
+            if any(word in callee for word in _VALIDATION_WORDS) and any(
+                isinstance(arg, ast.Name) and arg.id == name for arg in passed
+            ):
+                return True
+    return False
+
+
+def _keyword_value(call: ast.Call, name: str) -> ast.expr | None:
+    keyword = _keyword(call, name)
+    return keyword.value if keyword is not None else None
+
+
 def _shuffled_validation(models: FileModels, loop: ast.For) -> list[LintFinding]:
     found = []
+    indices = _validation_indices(loop)
     for statement in loop.body:
         for node in _scope_walk(statement):
             if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
@@ -314,8 +362,7 @@ def _shuffled_validation(models: FileModels, loop: ast.For) -> list[LintFinding]
             if not dotted.endswith("DataLoader") or not isinstance(target, ast.Name):
                 continue
             shuffle = _keyword(call, "shuffle")
-            validation = any(word in target.id.lower() for word in _VALIDATION_WORDS)
-            if not validation or shuffle is None:
+            if shuffle is None or not _used_for_validation(models, loop, target.id, call, indices):
                 continue
             if isinstance(shuffle.value, ast.Constant) and shuffle.value.value is True:
                 message = (

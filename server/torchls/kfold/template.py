@@ -147,6 +147,7 @@ def _render_wrapped(kind: str, wrapped: Wrapped, indent: str) -> Inserted:
     add = lines.append
     add("# k-fold cross-validation (wrapped by torchls): a fresh model and optimizer per fold")
     add("N_SPLITS = 5")
+    lines += plan.prelude
     if plan.stratify:
         labels = plan.labels or (f"[int({plan.dataset}[i][1]) for i in range(len({plan.dataset}))]")
         add(f"fold_labels = torch.as_tensor({labels}).cpu().numpy()")

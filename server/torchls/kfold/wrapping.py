@@ -11,7 +11,6 @@ none. Pure: no LSP types, no I/O."""
 from __future__ import annotations
 
 import ast
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from torchls.source.imports import dotted_name
@@ -19,18 +18,17 @@ from torchls.source.models import FileModels, _bound_names, _function_scope, _sc
 from torchls.source.text import split_lines_keepends
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
-# Every name a scope binds, indexed in one walk and kept for the scopes seen last: editors list
-# code actions on every cursor move, and each asks about several names.
-_INDEXES: OrderedDict[int, tuple[list[ast.stmt], dict[str, list[ast.AST] | None]]] = OrderedDict()
-_INDEXES_KEPT = 64
 
 
 def _binding_index(models: FileModels, body: list[ast.stmt]) -> dict[str, list[ast.AST] | None]:
     """name -> its plain `name = <call>` statements in `body`, or None when the scope binds the
-    name any other way too."""
-    cached = _INDEXES.get(id(body))
+    name any other way too. Indexed once per scope and kept with the file's analysis (editors
+    list code actions on every cursor move; a cache beside it would keep old trees alive)."""
+    indexes: dict[int, tuple[list[ast.stmt], dict[str, list[ast.AST] | None]]] = (
+        models.__dict__.setdefault("_wrap_indexes", {})
+    )
+    cached = indexes.get(id(body))
     if cached is not None and cached[0] is body:
-        _INDEXES.move_to_end(id(body))
         return cached[1]
     index: dict[str, list[ast.AST] | None] = {}
     for statement in body:
@@ -50,9 +48,7 @@ def _binding_index(models: FileModels, body: list[ast.stmt]) -> dict[str, list[a
                     found.append(parent)
                 else:
                     index[name] = None
-    _INDEXES[id(body)] = (body, index)
-    while len(_INDEXES) > _INDEXES_KEPT:
-        _INDEXES.popitem(last=False)
+    indexes[id(body)] = (body, index)
     return index
 
 
@@ -68,6 +64,14 @@ TEMPLATE_NAMES = {
 }  # fmt: skip
 
 
+# The name an inline dataset (`DataLoader(TensorDataset(x, y))`) is bound to before the folds.
+FOLD_DATASET = "fold_dataset"
+
+
+def _reads_any(node: ast.AST, names: set[str]) -> bool:
+    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+
+
 @dataclass
 class WrapPlan:
     loader: str  # the name the selected code iterates
@@ -80,6 +84,7 @@ class WrapPlan:
     multiclass: bool = False  # accuracy by argmax
     stratify: bool = False  # labels are classes
     labels: str | None = None  # an expression for the labels, when known cheaply
+    prelude: list[str] = field(default_factory=list)  # bound once, before the folds
 
 
 def plan(models: FileModels, statements: list[ast.stmt]) -> WrapPlan | None:
@@ -96,9 +101,16 @@ def plan(models: FileModels, statements: list[ast.stmt]) -> WrapPlan | None:
     if loader is None or loader_call is None:
         return None
     dataset_node = _dataset_argument(loader_call)
-    if not isinstance(dataset_node, ast.Name):
+    prelude: list[str] = []
+    if isinstance(dataset_node, ast.Call) and not _reads_any(dataset_node, bound_inside):
+        # DataLoader(TensorDataset(features, labels), ...): the dataset is bound to a name once,
+        # before the folds, and each fold's loaders take their part of it.
+        dataset = FOLD_DATASET
+        prelude = [f"{dataset} = {models.segment(dataset_node)}"]
+    elif isinstance(dataset_node, ast.Name):
+        dataset = dataset_node.id
+    else:
         return None
-    dataset = dataset_node.id
     if any(k.arg in {"sampler", "batch_sampler"} for k in loader_call.keywords):
         return None  # a sampler indexes the whole dataset, not the fold's part
 
@@ -155,13 +167,19 @@ def plan(models: FileModels, statements: list[ast.stmt]) -> WrapPlan | None:
     rebuilt = [model, *optimizers, *schedulers]
     if bound_inside & {loader, dataset, *rebuilt}:
         return None  # the selection builds these itself: rebinding before it would be undone
-    if not resolver.safe_to_bind([loader, *rebuilt, *TEMPLATE_NAMES]):
+    if not resolver.safe_to_bind(
+        [loader, *rebuilt, *TEMPLATE_NAMES, *([dataset] if prelude else [])]
+    ):
         return None
 
     rebuild = [f"{model} = {models.segment(model_call)}"]
     rebuild += [f"{name} = {models.segment(call)}" for name, call in optimizers.items()]
     rebuild += [f"{name} = {models.segment(call)}" for name, call in schedulers.items()]
-    dataset_call = resolver.call(dataset, first_line)
+    dataset_call = (
+        dataset_node
+        if prelude and isinstance(dataset_node, ast.Call)
+        else resolver.call(dataset, first_line)
+    )
     labels = None
     if (
         dataset_call is not None
@@ -173,8 +191,9 @@ def plan(models: FileModels, statements: list[ast.stmt]) -> WrapPlan | None:
     return WrapPlan(
         loader=loader,
         dataset=dataset,
-        train_loader=_loader_text(models, loader_call, dataset_node, "train_idx", True),
-        val_loader=_loader_text(models, loader_call, dataset_node, "val_idx", False),
+        train_loader=_loader_text(models, loader_call, dataset_node, dataset, "train_idx", True),
+        val_loader=_loader_text(models, loader_call, dataset_node, dataset, "val_idx", False),
+        prelude=prelude,
         model=model,
         rebuild=rebuild,
         loss=loss,
@@ -365,7 +384,12 @@ def _dataset_argument(call: ast.Call) -> ast.expr | None:
 
 
 def _loader_text(
-    models: FileModels, call: ast.Call, dataset: ast.expr, indices: str, shuffle: bool
+    models: FileModels,
+    call: ast.Call,
+    dataset: ast.expr,
+    dataset_name: str,
+    indices: str,
+    shuffle: bool,
 ) -> str:
     """The user's own `DataLoader(...)` call on `Subset(dataset, indices)`, shuffled or not."""
     text = models.segment(call)
@@ -377,7 +401,7 @@ def _loader_text(
         end = _offset(models, node.end_lineno or node.lineno, node.end_col_offset or 0) - call_start
         replacements.append((start, end, new))
 
-    replace(dataset, f"Subset({models.segment(dataset)}, {indices}.tolist())")
+    replace(dataset, f"Subset({dataset_name}, {indices}.tolist())")
     shuffled = _keyword(call, "shuffle")
     if shuffled is not None:
         replace(shuffled, str(shuffle))
