@@ -235,7 +235,9 @@ async def test_each_problem_gets_its_diagnostic_and_a_fix_that_clears_it(tmp_pat
     async with lsp_session(workspace=tmp_path) as session:
         for case in CASES:
             case.save(tmp_path)
-            path = tmp_path / f"{case.name.replace('-', '_')}.py"
+            # Prefixed: a workspace `safetensors.py` would shadow the library for Python (and
+            # so for torchls, which imports workspace modules as Python does).
+            path = tmp_path / f"case_{case.name.replace('-', '_')}.py"
             text = case.header + case.load + "\n"
             path.write_text(text)
             opened[case.name] = (_open(session, path), text)

@@ -138,6 +138,11 @@ class TorchLanguageServer(RobustLanguageServer):
             state, message, torch_version = status.status_from_environment(result.value)
             torch_info = result.value.get("libraries", {}).get("torch", {})
             cuda = torch_info.get("cuda") if torch_version else None
+            known = (self.current_status.torch, self.current_status.cuda)
+            if known != (torch_version, cuda if isinstance(cuda, bool) else None):
+                # Checks that ran before the probe answered did not know the torch version or
+                # whether CUDA is there (weights_only's default, CUDA storages): again.
+                self.spawn(self._recheck_open_documents())
             self.publish_status(
                 self._status(
                     state,
@@ -150,6 +155,11 @@ class TorchLanguageServer(RobustLanguageServer):
         else:
             self.publish_status(self._status(status.ERROR, result.message))
         return result
+
+    async def _recheck_open_documents(self) -> None:
+        await asyncio.sleep(0)  # after the status is published
+        for uri in list(self.workspace.text_documents):
+            self.load_checks.schedule(uri)
 
     def on_worker_start(self, pid: int) -> None:
         """A worker started for whatever job: after an error (crashes in a row, a forged
