@@ -12,22 +12,14 @@ from typing import Any
 
 from lsprotocol import types
 from tests.conftest import Session, lsp_session
+from tests.test_document_kinds import MODEL
 
 from torchls.config import InitOptions, parse_init_options
 
 # A model (hover), a training loop without zero_grad (a lint warning with a quick fix).
-SOURCE = """import torch
-from torch import nn
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(x)
-
+SOURCE = (
+    MODEL
+    + """
 
 def train(loader):
     model = Tiny()
@@ -37,6 +29,7 @@ def train(loader):
             model(inputs).sum().backward()
             optimizer.step()
 """
+)
 LOOP_LINE = SOURCE.split("\n").index("        for inputs in loader:")  # the lint's span
 PAD = "# padding: a comment line of a long generated file, nothing to analyse here\n"
 

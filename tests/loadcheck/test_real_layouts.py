@@ -18,6 +18,7 @@ import pytest
 from lsprotocol import types
 from tests.conftest import lsp_session
 from tests.loadcheck.test_cli_check import _check
+from tests.loadcheck.test_cli_parity import _run_script
 from tests.loadcheck.test_lsp_diagnostics import _actions, _apply, _diagnostics, _open, _torchls
 
 MODEL = """from torch import nn
@@ -86,14 +87,7 @@ def _layout(tmp_path: Path, case: str) -> Path:
     return script
 
 
-def _run(script: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, script.name],
-        cwd=script.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+_run = _run_script  # the user's script, really run
 
 
 @pytest.mark.parametrize("case", ["mask_values", "training", "file_object"])
