@@ -16,6 +16,7 @@ nothing that does I/O, trains, downloads, builds a data set or a model, or logs.
 from __future__ import annotations
 
 import ast
+import builtins
 import contextlib
 
 # Calls an assignment may make and still be a definition, as written in the source.
@@ -49,6 +50,7 @@ def skeleton(tree: ast.Module) -> tuple[ast.Module, list[int]]:
     # a pathologically deep expression: the definitions alone, as before
     with contextlib.suppress(RecursionError):
         _add_slice(body, keep)
+        _close(body, keep)
     kept = [statement for statement, kept in zip(body, keep, strict=True) if kept]
     dropped = [statement.lineno for statement, kept in zip(body, keep, strict=True) if not kept]
     module = ast.Module(body=kept, type_ignores=[])
@@ -208,9 +210,15 @@ def _add_slice(body: list[ast.stmt], keep: list[bool]) -> None:
     variables = {name for statement in body for name in _assigned_names(statement)}
     # A function's body counts only once something needed calls it: `sample_images()` of a
     # training loop reads `generator = Generator()`, which profiling `Generator` never needs.
+    # A plain assignment kept as a definition counts only once something needed reads what it
+    # binds: a notebook's `ax = [a for row in ax for a in row]` must not pull its figure in.
+    counted = [
+        kept and not isinstance(statement, (ast.Assign, ast.AnnAssign))
+        for statement, kept in zip(body, keep, strict=True)
+    ]
     needed: set[str] = set()
-    for statement, kept in zip(body, keep, strict=True):
-        if kept:
+    for statement, count in zip(body, counted, strict=True):
+        if count:
             needed |= _reads(statement, bodies=False)
     opened: set[str] = set()
     changed = True
@@ -221,13 +229,77 @@ def _add_slice(body: list[ast.stmt], keep: list[bool]) -> None:
             needed |= _reads(functions[name])
             changed = True
         for index, statement in enumerate(body):
-            if keep[index] or not _feeds(statement, needed, variables):
+            if counted[index] or not _feeds(statement, needed, variables):
                 continue
-            if not _safe(statement, model_classes, functions):
+            if not keep[index] and not _safe(statement, model_classes, functions):
                 continue
-            keep[index] = True
+            keep[index] = counted[index] = True
             needed |= _reads(statement)
             changed = True
+
+
+# Names a module has before its first statement runs.
+_MODULE_NAMES = set(dir(builtins)) | {
+    "__name__",
+    "__file__",
+    "__doc__",
+    "__spec__",
+    "__package__",
+    "__loader__",
+    "__builtins__",
+    "__path__",
+    "__annotations__",
+}
+
+
+def _close(body: list[ast.stmt], keep: list[bool]) -> None:
+    """Drops, in place, each kept statement of the script kind (an assignment, a call, an `if`)
+    that reads a name nothing kept before it binds: its provider was left out (a model, a data
+    set, a figure), and running it would stop the skeleton with a NameError that says nothing
+    about the model. Dropping one may orphan later ones, hence the single pass in order."""
+    bound = set(_MODULE_NAMES)
+    for index, statement in enumerate(body):
+        if not keep[index]:
+            continue
+        if isinstance(statement, ast.ImportFrom) and any(a.name == "*" for a in statement.names):
+            return  # names of a star import are not known here: keep the rest as it is
+        script = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr, ast.If)
+        if isinstance(statement, script) and not (
+            isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+        ):
+            reads = _reads(statement)
+            if isinstance(statement, ast.AugAssign):
+                reads |= {_root(statement.target)} - {None}  # type: ignore[arg-type]
+            if isinstance(statement, ast.If):
+                reads -= _binds(statement)  # `if cuda: a = 1; b = a`
+            if reads - bound:
+                keep[index] = False
+                continue
+        bound |= _binds(statement)
+
+
+def _binds(statement: ast.stmt) -> set[str]:
+    """The module-level names a statement binds: its targets, imports and definitions, in its
+    nested blocks too, not inside the functions and classes it defines."""
+    names: set[str] = set()
+    pending: list[ast.AST] = [statement]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names.add(alias.asname or alias.name.split(".")[0])
+            continue
+        if isinstance(node, (ast.Lambda, *_COMPREHENSIONS)):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        pending.extend(ast.iter_child_nodes(node))
+    return names
 
 
 def _looks_like_a_model(node: ast.ClassDef) -> bool:
@@ -413,7 +485,18 @@ def _reads(node: ast.AST, bodies: bool = True) -> set[str]:
     names = set()
     for child in ast.iter_child_nodes(node):
         names |= _reads(child)
+    if isinstance(node, _COMPREHENSIONS):
+        # `[a for row in grid for a in row]` reads `grid`, not its own loop variables
+        names -= {
+            target.id
+            for generator in node.generators
+            for target in ast.walk(generator.target)
+            if isinstance(target, ast.Name)
+        }
     return names
+
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 def _is_definition(statement: ast.stmt) -> bool:
