@@ -127,14 +127,14 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
     first_error: BaseException | None = None
     build = "meta"
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _devices_kept(torch):
             model = function(*args, **kwargs)
     except Exception as exc:
         # Some constructors need real values (`.item()`, numpy): build on the CPU instead, with
         # every parameter moved to meta as soon as it is registered.
         first_error = exc
         try:
-            with _parameters_to_meta(torch):
+            with _parameters_to_meta(torch), _devices_kept(torch):
                 model = function(*args, **kwargs)
             model = model.to("meta")
             build = "empty"
@@ -287,6 +287,33 @@ def _from_pretrained_as_from_config(
     if hasattr(owner, "from_config"):
         return owner.from_config, [config], {}
     return owner, [config], {}
+
+
+@contextlib.contextmanager
+def _devices_kept(torch: Any) -> Iterator[None]:
+    """Constructors place their layers: `nn.Conv2d(1, 32, 3).to(device)`, `.cuda()`, a buffer
+    `.to(self.device)`. Copying a meta tensor to a real device raises ("Cannot copy out of meta
+    tensor"), and on a machine without the GPU the user meant, the copy would fail anyway: while
+    the model is built, a meta tensor stays where it is (a dtype asked for is still applied)."""
+    tensor = torch.Tensor
+    moves = {tensor.to, tensor.cuda, tensor.cpu}
+    parse_to = torch._C._nn._parse_to
+
+    class DevicesKept(torch.overrides.TorchFunctionMode):  # type: ignore[misc]
+        def __torch_function__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            if func in moves and args and isinstance(args[0], tensor) and args[0].is_meta:
+                if func is not tensor.to:
+                    return args[0]
+                device, dtype, _blocking, _format = parse_to(*args[1:], **kwargs)
+                if device is not None and device.type != "meta":
+                    return args[0] if dtype is None else func(args[0], dtype=dtype)
+            return func(*args, **kwargs)
+
+    with DevicesKept():
+        yield
 
 
 @contextlib.contextmanager

@@ -42,6 +42,14 @@ def _guess_inputs(torch: Any, model: Any, params: dict[str, Any] | None = None) 
             continue  # its input size is what the forward pass decides
         where = f"the first layer, `{path}` {type(module).__name__}"
         if isinstance(module, nn.Conv2d):
+            side = _first_side_that_fits(torch, model, module.in_channels)
+            if side not in (None, 224):
+                return _guess(
+                    [[1, module.in_channels, side, side]],
+                    "float32",
+                    f"{where}, at {side}x{side}: the first usual image size its forward accepts "
+                    "(224x224 does not fit it)",
+                )
             return _guess([[1, module.in_channels, 224, 224]], "float32", where)
         if isinstance(module, nn.Conv1d):
             return _guess([[1, module.in_channels, 1024]], "float32", where)
@@ -58,6 +66,32 @@ def _guess_inputs(torch: Any, model: Any, params: dict[str, Any] | None = None) 
         protocol.ERROR_USER,
         f"torchls cannot tell this model's input shape; {advice(params, 'input')}",
     )
+
+
+# Image sides models are written for, most common first: a classifier's flatten, a GAN's
+# discriminator or an MNIST net accepts one of them only.
+_USUAL_SIDES = (224, 32, 28, 64, 256, 128, 96, 299, 512, 16, 48, 160, 192, 384)
+
+
+def _first_side_that_fits(torch: Any, model: Any, channels: int) -> int | None:
+    """The first usual side at which a forward on the meta device runs (cheap: shapes only), or
+    None when none does (the forward fails for another reason: the caller's ways say which).
+    Tried on a copy in eval mode, so the model counted later is as built."""
+    import copy
+
+    try:
+        probe = copy.deepcopy(model)
+    except Exception:
+        return None
+    probe.eval()
+    for side in _USUAL_SIDES:
+        try:
+            with torch.device("meta"), torch.no_grad():
+                probe(torch.empty((1, channels, side, side), device="meta"))
+        except Exception:
+            continue
+        return side
+    return None
 
 
 def _guess(shapes: list[list[int]], dtype: str, why: str) -> dict[str, Any]:
