@@ -76,3 +76,20 @@ def test_a_model_that_cannot_be_profiled_exits_1(tmp_path: Path) -> None:
     done = _torchls("net.py::Net", cwd=tmp_path)
     assert done.returncode == 1
     assert "needs `classes`" in done.stderr
+
+
+def test_a_forward_that_fails_every_way_is_one_line_on_stderr(tmp_path: Path) -> None:
+    """The meta device, fake tensors and the CPU all fail on a shape error: torchls's tries are
+    its own business (torch logs a failed fake-tensor kernel with a traceback), the user sees one
+    line naming the line of their forward."""
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(10, 2)\n\n"
+        "    def forward(self, x):\n        return self.fc(x.flatten(1))\n"
+    )
+    done = _torchls("net.py::Net", "--input", "(1, 3, 4)", "--no-thop", cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "net.py" in lines[0] and "mat1 and mat2" in lines[0]

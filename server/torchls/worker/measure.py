@@ -10,6 +10,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import io
+import logging
 import os
 import random
 import sys
@@ -261,7 +262,7 @@ def count_forward(
         fake_model = None
     if fake_model is not None:
         prepare(fake_model)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), _quiet_fake_tensors():
             context = _counting_attention(torch, mode)
             return _run(torch, "fake", fake_model, fake_inputs, spec, loader, context, why)
 
@@ -421,6 +422,20 @@ def _counting_attention(torch: Any, inner: Any) -> Callable[[], Any]:
             yield
 
     return context
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensors() -> Iterator[None]:
+    """A forward that fails with fake tensors is one of torchls's tries, not the user's error:
+    torch logs each such failure with a traceback (at ERROR level) on the worker's stderr, which
+    `torchls profile` shows. The reason torchls gives is its own one line."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
 
 
 def _fake_model(torch: Any, model: Any, spec: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
