@@ -83,3 +83,20 @@ def test_layers_put_on_a_device_in_the_constructor_are_built_on_meta(
     assert (result["parameters"]["total"], result["flops"]) == (params, flops)
     # the dtype the constructor asked for is kept: 10 half-precision values
     assert result["buffers"]["bytes"] == 10 * 2
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "why"),
+    [
+        ("TinyViT", (1, 3, 64, 64), "takes images: (192,) of the first layer"),
+        ("SizedCoder", (1, 3, 96, 96), "the side the constructor was given (96)"),
+    ],
+)
+def test_an_image_model_gets_the_side_it_was_built_for(
+    runner: Runner, nets: ModuleType, name: str, shape: tuple[int, ...], why: str
+) -> None:
+    result = _profile(runner, name)
+    assert result["inputs"]["tensors"] == [{"shape": list(shape), "dtype": "float32"}]
+    assert result["inputs"]["guess"] is True and why in result["inputs"]["source"]
+    params, flops = _torch_counts(getattr(nets, name)(), shape)
+    assert (result["parameters"]["total"], result["flops"]) == (params, flops)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from torchls.source.models import is_model_factory
 from torchls.source.values import callable_allowed, settable
 from torchls.worker import protocol
-from torchls.worker.inputs import advice
+from torchls.worker.inputs import STATED_SIDES, advice
 from torchls.worker.jobs import JobError, Params
 from torchls.worker.loading import _describe, _Loader
 
@@ -151,7 +152,35 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
             protocol.ERROR_USER,
             f"{name}(...) returned {type(model).__name__}, not a torch.nn.Module",
         )
+    side = _stated_side(function, args, kwargs)
+    if side is not None:
+        STATED_SIDES[model] = side
     return model, build
+
+
+_SIDE_NAMES = re.compile(r"(image|img|input|in)_?(size|side|res|resolution|hw)|resolution")
+
+
+def _stated_side(function: Any, args: list[Any], kwargs: dict[str, Any]) -> int | None:
+    """The image side the constructor was given (or defaults to) by a parameter whose name says
+    so: `ViT(image_size=256, ...)`, `img_size=(64, 64)`."""
+    try:
+        bound = inspect.signature(function).bind_partial(*args, **kwargs)
+        bound.apply_defaults()
+    except (TypeError, ValueError):
+        return None
+    named = dict(bound.arguments)
+    for value in list(named.values()):
+        if isinstance(value, dict):  # **kwargs
+            named.update({str(k): v for k, v in value.items()})
+    for key, value in named.items():
+        if not _SIDE_NAMES.fullmatch(key.lower()):
+            continue
+        if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 4096:
+            return value
+    return None
 
 
 def _default_config(function: Any, notes: list[str]) -> list[Any]:

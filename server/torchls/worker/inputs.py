@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from torchls.worker import protocol
@@ -42,6 +43,15 @@ def _guess_inputs(torch: Any, model: Any, params: dict[str, Any] | None = None) 
             continue  # its input size is what the forward pass decides
         where = f"the first layer, `{path}` {type(module).__name__}"
         if isinstance(module, nn.Conv2d):
+            stated = STATED_SIDES.get(model)
+            if stated is not None and _runs(
+                torch, _probe(model), [1, module.in_channels, stated, stated]
+            ):
+                return _guess(
+                    [[1, module.in_channels, stated, stated]],
+                    "float32",
+                    f"{where}, at the side the constructor was given ({stated})",
+                )
             side = _first_side_that_fits(torch, model, module.in_channels)
             if side not in (None, 224):
                 return _guess(
@@ -56,6 +66,25 @@ def _guess_inputs(torch: Any, model: Any, params: dict[str, Any] | None = None) 
         if isinstance(module, nn.Conv3d):
             return _guess([[1, module.in_channels, 16, 112, 112]], "float32", where)
         if isinstance(module, nn.Linear):
+            if _runs(torch, _probe(model), [1, module.in_features]) is False:
+                # a ViT's patch projection comes first, after a rearrangement of the image
+                stated = STATED_SIDES.get(model)
+                sides = _USUAL_SIDES if stated is None else (stated, *_USUAL_SIDES)
+                for channels in (3, 1):
+                    side = _first_side_that_fits(torch, model, channels, sides=sides)
+                    if side is not None:
+                        which = (
+                            f"at the side the constructor was given ({side})"
+                            if side == stated
+                            else f"{channels}x{side}x{side} is the first usual image shape it "
+                            "accepts"
+                        )
+                        return _guess(
+                            [[1, channels, side, side]],
+                            "float32",
+                            f"the forward, which takes images: ({module.in_features},) of "
+                            f"{where} does not fit it; {which}",
+                        )
             return _guess([[1, module.in_features]], "float32", where)
         if isinstance(module, nn.Embedding):
             return _guess([[1, 128]], "int64", where)
@@ -68,15 +97,29 @@ def _guess_inputs(torch: Any, model: Any, params: dict[str, Any] | None = None) 
     )
 
 
+# The image side a model was built for, where its constructor was given one by a name that says
+# so (`image_size=256`, `img_size`, `resolution`): the guess tries it first. Set by building.py.
+STATED_SIDES: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
 # Image sides models are written for, most common first: a classifier's flatten, a GAN's
 # discriminator or an MNIST net accepts one of them only.
 _USUAL_SIDES = (224, 32, 28, 64, 256, 128, 96, 299, 512, 16, 48, 160, 192, 384)
 
 
-def _first_side_that_fits(torch: Any, model: Any, channels: int) -> int | None:
+def _first_side_that_fits(
+    torch: Any, model: Any, channels: int, sides: tuple[int, ...] = _USUAL_SIDES
+) -> int | None:
     """The first usual side at which a forward on the meta device runs (cheap: shapes only), or
-    None when none does (the forward fails for another reason: the caller's ways say which).
-    Tried on a copy in eval mode, so the model counted later is as built."""
+    None when none does (the forward fails for another reason: the caller's ways say which)."""
+    probe = _probe(model)
+    for side in sides:
+        if _runs(torch, probe, [1, channels, side, side]):
+            return side
+    return None
+
+
+def _probe(model: Any) -> Any:
+    """A copy in eval mode to try shapes on, so that the model counted later is as built."""
     import copy
 
     try:
@@ -84,14 +127,20 @@ def _first_side_that_fits(torch: Any, model: Any, channels: int) -> int | None:
     except Exception:
         return None
     probe.eval()
-    for side in _USUAL_SIDES:
-        try:
-            with torch.device("meta"), torch.no_grad():
-                probe(torch.empty((1, channels, side, side), device="meta"))
-        except Exception:
-            continue
-        return side
-    return None
+    return probe
+
+
+def _runs(torch: Any, probe: Any, shape: list[int]) -> bool | None:
+    """Whether a forward on the meta device takes a float input of this shape; None when there
+    is no copy to try it on."""
+    if probe is None:
+        return None
+    try:
+        with torch.device("meta"), torch.no_grad():
+            probe(torch.empty(shape, device="meta"))
+    except Exception:
+        return False
+    return True
 
 
 def _guess(shapes: list[list[int]], dtype: str, why: str) -> dict[str, Any]:
