@@ -198,3 +198,18 @@ def test_a_notebook_cell_reading_a_dropped_model_or_data_set_is_dropped_too(
     )
     # Embedding 100x32, Linear 32->5: the positional table is a buffer, not a parameter
     assert result["parameters"]["total"] == 100 * 32 + 32 * 5 + 5
+
+
+def test_a_model_reading_state_the_skeleton_left_out_is_told_where_it_is_set(
+    runner: Runner, workspace: Path
+) -> None:
+    result = runner.run(workspace / "notebook_export.py", "Explainer")
+    assert not result.ok
+    line = next(
+        number
+        for number, text in enumerate((SCRIPTS / "notebook_export.py").read_text().splitlines(), 1)
+        if text.startswith("train_split =")
+    )
+    assert "NameError: name 'train_split' is not defined" in result.message
+    assert f"`train_split` is set on line {line} of notebook_export.py" in result.message
+    assert "\n" not in result.message

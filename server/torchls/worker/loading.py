@@ -85,6 +85,9 @@ class _Loader:
         # argparse: each option's flag by dest, and the defaults the user's code read, in order
         self.argparse_flags: dict[str, str] = {}
         self.argparse_read: dict[str, Any] = {}
+        # by real path: the names the file's top-level statements left out of its skeleton bind,
+        # with the line of the first, to say why a model reading one meets a NameError
+        self.not_run: dict[str, dict[str, int]] = {}
         self._scripts_running = 0
         if context.workspace:
             self.user_roots.add(os.path.realpath(context.workspace))
@@ -222,7 +225,15 @@ class _Loader:
             raise JobError(
                 protocol.ERROR_USER, f"{Path(path).name} cannot be parsed: {type(exc).__name__}"
             ) from None
-        body, _dropped = skeleton(tree)
+        body, dropped = skeleton(tree)
+        left_out = set(dropped)
+        names: dict[str, int] = {}
+        for statement in tree.body:
+            if statement.lineno in left_out:
+                for node in ast.walk(statement):
+                    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                        names.setdefault(node.id, statement.lineno)
+        self.not_run[os.path.realpath(path)] = names
         return compile(body, path, "exec"), optional_import_lines(tree)
 
     def _import_file(self, path: str, name: str, sys_path: str) -> types.ModuleType:
@@ -417,7 +428,18 @@ def _describe(exc: BaseException, loader: _Loader) -> str:
     if len(text) > 300:
         text = text[:297] + "..."
     where = _user_line(exc, loader)
-    return f"{text} ({where})" if where else text
+    described = f"{text} ({where})" if where else text
+    name = getattr(exc, "name", None) if isinstance(exc, NameError) else None
+    if name:
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            line = loader.not_run.get(os.path.realpath(frame.filename), {}).get(name)
+            if line is not None:
+                return (
+                    f"{described}; `{name}` is set on line {line} of "
+                    f"{Path(frame.filename).name} by script code torchls does not run to build a "
+                    "model (it reads data or files, trains, or builds another model)"
+                )
+    return described
 
 
 def _user_line(exc: BaseException, loader: _Loader) -> str:
