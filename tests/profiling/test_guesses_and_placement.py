@@ -5,8 +5,6 @@ puts its layers on a device (`nn.Conv2d(...).to(device)`) failed on the meta dev
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from tests.conftest import ROOT
-from tests.profiling.test_profile_job import Runner
+from tests.profiling.test_profile_job import Runner, import_fixture, runner_on
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -23,20 +21,12 @@ FIXTURE = ROOT / "tests" / "profiling" / "fixtures" / "placement" / "nets.py"
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    workspace = tmp_path_factory.mktemp("placement")
-    shutil.copy(FIXTURE, workspace / FIXTURE.name)
-    made = Runner(workspace)
-    yield made
-    made.close()
+    yield from runner_on(tmp_path_factory, FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def nets() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("placement_nets", FIXTURE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_fixture(FIXTURE, "placement_nets")
 
 
 def _torch_counts(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:

@@ -11,8 +11,6 @@ FlopCounterMode over real tensors in this process.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 from tests.conftest import ROOT
-from tests.profiling.test_profile_job import Runner
+from tests.profiling.test_profile_job import Runner, import_fixture, runner_on
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -33,20 +31,12 @@ FIXTURE = ROOT / "tests" / "profiling" / "fixtures" / "meta_fallbacks" / "heads.
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    workspace = tmp_path_factory.mktemp("meta_fallbacks")
-    shutil.copy(FIXTURE, workspace / FIXTURE.name)
-    runner = Runner(workspace)
-    yield runner
-    runner.close()
+    yield from runner_on(tmp_path_factory, FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def heads() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("meta_fallback_heads", FIXTURE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_fixture(FIXTURE, "meta_fallback_heads")
 
 
 def torch_flops(model: nn.Module, inputs: list[torch.Tensor]) -> int:

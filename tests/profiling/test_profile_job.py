@@ -7,9 +7,12 @@ file, finds its target the way the hover does (`source/`), and runs the job.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import shutil
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -74,6 +77,27 @@ class Runner:
     def close(self) -> None:
         self.loop.run_until_complete(self.worker.stop())
         self.loop.close()
+
+
+def runner_on(tmp_path_factory: pytest.TempPathFactory, fixture: Path) -> Iterator[Runner]:
+    """A worker on a fresh workspace holding a copy of one fixture file (a module fixture's
+    body: `yield from runner_on(tmp_path_factory, FIXTURE)`)."""
+    workspace = tmp_path_factory.mktemp(fixture.stem)
+    shutil.copy(fixture, workspace / fixture.name)
+    made = Runner(workspace)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def import_fixture(fixture: Path, name: str) -> ModuleType:
+    """The fixture file as a real module in this process: torch's own reference counts."""
+    spec = importlib.util.spec_from_file_location(name, fixture)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")

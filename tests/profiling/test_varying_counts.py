@@ -9,13 +9,12 @@ sample, 2 samples) each kept with probability one half.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from tests.conftest import ROOT
-from tests.profiling.test_profile_job import Runner
+from tests.profiling.test_profile_job import Runner, runner_on
 
 from torchls.cost import report
 
@@ -28,11 +27,7 @@ DEPTH = 16
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    workspace = tmp_path_factory.mktemp("varying_counts")
-    shutil.copy(FIXTURE, workspace / FIXTURE.name)
-    runner = Runner(workspace)
-    yield runner
-    runner.close()
+    yield from runner_on(tmp_path_factory, FIXTURE)
 
 
 def profile(runner: Runner, name: str) -> dict[str, Any]:
