@@ -923,6 +923,11 @@ def main() -> int:
         default=SERVER,
         help="the torchls server folder to measure (default: this checkout's server/)",
     )
+    parser.add_argument(
+        "--loads",
+        action="store_true",
+        help="measure the load checks instead (bench/loads.py, on the same repositories)",
+    )
     args = parser.parse_args()
     PYTHON[0] = args.python
 
@@ -939,6 +944,10 @@ def main() -> int:
         repos = [p for p in repos if p.name in wanted]
     if not repos:
         parser.error("no repository to measure (give REPO_PATH, or --root with the corpus's)")
+    if args.loads:
+        command = [sys.executable, str(BENCH / "loads.py"), *map(str, repos)]
+        command += ["--python", args.python, "--timeout", str(args.timeout)]
+        return subprocess.run(command + ["--json"] * args.json, check=False).returncode
 
     started = time.monotonic()
     by_repo: dict[str, list[ClassResult]] = {}
