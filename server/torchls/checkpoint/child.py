@@ -1,9 +1,10 @@
 """The checkpoint-reading child process: `python -I -S child.py MEMORY_MB PATH [MODE]`.
 
 MODE "message" (default) prints one JSON object, {"summary": {...}} or {"error": "..."}, for a
-caller that wants the data. MODE "json" or "text" prints `torchls inspect`'s final output itself
-(so that a large summary is not encoded, decoded and encoded again), or the error on stderr with
-exit code 1.
+caller that wants the data; MODE "viewer" does the same, listing a sharded checkpoint's index and
+shard problems in details["shard_problems"] instead of refusing it. MODE "json" or "text"
+prints `torchls inspect`'s final output itself (so that a large summary is not encoded, decoded
+and encoded again), or the error on stderr with exit code 1.
 """
 
 import gc
@@ -31,12 +32,13 @@ def main() -> int:
     # lives for one read, under a memory limit, so it does without.
     gc.disable()
     from torchls.checkpoint import CheckpointError, read_checkpoint
+    from torchls.checkpoint.reader import ReadBudget
 
     message: dict[str, object]
     try:
-        summary = read_checkpoint(path)
+        summary = read_checkpoint(path, ReadBudget(shard_problems=mode == "viewer"))
     except CheckpointError as exc:
-        if mode != "message":
+        if mode not in ("message", "viewer"):
             sys.stderr.write(f"torchls inspect: {exc}\n")
             return 1
         message = {"error": exc.reason}

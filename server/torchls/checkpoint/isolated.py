@@ -68,13 +68,15 @@ async def read_isolated_async(
     timeout: float = DEFAULT_TIMEOUT,
     memory_mb: int = DEFAULT_MEMORY_MB,
     python: str | None = None,
+    mode: str = "message",
 ) -> dict[str, Any]:
-    """As read_isolated, for the language server's event loop."""
+    """As read_isolated, for the language server's event loop. `mode` "viewer" lists a sharded
+    checkpoint's problems instead of refusing it (see child.py)."""
     import asyncio  # here, not at the top: the CLI imports this module and needs no asyncio
 
     path = str(path)
     proc = await asyncio.create_subprocess_exec(
-        *_command(path, memory_mb, python),
+        *_command(path, memory_mb, python, mode),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -46,6 +46,9 @@ class ReadBudget:
     max_header_bytes: int = 128 * 1024 * 1024  # safetensors header, index.json, config.json
     max_zip_members: int = 2_000_000
     pickle: Budget = field(default_factory=Budget)
+    # The viewer shows a sharded checkpoint whose index and shards disagree, with the problems
+    # listed (details["shard_problems"]); `torchls inspect` and the load checks refuse it.
+    shard_problems: bool = False
 
 
 @dataclass
@@ -61,6 +64,7 @@ class _Parsed:
     warnings: list[str] = field(default_factory=list)
     storage_bytes: int = 0
     unloadable: str | None = None  # why torch.load fails on it whatever its arguments
+    tensor_shards: dict[str, str] = field(default_factory=dict)  # sharded: key -> shard file
 
 
 def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> CheckpointSummary:
@@ -112,6 +116,10 @@ def _summarise(path: Path, size: int, parsed: _Parsed) -> CheckpointSummary:
         storage_bytes=parsed.storage_bytes,
         warnings=parsed.warnings + walk.warnings,
     )
+    if parsed.tensor_shards:
+        for tensor in summary.tensors:
+            if not tensor.container:
+                tensor.shard = parsed.tensor_shards.get(tensor.key)
     module_state = pickled_module_state(parsed.root)
     if module_state:
         summary.candidates.insert(0, _module_candidate(module_state))
@@ -597,29 +605,52 @@ def _read_safetensors(path: Path, size: int, budget: ReadBudget) -> _Parsed:
 # -- sharded checkpoints and Hugging Face folders --------------------------------------------
 
 
-def _read_json(path: Path, limit: int) -> Any:
+def _read_json(path: Path, limit: int, pairs_hook: Any = None) -> Any:
     size = path.stat().st_size
     if size > limit:
         raise CheckpointError(path, f"{size:,} bytes of JSON is over the limit")
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(path.read_bytes(), object_pairs_hook=pairs_hook)
     except ValueError as exc:
         raise CheckpointError(path, f"not valid JSON ({exc})") from None
 
 
 def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
-    index = _read_json(path, budget.max_header_bytes)
+    listed_twice: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                listed_twice.append(key)
+            seen.add(key)
+        return dict(pairs)
+
+    index = _read_json(path, budget.max_header_bytes, pairs_hook)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CheckpointError(path, "an index without a weight_map of tensor names to shard files")
+    lenient = budget.shard_problems
+    problems: list[str] = []
+
+    def problem(text: str) -> None:
+        if not lenient:
+            raise CheckpointError(path, text)
+        problems.append(text)
+
+    for key in listed_twice[:20]:
+        if key in weight_map:
+            problem(f"tensor {key!r} is listed twice in the index's weight_map")
     folder = path.parent
     shards: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
         shards.setdefault(shard, []).append(key)
     root: dict[str, TensorRecord] = {}
     shard_details = []
+    tensor_shards: dict[str, str] = {}
+    found_in: dict[str, str] = {}  # every tensor any shard holds -> the first shard holding it
     globals_seen: dict[str, int] | None = None
     opcodes: set[int] = set()
     warnings: list[str] = []
@@ -634,22 +665,43 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
             raise CheckpointError(path, f"shard {shard!r} is itself an index")
         shard_path = folder / shard
         if not shard_path.is_file():
-            raise CheckpointError(path, f"shard {shard!r} listed in the index is missing")
-        parsed = _read_file(shard_path, shard_path.stat().st_size, budget)
+            problem(f"shard {shard!r} listed in the index is missing ({len(keys)} tensors)")
+            continue
+        try:
+            parsed = _read_file(shard_path, shard_path.stat().st_size, budget)
+        except CheckpointError as exc:
+            if not lenient:
+                raise
+            problems.append(f"shard {shard!r} cannot be read: {exc.reason}")
+            continue
         tensors = _flat_tensors(parsed.root)
         missing = [key for key in keys if key not in tensors]
         if missing:
-            raise CheckpointError(
-                path,
+            problem(
                 f"shard {shard!r} lacks {len(missing)} tensors the index puts there, "
-                f"e.g. {missing[0]!r}",
+                f"e.g. {missing[0]!r}"
             )
+        for key in tensors:
+            other = found_in.setdefault(key, shard)
+            if other != shard and lenient:
+                problems.append(f"tensor {key!r} is stored twice, in {other!r} and {shard!r}")
         extra = sorted(set(tensors) - set(keys))
         if extra:
             warnings.append(f"shard {shard!r} holds {len(extra)} tensors the index does not list")
+        shard_bytes = 0
         for key in keys:
-            root[key] = tensors[key]
-        shard_details.append({"file": shard, "format": parsed.format, "tensors": len(keys)})
+            if key in tensors:
+                root[key] = tensors[key]
+                tensor_shards[key] = shard
+                shard_bytes += tensors[key].nbytes
+        shard_details.append(
+            {
+                "file": shard,
+                "format": parsed.format,
+                "tensors": len(keys) - len(missing),
+                "bytes": shard_bytes,
+            }
+        )
         storage_bytes += parsed.storage_bytes
         if parsed.globals_seen is not None:
             globals_seen = globals_seen or {}
@@ -661,6 +713,16 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
     metadata = index.get("metadata")
     if isinstance(metadata, dict):
         details["metadata"] = metadata
+        total = metadata.get("total_size")
+        held = sum(tensor.nbytes for tensor in root.values())
+        # Checked only when every shard was read: a missing shard already explains a gap.
+        complete = len(shard_details) == len(shards) and len(root) == len(weight_map)
+        if lenient and complete and type(total) is int and total != held:
+            problems.append(
+                f"the index's total_size is {total:,} bytes, but its tensors hold {held:,}"
+            )
+    if lenient:
+        details["shard_problems"] = problems
     return _Parsed(
         format="sharded",
         root=root,
@@ -669,6 +731,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
         opcodes=opcodes,
         warnings=warnings,
         storage_bytes=storage_bytes,
+        tensor_shards=tensor_shards,
     )
 
 
@@ -699,7 +762,13 @@ def _read_folder(path: Path, budget: ReadBudget) -> _Parsed:
         if isinstance(config, dict):
             parsed.details["config"] = {
                 key: config[key]
-                for key in ("model_type", "architectures", "torch_dtype", "dtype")
+                for key in (
+                    "model_type",
+                    "architectures",
+                    "torch_dtype",
+                    "dtype",
+                    "transformers_version",
+                )
                 if key in config
             }
         parsed.format = "huggingface"

@@ -98,6 +98,9 @@ class Walk:
         self.candidates: list[StateDictCandidate] = []
         self.tensor_counts: dict[int, int] = {}
         self.warnings: list[str] = []
+        # The first tensor seen on each storage (by identity): later ones share it with that
+        # one (tied weights, views), which the viewer shows as `shared_with`.
+        self._storage_owner: dict[int, tuple[str, str]] = {}
         self._run()
 
     def _run(self) -> None:
@@ -133,8 +136,18 @@ class Walk:
                 if type(pair[0]) is int:
                     int_keys = True
             tensors = self.tensors
+            owners = self._storage_owner
             for key, tensor in tensor_pairs:
-                tensors.append(_info(path, key, tensor))
+                info = _info(path, key, tensor)
+                storage = tensor.storage
+                if storage is not None:
+                    root = storage.view_of or storage
+                    owner = owners.get(id(root))
+                    if owner is None:
+                        owners[id(root)] = (path, info.key)
+                    else:
+                        info.shared_with = owner[1] if owner[0] == path else subscript(*owner)
+                tensors.append(info)
             # Optimizer state is keyed by parameter index (via_int): not a state dict.
             all_tensors = tensor_pairs and len(tensor_pairs) == len(pairs)
             if all_tensors and isinstance(obj, dict) and not via_int:

@@ -27,6 +27,8 @@ class TensorInfo:
     kind: str = "tensor"  # tensor | parameter | quantized | sparse | meta
     device: str = "cpu"
     subclass: str | None = None
+    shard: str | None = None  # the shard file that holds it (sharded checkpoints)
+    shared_with: str | None = None  # an earlier tensor whose storage it shares (tied weights)
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -41,6 +43,10 @@ class TensorInfo:
         }
         if self.subclass:
             data["subclass"] = self.subclass
+        if self.shard:
+            data["shard"] = self.shard
+        if self.shared_with:
+            data["shared_with"] = self.shared_with
         return data
 
 
@@ -179,6 +185,10 @@ def summary_json(summary: CheckpointSummary) -> str:
     parts = []
     for t in summary.tensors:
         subclass = f',"subclass":{_quote(t.subclass)}' if t.subclass else ""
+        if t.shard:
+            subclass += f',"shard":{_quote(t.shard)}'
+        if t.shared_with:
+            subclass += f',"shared_with":{_quote(t.shared_with)}'
         parts.append(
             f'{{"container":{_quote(t.container)},"key":{_quote(t.key)},"dtype":"{t.dtype}",'
             f'"shape":[{",".join(map(str, t.shape))}],"numel":{t.numel},"bytes":{t.nbytes},'

@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 
 from torchls import __version__, boundary, status
 from torchls.config import InitOptions, parse_init_options
+from torchls.lsp import checkpoints
 from torchls.lsp.downgrade import CMD_DOWNGRADE, DowngradeCommand
 from torchls.lsp.kfold_actions import KFoldActions
 from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
@@ -57,6 +58,7 @@ class TorchLanguageServer(RobustLanguageServer):
         self.load_checks = LoadChecks(self)
         self.kfold = KFoldActions(self)
         self.downgrade = DowngradeCommand(self)
+        self.checkpoints = checkpoints.Checkpoints(self)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -242,6 +244,22 @@ def create_server() -> TorchLanguageServer:
         except Exception:  # a hover must never take the server down
             log.exception("hover failed at %s", params.position)
             return None
+
+    @server.feature(checkpoints.INSPECT)
+    async def inspect_checkpoint(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+        return await ls.checkpoints.handle(checkpoints.INSPECT, params)
+
+    @server.feature(checkpoints.MODEL_TARGETS)
+    async def model_targets(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+        return await ls.checkpoints.handle(checkpoints.MODEL_TARGETS, params)
+
+    @server.feature(checkpoints.COMPARE_MODEL)
+    async def compare_model(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+        return await ls.checkpoints.handle(checkpoints.COMPARE_MODEL, params)
+
+    @server.feature(checkpoints.DIFF)
+    async def diff_checkpoints(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+        return await ls.checkpoints.handle(checkpoints.DIFF, params)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: TorchLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
