@@ -8,6 +8,7 @@ workspaces; only `compareModel` builds a model, in the worker, and refuses when 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import dataclasses
@@ -21,14 +22,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from lsprotocol import types
 from pygls.uris import from_fs_path, to_fs_path
 
 from torchls.checkpoint.errors import CheckpointError
 from torchls.checkpoint.isolated import read_isolated_async
 from torchls.compare import compare
 from torchls.cost.request import prepare
+from torchls.inspect_report import FORMAT_NAMES
 from torchls.loadcheck.analysis import Checkpoint, ModelKeys, best_candidate
+from torchls.lsp.document_kinds import ELSEWHERE
 from torchls.source.models import FileModels, ModelTarget
+from torchls.source.text import Lines
 from torchls.worker import protocol
 
 if TYPE_CHECKING:
@@ -44,6 +49,11 @@ OPEN_VIEWER_COMMAND = "torchls.openCheckpointViewer"
 
 CACHE_ENTRIES = 16  # reports kept; a 50,000-tensor report is tens of MB in this process
 MAX_WORKSPACE_FILES = 2_000  # Python files scanned for model targets
+# What a string in code must end with to be hovered as a checkpoint file (a folder qualifies when
+# it holds weights). `.tar` is torch's old habit (`checkpoint.pth.tar`).
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".index.json", ".tar")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HOVER_KEYS = 12  # top-level keys a hover lists
 _SKIPPED_FOLDERS = {"node_modules", "__pycache__", "site-packages", "venv", "env", "build", "dist"}
 
 
@@ -160,6 +170,7 @@ class Checkpoints:
         # real path -> (stamp key, the answer without "cached")
         self._reports: OrderedDict[str, tuple[tuple[Any, ...], dict[str, Any]]] = OrderedDict()
         self._reading: dict[tuple[str, tuple[Any, ...]], asyncio.Future[dict[str, Any]]] = {}
+        self._trees: dict[str, tuple[int | None, str, ast.Module | None]] = {}
 
     async def handle(self, method: str, params: Any) -> dict[str, Any]:
         """Answer one of the viewer's requests; a bad file or a bug is an answer's one-line
@@ -222,6 +233,56 @@ class Checkpoints:
 
     def forget(self, path: str) -> None:
         self._reports.pop(os.path.realpath(path), None)
+
+    # -- hover on a checkpoint path in code ----------------------------------------------------
+
+    async def hover(self, params: types.HoverParams) -> types.Hover | None:
+        """A checkpoint path under the cursor (a string, or a name bound to one at the top of the
+        file): what the file holds, read as data, so in untrusted workspaces too."""
+        uri = params.text_document.uri
+        kind = self.server.model_cost.kind(uri)
+        if kind.kind == ELSEWHERE or kind.path is None:
+            return None
+        if self.server.model_cost.too_large(uri) is not None:
+            return None
+        document = self.server.workspace.get_text_document(uri)
+        tree = self._tree(uri, document.version, document.source)
+        if tree is None:
+            return None
+        lines = Lines(document.source)
+        found = path_at(tree, lines, params.position.line, params.position.character)
+        if found is None:
+            return None
+        written, node = found
+        path = existing_checkpoint(written, kind.path, self.server.workspace_root)
+        if path is None:
+            return None
+        answer = await self.report(path)
+        span = lines.span(
+            node.lineno, node.col_offset, node.end_lineno or node.lineno, node.end_col_offset or 0
+        )
+        return types.Hover(
+            contents=types.MarkupContent(
+                kind=types.MarkupKind.Markdown, value=hover_markdown(path, answer)
+            ),
+            range=types.Range(
+                start=types.Position(line=span.start_line, character=span.start_char),
+                end=types.Position(line=span.end_line, character=span.end_char),
+            ),
+        )
+
+    def _tree(self, uri: str, version: int | None, text: str) -> ast.Module | None:
+        cached = self._trees.get(uri)
+        if cached is not None and cached[0] == version and cached[1] is text:
+            return cached[2]
+        try:
+            tree: ast.Module | None = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            tree = None
+        self._trees[uri] = (version, text, tree)
+        while len(self._trees) > 8:
+            self._trees.pop(next(iter(self._trees)))
+        return tree
 
     # -- torchls/modelTargets ----------------------------------------------------------------
 
@@ -434,3 +495,150 @@ def viewer_link(path: str) -> str:
     url-encoded JSON array [uri]."""
     argument = quote(json.dumps([from_fs_path(path)]))
     return f"[Open in the checkpoint viewer](command:{OPEN_VIEWER_COMMAND}?{argument})"
+
+
+def path_at(
+    tree: ast.Module, lines: Lines, line: int, character: int
+) -> tuple[str, ast.expr] | None:
+    """The string under the cursor, or the name there bound to a string by a plain top-level
+    assignment (`CKPT = "best.pt"` ... `torch.load(CKPT)`), and the node to highlight."""
+    best: ast.expr | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Constant, ast.Name)) or node.end_lineno is None:
+            continue
+        if not node.lineno - 1 <= line <= node.end_lineno - 1:
+            continue
+        if isinstance(node, ast.Constant) and not isinstance(node.value, str):
+            continue
+        span = lines.span(node.lineno, node.col_offset, node.end_lineno, node.end_col_offset or 0)
+        if span.contains(line, character):
+            best = node
+    if isinstance(best, ast.Constant):
+        return str(best.value), best
+    if isinstance(best, ast.Name):
+        value = _constant_of(tree, best.id, best.lineno)
+        return (value, best) if value is not None else None
+    return None
+
+
+def _constant_of(tree: ast.Module, name: str, before_line: int) -> str | None:
+    """The string last bound to `name` at the top of the module (before the use, or anywhere
+    when the use is in a function that runs later); None when it is bound to anything else."""
+    value: str | None = None
+    for statement in tree.body:
+        targets: list[ast.expr] = []
+        bound: ast.expr | None = None
+        if isinstance(statement, ast.Assign):
+            targets, bound = statement.targets, statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            targets, bound = [statement.target], statement.value
+        if not any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            continue
+        if statement.lineno > before_line and value is not None:
+            break
+        if isinstance(bound, ast.Constant) and isinstance(bound.value, str):
+            value = bound.value
+        else:
+            value = None
+    return value
+
+
+def existing_checkpoint(written: str, document: str, workspace: str | None) -> str | None:
+    """The checkpoint file or model folder `written` names, looked for as torch.load would
+    (from the working directory, usually the workspace root) and beside the file."""
+    if not written or "\0" in written or len(written) > 4096 or "\n" in written:
+        return None
+    candidate = Path(written)
+    bases = [] if candidate.is_absolute() else [Path(document).parent]
+    if workspace and not candidate.is_absolute():
+        bases.append(Path(workspace))
+    for place in [candidate] if candidate.is_absolute() else [b / candidate for b in bases]:
+        try:
+            if place.is_file() and place.name.endswith(CHECKPOINT_SUFFIXES):
+                return str(place)
+            if place.is_dir() and _holds_weights(place):
+                return str(place)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _holds_weights(folder: Path) -> bool:
+    if any((folder / name).is_file() for name in WEIGHT_FILES):
+        return True
+    return any(folder.glob("*.index.json"))
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{n:,} bytes"
+
+
+def _md(text: str) -> str:
+    """Text from a file, shown literally in markdown."""
+    return "".join("\\" + c if c in "\\`*_[]<>|~#" else c for c in text)
+
+
+def _code(text: str) -> str:
+    """Text from a file as inline code (in which nothing is escaped, and only a backtick
+    could end it early)."""
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _verdict_reason(reason: str) -> str:
+    """The reader's reason without the sentence the hover already says."""
+    for said in (
+        "torch.load(weights_only=True) accepts this file",
+        "torch.load(weights_only=True) refuses this file",
+    ):
+        if reason.startswith(said):
+            return reason[len(said) :].lstrip(":;,. ")
+    return reason
+
+
+def hover_markdown(path: str, answer: dict[str, Any]) -> str:
+    name = Path(path).name or path
+    link = viewer_link(path)
+    if "error" in answer:
+        reason = _md(answer["error"])
+        return f"**{_md(name)}**: torchls cannot read this checkpoint: {reason}\n\n{link}"
+    report = answer["report"]
+    totals = report["totals"]
+    described = FORMAT_NAMES.get(report["format"], report["format"])
+    lines = [f"**{_md(name)}**: {_md(described)}, {_size(report['file_size'])}"]
+    dtypes = ", ".join(
+        f"{dtype} {entry['elements']:,}" for dtype, entry in totals["by_dtype"].items()
+    )
+    lines.append(
+        f"{_plural(totals['tensors'], 'tensor')}, {_plural(totals['elements'], 'element')}"
+        + (f" ({dtypes})" if dtypes else "")
+    )
+    tree = report.get("tree") or {}
+    keys = tree.get("keys") or []
+    if keys:
+        shown = ", ".join(_code(str(k)) for k in keys[:HOVER_KEYS])
+        more = tree.get("items", len(keys)) - min(len(keys), HOVER_KEYS)
+        lines.append(f"top-level keys: {shown}" + (f" and {more:,} more" if more > 0 else ""))
+    verdict = report.get("weights_only")
+    if verdict is not None:
+        reason = _verdict_reason(str(verdict["reason"]))
+        said = "accepts it" if verdict["accepted"] else "**refuses** it"
+        lines.append(
+            f"`torch.load(weights_only=True)` {said}" + (f": {_md(reason)}" if reason else "")
+        )
+        if verdict.get("dangerous_globals"):
+            runs = ", ".join(_code(g) for g in verdict["dangerous_globals"])
+            lines.append(f"with `weights_only=False` it **runs code**: {runs}")
+    if answer.get("shard_problems"):
+        lines.append(f"{len(answer['shard_problems'])} problems between the index and its shards")
+    lines.append(link)
+    return "\n\n".join(lines)

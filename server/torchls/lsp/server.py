@@ -240,6 +240,9 @@ def create_server() -> TorchLanguageServer:
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: TorchLanguageServer, params: types.HoverParams) -> types.Hover | None:
         try:
+            on_path = await ls.checkpoints.hover(params)
+            if on_path is not None:
+                return on_path
             return await ls.model_cost.hover(params)
         except Exception:  # a hover must never take the server down
             log.exception("hover failed at %s", params.position)
