@@ -451,6 +451,30 @@ def _pretrained_findings(
         outcome.findings.append(Finding(INFORMATION, "new-weights", message, site.span))
 
 
+def pretrained_takes_file(site: LoadSite) -> bool:
+    """Whether from_pretrained takes its path as the weights file itself: it does when given a
+    config object, or (a concrete class, not an Auto* one) a config path; without either it
+    reads the path as the config."""
+    return site.pretrained_config == "object" or (
+        site.pretrained_config == "path" and not site.auto_class
+    )
+
+
+def pretrained_file_finding(site: LoadSite) -> Finding:
+    """from_pretrained on a weights file it will read as a config."""
+    why = (
+        "an Auto class ignores a config given as a path"
+        if site.pretrained_config == "path"
+        else "no config= is given"
+    )
+    message = (
+        f"from_pretrained will raise OSError: `{site.path}` is a file and {why}, so transformers "
+        "reads the file as the model's config (JSON); pass the config object "
+        "(config=AutoConfig.from_pretrained(folder)) or the folder holding the file."
+    )
+    return Finding(ERROR, "pretrained-file", message, site.path_span or site.span)
+
+
 def effective_model(site: LoadSite, model: ModelKeys | None) -> ModelKeys | None:
     """The keys of the object `load_state_dict` is called on: the model's, with the prefix of
     any wrapper the script puts around it (`nn.DataParallel(model)`)."""

@@ -30,6 +30,8 @@ from torchls.loadcheck.analysis import (
     ModelKeys,
     Outcome,
     analyse,
+    pretrained_file_finding,
+    pretrained_takes_file,
 )
 from torchls.source.loads import LoadSite, find_load_sites
 from torchls.source.models import FileModels
@@ -105,8 +107,13 @@ class LoadChecker:
             return SiteReport(site, outcome)
         environment = self._environment()
         found = _existing(site.candidates)
-        if found is not None and site.kind == "from_pretrained" and not Path(found).is_dir():
-            found = None
+        weights_file = (
+            found is not None and site.kind == "from_pretrained" and not Path(found).is_dir()
+        )
+        if weights_file and not pretrained_takes_file(site):
+            # transformers reads the file as the model's config (JSON) and raises
+            outcome = Outcome([pretrained_file_finding(site)])
+            return SiteReport(site, outcome, checkpoint_path=found)
         checkpoint: Checkpoint | None = None
         unreadable: str | None = None
         model: ModelKeys | None = None
@@ -122,7 +129,7 @@ class LoadChecker:
             # Both at once: the worker job is queued before anything else (a hover warm-up)
             # can take the worker, and the reader runs meanwhile in its own process.
             (checkpoint, unreadable), (model, notes) = await asyncio.gather(
-                self._checkpoint(found, site.kind == "from_pretrained"),
+                self._checkpoint(found, site.kind == "from_pretrained" and not weights_file),
                 self._model(models, site, environment),
             )
         outcome = analyse(site, checkpoint, model, environment, unreadable)

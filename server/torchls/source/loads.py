@@ -82,6 +82,11 @@ class LoadSite:
     # the file's imports (bound name -> dotted), to wrap it in `with safe_globals([...]):`.
     statement_lines: tuple[int, int] | None = None
     imports: dict[str, str] = field(default_factory=dict)
+    # from_pretrained: how its `config=` is given: "" (not given), "object" (a config, or an
+    # expression torchls takes for one), "path" (a string literal). With a config, transformers
+    # takes the path of the weights file itself (`pytorch_model.bin`), not only a folder.
+    pretrained_config: str = ""
+    auto_class: bool = False  # from_pretrained of an Auto* class (it ignores a string config)
 
     @property
     def subscripts(self) -> list[str]:
@@ -255,6 +260,12 @@ def _from_pretrained(models: FileModels, call: ast.Call) -> LoadSite | None:
     _read_loader(models, call, call.args[0], site, "from_pretrained")
     if site.path is None:
         return None
+    config = _keyword_value(call, "config")
+    if config is not None:
+        lookup = models._scoped_lookup(_function_scope(models, call))
+        site.pretrained_config = "path" if _path_text(models, config, lookup) else "object"
+    owner = call.func.value if isinstance(call.func, ast.Attribute) else call.func
+    site.auto_class = (dotted_name(owner) or "").rsplit(".", 1)[-1].startswith("Auto")
     value = site.keywords.get("ignore_mismatched_sizes")
     site.strict = value != "True"  # strict here: whether mismatched shapes raise
     if "ignore_mismatched_sizes" in site.keyword_spans:
@@ -332,7 +343,11 @@ def _sets_strict_loading_off(target: ModelTarget) -> bool:
 
 
 def _is_folder_path(site: LoadSite) -> bool:
-    return _looks_local(site.path or "") or any(Path(c).is_dir() for c in site.candidates)
+    """A local folder, or a local file (which transformers reads as the weights with a config
+    and as the config without one): anything but a Hub id."""
+    return _looks_local(site.path or "") or any(
+        Path(c).is_dir() or Path(c).is_file() for c in site.candidates
+    )
 
 
 def _looks_local(path: str) -> bool:

@@ -925,7 +925,13 @@ class FileModels:
             elif isinstance(parent, (ast.Call, ast.keyword)):
                 call = self.parents.get(parent) if isinstance(parent, ast.keyword) else parent
                 callee = dotted_name(call.func) if isinstance(call, ast.Call) else None
-                if callee not in _READ_ONLY_CALLS:
+                # from_pretrained(path, config=config) builds from a deep copy of the config
+                copied = (
+                    isinstance(parent, ast.keyword)
+                    and parent.arg == "config"
+                    and (callee or "").endswith(".from_pretrained")
+                )
+                if callee not in _READ_ONLY_CALLS and not copied:
                     return True
         return False
 

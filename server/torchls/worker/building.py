@@ -83,13 +83,28 @@ def evaluate(loader: _Loader, value: dict[str, Any]) -> Any:
     raise JobError(protocol.ERROR_USER, f"cannot evaluate {value.get('unknown', value)!r}")
 
 
-def local_folder(loader: _Loader, name: str) -> str:
-    """A from_pretrained path as a folder on disk, tried from the workspace and the file."""
+def _local_candidates(loader: _Loader, name: str) -> list[Path]:
     candidates = [Path(name).expanduser()]
     for base in [loader.context.workspace, *{str(Path(p).parent) for p in loader.user_files}]:
         if base and not Path(name).is_absolute():
             candidates.append(Path(base) / name)
-    for candidate in candidates:
+    return candidates
+
+
+def local_path(loader: _Loader, name: str) -> str:
+    """A config path (a folder or a config.json) on disk, tried from the workspace and the file."""
+    for candidate in _local_candidates(loader, name):
+        if candidate.exists():
+            return str(candidate)
+    raise JobError(
+        protocol.ERROR_USER,
+        f"the config {name!r} is not a local folder or file; torchls never downloads models",
+    )
+
+
+def local_folder(loader: _Loader, name: str) -> str:
+    """A from_pretrained path as a folder on disk, tried from the workspace and the file."""
+    for candidate in _local_candidates(loader, name):
         if candidate.is_dir():
             return str(candidate)
     raise JobError(
@@ -299,9 +314,42 @@ def _from_pretrained_as_from_config(
     owner = getattr(function, "__self__", None)
     if owner is None or not args or not isinstance(args[0], str):
         raise JobError(protocol.ERROR_USER, "from_pretrained needs a folder as its first argument")
-    folder = local_folder(loader, args[0])
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PretrainedConfig
 
+    given = kwargs.get("config")
+    rest = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS and k != "config"}
+    if isinstance(given, PretrainedConfig):
+        # transformers builds the model from the config it is given, and the path, a folder or
+        # the weights file itself (`./pytorch_model.bin`), only gives the weights; the other
+        # keywords go to the model's constructor.
+        config = given
+        if hasattr(owner, "from_config"):
+            return owner.from_config, [config], rest
+        return owner, [config], rest
+    if isinstance(given, str) and not owner.__name__.startswith("Auto"):
+        # A concrete class reads a config given as a path (a folder or its config.json).
+        config_class = getattr(owner, "config_class", None) or AutoConfig
+        path = local_path(loader, given)
+        try:
+            config = config_class.from_pretrained(
+                path, trust_remote_code=False, local_files_only=True
+            )
+        except Exception as exc:
+            raise JobError(
+                protocol.ERROR_USER,
+                f"reading the config {given} failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            ) from None
+        return owner, [config], rest
+    if not any(c.is_dir() for c in _local_candidates(loader, args[0])) and any(
+        c.is_file() for c in _local_candidates(loader, args[0])
+    ):
+        raise JobError(
+            protocol.ERROR_USER,
+            f"{args[0]} is a weights file, and torchls cannot see the config object it is "
+            "given (config=...), which says the architecture",
+        )
+    folder = local_folder(loader, args[0])
     config_kwargs = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS}
     try:
         config = AutoConfig.from_pretrained(

@@ -1,0 +1,132 @@
+"""Loads real repositories write that torchls could not reach before (issue 16, items 2, 4, 5
+and 7). Each case's checkpoint is written by torch here, the script really run before and after
+the fix, in the editor (LSP) and in `torchls check`; whenever the script runs, no error.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from tests.conftest import lsp_session
+from tests.loadcheck.helpers import what_raises
+from tests.loadcheck.test_cli_check import _check
+from tests.loadcheck.test_cli_parity import _run_script
+from tests.loadcheck.test_lsp_diagnostics import _actions, _apply, _diagnostics, _open, _torchls
+
+Severity = types.DiagnosticSeverity
+
+
+def _save(folder: Path, code: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, check=True, capture_output=True, timeout=300
+    )
+
+
+def _severe(found: list[types.Diagnostic]) -> list[types.Diagnostic]:
+    return [d for d in _torchls(found) if d.severity in {Severity.Error, Severity.Warning}]
+
+
+# -- item 7: from_pretrained on the weights file itself, with a config ---------------------------
+
+transformers = pytest.importorskip("transformers")
+
+HF_SAVE = """
+import torch
+from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+config = BertConfig(vocab_size=96, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=40)
+config.save_pretrained("tiny-bert")
+torch.save(BertModel(config).state_dict(), "pytorch_model.bin")
+other = GPT2Config(vocab_size=96, n_embd=24, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+torch.save(GPT2Model(other).state_dict(), "gpt2_weights.bin")
+"""
+HF_GOOD = """\
+from transformers import AutoConfig, AutoModel, BertForSequenceClassification
+
+config = AutoConfig.from_pretrained("./tiny-bert")
+model = AutoModel.from_pretrained("./pytorch_model.bin", config=config)
+classifier = BertForSequenceClassification.from_pretrained("pytorch_model.bin", config=config)
+print("loaded")
+"""
+HF_WRONG = """\
+from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+config = AutoConfig.from_pretrained("./tiny-bert")
+gpt = BertModel.from_pretrained("./gpt2_weights.bin", config=config)
+wide = BertConfig(vocab_size=120, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=40)
+bigger = BertModel.from_pretrained("./pytorch_model.bin", config=wide)
+bare = AutoModel.from_pretrained("./pytorch_model.bin")
+print("loaded")
+"""
+HF_PRELUDE = """
+from transformers.utils import logging
+logging.set_verbosity_error()
+from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+config = AutoConfig.from_pretrained("./tiny-bert")
+wide = BertConfig(vocab_size=120, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=40)
+"""
+
+
+def _hf_layout(tmp_path: Path, script: str) -> Path:
+    _save(tmp_path, HF_SAVE)
+    path = tmp_path / "resave.py"
+    path.write_text(script)
+    return path
+
+
+async def test_a_weights_file_with_its_config_is_checked_as_the_file_it_is(
+    tmp_path: Path,
+) -> None:
+    script = _hf_layout(tmp_path, HF_GOOD)
+    ran = _run_script(script)
+    assert ran.returncode == 0 and ran.stdout.strip() == "loaded", ran.stderr
+    done = _check("resave.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "does not exist" not in done.stdout
+    # The file was read: the classifier head is not in it, and transformers initializes it.
+    assert "resave.py:5:14: information: from_pretrained initializes 2 keys anew" in done.stdout
+    assert "2 loads: 2 checked; 0 errors, 0 warnings, 1 information" in done.stderr
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        assert not _severe(found), found
+        assert [d.code for d in _torchls(found)] == ["new-weights"]
+
+
+async def test_a_weights_file_that_does_not_fit_its_config_says_what_transformers_does(
+    tmp_path: Path,
+) -> None:
+    script = _hf_layout(tmp_path, HF_WRONG)
+    lines = HF_WRONG.splitlines()
+    real = what_raises(tmp_path, HF_PRELUDE, [lines[3], lines[6], lines[7]])
+    assert real[0] == ""  # another architecture's file: transformers warns and loads nothing
+    assert "ignore_mismatched_sizes" in real[1] and "not a valid JSON file" in real[2]
+    done = _check("resave.py", cwd=tmp_path)
+    assert done.returncode == 1
+    out = done.stdout
+    assert "resave.py:4:7: warning: from_pretrained loads nothing from `./gpt2_weights.bin`" in out
+    assert "resave.py:7:10: error: from_pretrained will raise: 1 key" in out
+    assert "`embeddings.word_embeddings.weight` is (120, 24) in the model and (96, 24)" in out
+    assert "fix: Initialize the mismatched weights anew: ignore_mismatched_sizes=True" in out
+    assert "resave.py:8:34: error: from_pretrained will raise OSError" in out
+    assert "no config= is given" in out
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: len(_torchls(d)) >= 3)
+        by_line = {d.range.start.line: d for d in _torchls(found)}
+        assert by_line[3].severity == Severity.Warning and by_line[3].code == "partial"
+        assert by_line[6].severity == Severity.Error and by_line[6].code == "shapes"
+        assert by_line[7].severity == Severity.Error and by_line[7].code == "pretrained-file"
+        actions = await _actions(session, uri, by_line[6])
+        chosen = next((a for a in actions if "ignore_mismatched_sizes" in a.title), None)
+        assert chosen is not None, [a.title for a in actions]
+    fixed = _apply(script.read_text(), chosen)
+    fixed_line = fixed.splitlines()[6]
+    assert "ignore_mismatched_sizes=True" in fixed_line
+    assert what_raises(tmp_path, HF_PRELUDE, [fixed_line]) == [""]
