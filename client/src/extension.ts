@@ -9,6 +9,7 @@ import {
   ServerOptions,
   TransportKind,
 } from 'vscode-languageclient/node';
+import { COMMAND_OPEN_VIEWER, registerCheckpointViewer } from './checkpointViewer';
 import { executeCommandMiddleware, registerDowngrade } from './downgrade';
 import { Interpreter, onDidChangePythonInterpreter, probeVersion, readCommandSetting, resolveInterpreter } from './python';
 import { ServerStatus, StatusItem } from './status';
@@ -77,6 +78,8 @@ async function startServer(): Promise<void> {
     // The server's downgrade command, run from a code action or another extension, shows its
     // result through the client like the client's own command does.
     middleware: { executeCommand: executeCommandMiddleware },
+    // The hover on a checkpoint path links to the viewer; no other command runs from a hover.
+    markdown: { isTrusted: { enabledCommands: [COMMAND_OPEN_VIEWER] } },
     initializationOptions: {
       trusted: vscode.workspace.isTrusted,
       allowUserCode: config.get<boolean>('allowUserCode', true),
@@ -156,6 +159,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       restart: () => restart('the Restart button of a downgrade'),
       log,
     }),
+    registerCheckpointViewer({ client: currentClient, log }, context.extensionUri),
   );
   const pythonWatcher = await onDidChangePythonInterpreter(() => {
     if (readCommandSetting('interpreter').length === 0) {
