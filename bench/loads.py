@@ -102,20 +102,28 @@ JOB = r"""
 import types
 
 def built():
+    # The module that defines the class (its globals) and the model, as torchls builds it.
     ref = job["ref"]
+    module = None
     if job.get("skeleton") is not None:
         # Importing the module would run its script: its definitions only, under its name.
         module = types.ModuleType(ref["module"])
         module.__file__ = ref["file"]
         sys.modules[ref["module"]] = module
         exec(compile(job["skeleton"], ref["file"], "exec"), module.__dict__)
+    elif "module" in ref:
+        if ref.get("sys_path") and ref["sys_path"] not in sys.path:
+            sys.path.insert(0, ref["sys_path"])
+        module = importlib.import_module(ref["module"])
+    if module is None:
+        made = resolve(ref)
+    else:
         made = module
         for piece in ref["qualname"].split("."):
             made = getattr(made, piece)
-    else:
-        made = resolve(ref)
-    return made(*[value_of(a) for a in job["args"]],
-                **{k: value_of(x) for k, x in job["kwargs"].items()})
+    model = made(*[value_of(a) for a in job["args"]],
+                 **{k: value_of(x) for k, x in job["kwargs"].items()})
+    return dict(vars(module)) if module is not None else {}, model
 
 def saved_keys(sd):
     for kind, value in reversed(job["rewrites"]):
@@ -156,7 +164,7 @@ signal.alarm(int(job["timeout"]))
 try:
     torch.manual_seed(job["seed"])
     with torch.device("cpu"):
-        model = built()
+        namespace, model = built()
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if job["mode"] == "build":
         torch.save(sd, job["reference"])  # the weights themselves, to compare a load with
@@ -165,7 +173,9 @@ try:
         out["keys"] = len(sd)
     else:
         os.chdir(job["cwd"])
-        names = {}
+        # The statements may name what the file defines or imports (a construction between the
+        # torch.load and the load_state_dict): the class's module, then the file's imports.
+        names = namespace
         for statement in job["imports"]:
             try:
                 exec(statement, names)
@@ -180,7 +190,7 @@ try:
             out["unexecuted"] = f"the statements read `{exc.name}`, set elsewhere in the script"
         if "unexecuted" not in out:
             reference = torch.load(job["reference"], weights_only=True)
-            now = model.state_dict()
+            now = eval(job["receiver"], names).state_dict()  # the model the statements loaded
             equal = sum(1 for k, v in reference.items() if k in now and torch.equal(now[k], v))
             out["equal"], out["total"] = equal, len(reference)
 except Unreadable as exc:
@@ -215,6 +225,7 @@ class SiteResult:
     model: str  # what torchls builds
     planted: str = ""  # where, relative to the copy; "" when not planted
     not_planted: str = ""
+    unseen: str = ""  # what torchls counts as checked and does not look at, silently
     variants: list[Variant] = field(default_factory=list)
 
 
@@ -229,6 +240,7 @@ class RepoResult:
     diagnostics: dict[str, int] = field(default_factory=dict)  # "severity code" -> count
     sites: list[SiteResult] = field(default_factory=list)
     problem: str = ""
+    load_average: float = 0.0  # 1-minute, when the timed runs started
 
     @property
     def median(self) -> float | None:
@@ -334,14 +346,24 @@ def why_not_planted(site: LoadSite) -> str | None:
         return "torchls does not resolve the model it loads into"
     if not site.candidates or site.path is None:
         return "no path torchls reads"
-    if re.search(r"%[sd]|\{\w*\}", site.path):
-        return f"the path {site.path!r} is a template filled at run time"
     if site.keys_unknown:
         return f"torchls does not follow the keys: {site.keys_unknown}"
     for step in site.steps:
         if step.kind not in INVERTIBLE:
             return f"a `{step.kind}` step the bench cannot invert"
     return None
+
+
+def unseen(site: LoadSite) -> str:
+    """What a load torchls counts as checked leaves unchecked without a word: no file path it
+    reads (nothing is checked), or a model it does not resolve (the keys are not compared)."""
+    if site.unchecked is not None or site.in_memory:
+        return ""
+    if site.path is None or not site.candidates:
+        return "no file path torchls reads: nothing checked"
+    if site.model is None and site.kind == "load_state_dict":
+        return "the model is not resolved: the keys are not compared"
+    return ""
 
 
 def build_job(copy: Path, site: LoadSite) -> dict[str, Any]:
@@ -428,6 +450,7 @@ def measure(repo: Path, args: argparse.Namespace) -> RepoResult:
         shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".git"), symlinks=True)
         result.files = len(python_files(copy))
         payload: dict[str, Any] | None = None
+        result.load_average = round(os.getloadavg()[0], 2)  # the machine is shared
         for _ in range(args.runs):
             answer, seconds, last = torchls_check(copy, ["."], args.timeout)
             result.seconds.append(round(seconds, 2))
@@ -474,6 +497,7 @@ def plant(
     lines = text.splitlines()
     call = lines[site.span.start_line].strip()[:100] if site.span.start_line < len(lines) else ""
     result = SiteResult(relative, site.line, call, site.model.call_text() if site.model else "")
+    result.unseen = unseen(site)
     why = why_not_planted(site)
     if why:
         result.not_planted = why
@@ -654,6 +678,8 @@ def counts(result: RepoResult) -> dict[str, Any]:
         "fixed_clean": sum(1 for v in broken if v.fixed_clean),
         "fixed_working": sum(1 for v in broken if v.works),
         "not_executed": sum(1 for v in broken if v.fixed_clean and v.works is None),
+        "checked_no_path": sum(1 for s in result.sites if s.unseen.startswith("no file")),
+        "checked_no_model": sum(1 for s in result.sites if s.unseen.startswith("the model")),
     }
 
 
@@ -698,8 +724,12 @@ def report(results: list[RepoResult], runs: int) -> None:
     print("".join(cells))
     print(
         f"\ncheck s: wall time of `torchls check . --format json` on the copy, median of {runs} "
-        "runs, each a cold start (its own worker, which imports torch for the environment probe)"
+        "runs, each a cold start (its own worker, which imports torch for the environment probe);"
+        f" {os.cpu_count()} cores, shared: the runs, and the 1-minute load average before them:"
     )
+    for result in results:
+        runs_text = ", ".join(f"{s:.2f}" for s in result.seconds)
+        print(f"  {result.name}: {result.files} files, {runs_text} s; load {result.load_average}")
     for result in results:
         if result.problem:
             print(f"{result.name}: {result.problem}")
@@ -717,6 +747,13 @@ def report(results: list[RepoResult], runs: int) -> None:
         print("\nother diagnostics, by severity and code:")
         for kind, count in kinds.most_common():
             print(f"  {count:>4} x {kind}")
+    silent = [(r.name, s) for r in results for s in r.sites if s.unseen]
+    if silent:
+        print("\ncounted as checked by torchls, with nothing said about what it did not check:")
+        for why, count in Counter(s.unseen for _, s in silent).most_common():
+            name, example = next((n, s) for n, s in silent if s.unseen == why)
+            print(f"  {count:>4} x {why}")
+            print(f"         e.g. {name}/{example.file}:{example.line}: {example.call}")
     unplanted: Counter[str] = Counter()
     for result in results:
         unplanted.update(
@@ -778,6 +815,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per model (120)")
     parser.add_argument("--json", action="store_true", help="every site's outcome as JSON too")
+    parser.add_argument(
+        "--server",
+        type=Path,
+        default=reach.SERVER,
+        help="the torchls server folder to measure, as bench/reach.py reads it (default: "
+        "this checkout's server/)",
+    )
     args = parser.parse_args(argv)
     PYTHON[0] = args.python
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -807,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         "repositories": {r.name: counts(r) for r in results},
         "commits": {r.name: r.commit for r in results},
         "check_seconds": {r.name: r.seconds for r in results},
+        "load_average": {r.name: r.load_average for r in results},
+        "cores": os.cpu_count(),
         "unchecked_reasons": {r.name: r.unchecked for r in results},
         "total": totals(results),
         "false_positives": [
@@ -818,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
             for e in v.errors
         ],
         "python": args.python,
+        "server": str(reach.SERVER),
         "seconds": round(time.monotonic() - started),
     }
     if args.json:

@@ -5,15 +5,26 @@ must report the error), apply torchls's fix and run the fixed load for real."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = Path(__file__).resolve().parent / "repo"
 # One timed check and one broken variant keep the run under a minute.
 OPTIONS = ["--python", sys.executable, "--runs", "1", "--variants", "module.", "--json"]
+
+
+def _bench_loads() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_loads", ROOT / "bench" / "loads.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -48,3 +59,31 @@ def test_planted_module_prefix_is_detected_fixed_and_loads() -> None:
     # The bench works on a copy: the repository itself is left as it was, with no checkpoint.
     assert _tree(REPO) == before
     assert not (REPO / "checkpoints").exists()
+
+
+def test_loads_counted_as_checked_that_nothing_checks_are_told_apart(tmp_path: Path) -> None:
+    loads = _bench_loads()
+    (tmp_path / "model.py").write_text((REPO / "model.py").read_text())
+    script = tmp_path / "resume.py"
+    script.write_text(
+        "import torch\n"
+        "from model import TinyNet\n"
+        "net = TinyNet(hidden=8)\n"
+        "if torch.cuda.is_available():\n"
+        "    net = net.cuda()\n"
+        'net.load_state_dict(torch.load("net.pt"))\n'
+        "def restore(path):\n"
+        "    other = TinyNet(hidden=8)\n"
+        "    other.load_state_dict(torch.load(path))\n"
+        "plain = TinyNet(hidden=8)\n"
+        'plain.load_state_dict(torch.load("plain.pt"))\n'
+    )
+    _, sites = loads.sites_of(tmp_path, script)
+    assert [(site.line, loads.unseen(site)) for site in sites] == [
+        (6, "the model is not resolved: the keys are not compared"),
+        (9, ""),  # torchls says it cannot check it
+        (11, ""),
+    ]
+    assert loads.why_not_planted(sites[0]) == "torchls does not resolve the model it loads into"
+    assert loads.why_not_planted(sites[1]) == "torchls does not check it"
+    assert loads.why_not_planted(sites[2]) is None
