@@ -947,7 +947,8 @@ def main() -> int:
     if args.loads:
         command = [sys.executable, str(BENCH / "loads.py"), *map(str, repos)]
         command += ["--python", args.python, "--timeout", str(args.timeout)]
-        return subprocess.run(command + ["--json"] * args.json, check=False).returncode
+        command += ["--server", str(SERVER), *["--json"] * args.json]
+        return subprocess.run(command, check=False).returncode
 
     started = time.monotonic()
     by_repo: dict[str, list[ClassResult]] = {}
