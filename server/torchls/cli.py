@@ -1,4 +1,4 @@
-"""The `torchls` command: serve | check | profile | inspect | downgrade | doctor."""
+"""The `torchls` command: serve | check | profile | inspect | diff | downgrade | doctor."""
 
 from __future__ import annotations
 
@@ -57,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-mb", type=int, default=1024, help="memory limit of the reader process (1024)"
     )
 
+    diff = commands.add_parser(
+        "diff",
+        help="what differs between two checkpoints: tensors added, removed, renamed, reshaped",
+        description="Compare two checkpoints (files or model folders), read without torch and "
+        "without running them: tensors added, removed, renamed by a wrapper prefix (module., "
+        "_orig_mod., model.), shape and dtype changes, changed metadata; with --values, each "
+        "tensor's max abs difference and relative norm. Exit codes: 0 the same tensors, "
+        "1 they differ, 2 an error.",
+    )
+    from torchls.checkpoint.diff import add_arguments as add_diff_arguments
+
+    add_diff_arguments(diff)
+
     profile = commands.add_parser(
         "profile",
         help="parameters, MACs and FLOPs, memory and the heaviest layers of a model",
@@ -102,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "inspect":
         return _inspect(args)
+    if args.command == "diff":
+        from torchls.checkpoint.diff import run as run_diff
+
+        return run_diff(args)
     if args.command == "profile":
         from torchls.cost.command import run as run_profile
 

@@ -2,7 +2,8 @@
 
 MODE "message" (default) prints one JSON object, {"summary": {...}} or {"error": "..."}, for a
 caller that wants the data; MODE "viewer" does the same, listing a sharded checkpoint's index and
-shard problems in details["shard_problems"] instead of refusing it. MODE "json" or "text"
+shard problems in details["shard_problems"] instead of refusing it; MODE "locate" prints
+{"locations": [...]} (torchls.checkpoint.locate). MODE "json" or "text"
 prints `torchls inspect`'s final output itself (so that a large summary is not encoded, decoded
 and encoded again), or the error on stderr with exit code 1.
 """
@@ -35,6 +36,17 @@ def main() -> int:
     from torchls.checkpoint.reader import ReadBudget
 
     message: dict[str, object]
+    if mode == "locate":  # where each tensor's bytes are, for `torchls diff --values`
+        from torchls.checkpoint.locate import locate_tensors
+
+        try:
+            message = {"locations": locate_tensors(path)}
+        except CheckpointError as exc:
+            message = {"error": exc.reason}
+        except Exception as exc:
+            message = {"error": f"cannot locate its tensors ({type(exc).__name__}: {exc})"}
+        sys.stdout.write(json.dumps(message, separators=(",", ":")))
+        return 0
     try:
         summary = read_checkpoint(path, ReadBudget(shard_problems=mode == "viewer"))
     except CheckpointError as exc:

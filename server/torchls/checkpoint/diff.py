@@ -159,3 +159,147 @@ def summary_line(document: dict[str, Any]) -> str:
     if not parts:
         return f"the same {_count(document['unchanged'], 'tensor')}"
     return "; ".join(parts)
+
+
+def add_values(document: dict[str, Any], a: str, b: str, python: str | None = None) -> None:
+    """Fill document["values"] from the files' bytes (torchls.checkpoint.values)."""
+    from torchls.checkpoint.values import compare_values
+
+    document["values"] = compare_values(a, b, document, python)
+    differ = any(row.get("max_abs_diff") != 0.0 for row in document["values"])
+    document["same_values"] = not differ
+    document["summary"] = summary_line(document)
+
+
+def exit_code(document: dict[str, Any]) -> int:
+    """0 when both hold the same tensors (and, with values, the same values), else 1."""
+    if not document["same_tensors"]:
+        return 1
+    return 0 if document.get("same_values", True) else 1
+
+
+# -- the command -------------------------------------------------------------------------------
+
+SHOWN = 40  # rows per section in the text form
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("a", help="a checkpoint file or a model folder")
+    parser.add_argument("b", help="the checkpoint to compare it with")
+    parser.add_argument("--json", action="store_true", help="print the torchls.diff/1 JSON")
+    parser.add_argument(
+        "--values",
+        action="store_true",
+        help="also compare the values: max abs difference and relative norm per tensor "
+        "(reads the tensors' bytes; needs an interpreter with torch, see --python)",
+    )
+    parser.add_argument("--python", help="the interpreter with torch for --values (this one)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="give up reading a file after this (60 s)"
+    )
+
+
+def run(args: Any) -> int:
+    import json
+    import sys
+
+    from torchls.checkpoint.errors import CheckpointError
+    from torchls.checkpoint.isolated import read_isolated
+
+    try:
+        first = read_isolated(args.a, timeout=args.timeout)
+        second = read_isolated(args.b, timeout=args.timeout)
+        document = diff_documents(first, second)
+        if args.values:
+            add_values(document, args.a, args.b, args.python)
+    except CheckpointError as exc:
+        print(f"torchls diff: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(document, indent=1) + "\n")
+    else:
+        sys.stdout.write(render_diff(document))
+    return exit_code(document)
+
+
+def _shape_text(shape: list[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _section(out: list[str], title: str, rows: list[str]) -> None:
+    if not rows:
+        return
+    out += ["", title]
+    out += [f"  {row}" for row in rows[:SHOWN]]
+    if len(rows) > SHOWN:
+        out.append(f"  ... {len(rows) - SHOWN:,} more")
+
+
+def render_diff(document: dict[str, Any]) -> str:
+    out = []
+    for side in ("a", "b"):
+        info = document[side]
+        where = "" if info["container"] == "" else f", in {info['container']}"
+        out.append(
+            f"{side.upper()}: {info['path']} ({info['format']}{where}: "
+            f"{_count(info['tensors'], 'tensor')}, {info['bytes']:,} bytes)"
+        )
+    rename = document["renamed"]
+    if rename:
+        how = (
+            f"A's keys start with {rename['a_prefix']!r}, B's do not"
+            if rename["a_prefix"]
+            else f"B's keys start with {rename['b_prefix']!r}, A's do not"
+        )
+        out += ["", f"renamed: {_count(rename['tensors'], 'tensor')} ({how})"]
+
+    def named(row: dict[str, Any]) -> str:
+        return row["key"] if "b_key" not in row else f"{row['key']} -> {row['b_key']}"
+
+    _section(
+        out,
+        "added (only in B)",
+        [f"{r['key']:<48} {r['dtype']:<10} {_shape_text(r['shape'])}" for r in document["added"]],
+    )
+    _section(
+        out,
+        "removed (only in A)",
+        [f"{r['key']:<48} {r['dtype']:<10} {_shape_text(r['shape'])}" for r in document["removed"]],
+    )
+    _section(
+        out,
+        "shape changed",
+        [
+            f"{named(r):<48} {_shape_text(r['a'])} -> {_shape_text(r['b'])}"
+            for r in document["shape_changed"]
+        ],
+    )
+    _section(
+        out,
+        "dtype changed",
+        [f"{named(r):<48} {r['a']} -> {r['b']}" for r in document["dtype_changed"]],
+    )
+    _section(
+        out,
+        "metadata changed",
+        [f"{r['key']}: {r['a']!r} -> {r['b']!r}" for r in document["metadata_changed"]],
+    )
+    values = document.get("values")
+    if values is not None:
+        rows = sorted(
+            (r for r in values if r.get("max_abs_diff") != 0.0),
+            key=lambda r: -(r.get("rel_norm") or 0.0) if "error" not in r else 1.0,
+        )
+        _section(
+            out,
+            "values differ (largest relative difference first)",
+            [
+                f"{named(r):<48} {r['error']}"
+                if "error" in r
+                else f"{named(r):<48} max abs diff {r['max_abs_diff']:.6g}, relative norm "
+                + ("n/a" if r["rel_norm"] is None else f"{r['rel_norm']:.6g}")
+                for r in rows
+            ],
+        )
+    out += ["", document["summary"]]
+    return "\n".join(out) + "\n"

@@ -65,6 +65,8 @@ class _Parsed:
     storage_bytes: int = 0
     unloadable: str | None = None  # why torch.load fails on it whatever its arguments
     tensor_shards: dict[str, str] = field(default_factory=dict)  # sharded: key -> shard file
+    # Legacy format: where each storage's bytes begin in the file (`torchls diff --values`).
+    storage_offsets: dict[str, int] = field(default_factory=dict)
 
 
 def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> CheckpointSummary:
@@ -432,7 +434,10 @@ def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) ->
     keys = keys_vm.load()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointError(path, "legacy file's storage key list is malformed")
-    offset, storage_bytes = _check_legacy_storages(path, size, keys_vm.pos, keys, table)
+    storage_offsets: dict[str, int] = {}
+    offset, storage_bytes = _check_legacy_storages(
+        path, size, keys_vm.pos, keys, table, storage_offsets
+    )
     unloadable = None
     if table.untyped:
         unloadable = (
@@ -463,11 +468,17 @@ def _parse_legacy(path: Path, size: int, data: mmap.mmap, budget: ReadBudget) ->
         warnings=warnings,
         storage_bytes=storage_bytes,
         unloadable=unloadable,
+        storage_offsets=storage_offsets,
     )
 
 
 def _check_legacy_storages(
-    path: Path, size: int, offset: int, keys: list[str], table: StorageTable
+    path: Path,
+    size: int,
+    offset: int,
+    keys: list[str],
+    table: StorageTable,
+    positions: dict[str, int] | None = None,
 ) -> tuple[int, int]:
     """Raw storages follow the pickles: per key an 8-byte element count, then the bytes. Check
     each header and the total size against the pickle, reading 8 bytes per storage."""
@@ -488,6 +499,8 @@ def _check_legacy_storages(
                     path,
                     f"storage '{key}' holds {count:,} elements; the pickle says {storage.numel:,}",
                 )
+            if positions is not None:
+                positions[key] = offset + 8
             offset += 8 + storage.nbytes
             storage_bytes += storage.nbytes
     if offset > size:

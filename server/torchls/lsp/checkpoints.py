@@ -374,7 +374,18 @@ class Checkpoints:
         for answer in (first, second):
             if "error" in answer:
                 return {"error": answer["error"]}
-        return diff_documents(first["report"], second["report"])
+        document = diff_documents(first["report"], second["report"])
+        if param(params, "values", False):
+            from torchls.checkpoint.diff import add_values
+
+            # The numbers come from the worker's interpreter (it has torch), in a child of its
+            # own, off the event loop; the files' bytes are never read into this process.
+            python = self.server.options.worker_command()[0]
+            try:
+                await asyncio.to_thread(add_values, document, a, b, python)
+            except CheckpointError as exc:
+                return {"error": f"{Path(exc.path).name}: {exc.reason}"}
+        return document
 
 
 def _find_target(targets: list[ModelTarget], name: str, line: Any) -> ModelTarget | None:
