@@ -130,3 +130,92 @@ async def test_a_weights_file_that_does_not_fit_its_config_says_what_transformer
     fixed_line = fixed.splitlines()[6]
     assert "ignore_mismatched_sizes=True" in fixed_line
     assert what_raises(tmp_path, HF_PRELUDE, [fixed_line]) == [""]
+
+
+# -- item 4: the state dict bound inside a `with` body -------------------------------------------
+
+NET = """from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, classes)
+"""
+# Saved from nn.DataParallel(net): every key starts with `module.`.
+WRAPPED_SAVE = """
+import torch
+from model import Net
+torch.save({"module." + k: v for k, v in Net().state_dict().items()}, "m.pt")
+"""
+WITH_SCRIPTS = {
+    "top_level": """\
+import torch
+from model import Net
+
+model = Net()
+with open("m.pt", "rb") as f:
+    sd = torch.load(f)
+model.load_state_dict(sd)
+print("loaded")
+""",
+    "in_a_function": """\
+import torch
+from model import Net
+
+
+def main():
+    net = Net()
+    with torch.no_grad(), open("m.pt", "rb") as handle:
+        state = torch.load(handle, map_location="cpu")
+        net.load_state_dict(state)
+    print("loaded")
+
+
+main()
+""",
+}
+
+
+def _with_layout(tmp_path: Path, case: str) -> Path:
+    (tmp_path / "model.py").write_text(NET)
+    _save(tmp_path, WRAPPED_SAVE)
+    script = tmp_path / "predict.py"
+    script.write_text(WITH_SCRIPTS[case])
+    return script
+
+
+@pytest.mark.parametrize("case", sorted(WITH_SCRIPTS))
+def test_a_state_dict_loaded_in_a_with_body_is_checked_by_the_cli(
+    tmp_path: Path, case: str
+) -> None:
+    script = _with_layout(tmp_path, case)
+    before = _run_script(script)
+    assert before.returncode != 0 and 'Missing key(s) in state_dict: "body.weight"' in before.stderr
+    done = _check("predict.py", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the checkpoint's keys start with `module.`" in done.stdout
+    assert "1 load: 1 checked; 1 error" in done.stderr
+    fixed = _check("--fix", "predict.py", cwd=tmp_path)
+    assert fixed.returncode == 0 and "fixed 1 problem" in fixed.stderr, fixed.stdout
+    after = _run_script(script)
+    assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
+
+
+@pytest.mark.parametrize("case", sorted(WITH_SCRIPTS))
+async def test_a_state_dict_loaded_in_a_with_body_is_checked_in_the_editor(
+    tmp_path: Path, case: str
+) -> None:
+    script = _with_layout(tmp_path, case)
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        error = _torchls(found)[0]
+        assert error.severity == Severity.Error and "`module.`" in error.message
+        actions = await _actions(session, uri, error)
+        chosen = next(a for a in actions if a.is_preferred)
+        assert "module." in chosen.title
+    script.write_text(_apply(script.read_text(), chosen))
+    after = _run_script(script)
+    assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr

@@ -897,7 +897,12 @@ class FileModels:
             ):
                 body = function.body
             found: list[Any] = []
-            for statement in body:
+            for statement in straight_line(body):
+                if isinstance(statement, ast.withitem):
+                    line = statement.context_expr.lineno
+                    if after_line < line < before_line and self._may_change(statement, name):
+                        return None
+                    continue
                 if statement.lineno <= after_line:
                     continue
                 if (statement.end_lineno or statement.lineno) >= before_line:
@@ -911,7 +916,7 @@ class FileModels:
 
         return edits
 
-    def _may_change(self, statement: ast.stmt, name: str) -> bool:
+    def _may_change(self, statement: ast.stmt | ast.withitem, name: str) -> bool:
         for node in _scope_walk(statement):
             if not (isinstance(node, ast.Name) and node.id == name):
                 continue
@@ -1157,8 +1162,9 @@ def _binding(
     """(whether the scope binds `name`, its value at `before_line` if that is certain).
 
     Certain means: the last binding before the line is a plain `name = value` at the top of the
-    scope, and the scope binds the name in no other way (no `+=`, loop variable, assignment
-    inside an `if`, `with ... as`, import, walrus). Otherwise the value is unknown.
+    scope (or in a `with` body there, which runs whenever the scope does), and the scope binds
+    the name in no other way (no `+=`, loop variable, assignment inside an `if`, `with ... as`,
+    import, walrus). Otherwise the value is unknown.
     `cache` keeps each scope's index for the file's analysis (FileModels.bindings).
     """
     entry = _bindings_of(statements, cache).get(name)
@@ -1182,7 +1188,11 @@ def _bindings_of(
         return cached[1]
     other: set[str] = set()
     plain: dict[str, list[tuple[int, ast.expr]]] = {}
-    for statement in statements:
+    for statement in straight_line(statements):
+        if isinstance(statement, ast.withitem):
+            for node in _scope_walk(statement):
+                other.update(_bound_names(node))
+            continue
         assigned: set[str] = set()
         if _single_target(statement):
             for name, value in _plain_assignments(statement):
@@ -1196,6 +1206,19 @@ def _bindings_of(
     if cache is not None:
         cache[id(statements)] = (statements, index)
     return index
+
+
+def straight_line(statements: list[ast.stmt]) -> list[ast.stmt | ast.withitem]:
+    """A scope's statements in the order they run, `with` bodies spliced in after their items
+    (`with open(p, "rb") as f: sd = torch.load(f)` binds `sd` as surely as a plain line)."""
+    found: list[ast.stmt | ast.withitem] = []
+    for statement in statements:
+        if isinstance(statement, (ast.With, ast.AsyncWith)):
+            found += statement.items
+            found += straight_line(statement.body)
+        else:
+            found.append(statement)
+    return found
 
 
 # Calls that read what they are given: passing a config to them leaves it as it was.
