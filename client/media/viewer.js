@@ -52,6 +52,7 @@
     if (typeof value === 'number') return String(value);
     return JSON.stringify(value);
   }
+  function plural(n, word) { return `${fmtInt(n)} ${word}${n === 1 ? '' : 's'}`; }
   function fmtShape(shape) { return Array.isArray(shape) ? `(${shape.join(', ')}${shape.length === 1 ? ',' : ''})` : ''; }
 
   /** document.createElement with a class, text and children. */
@@ -125,11 +126,11 @@
     const totals = report.totals || {};
     const byDtype = el('ul', { className: 'dtypes' });
     for (const [dtype, t] of Object.entries(totals.by_dtype || {})) {
-      byDtype.append(el('li', { text: `${dtype}: ${fmtInt(t.elements)} in ${fmtInt(t.tensors)} tensors (${fmtBytes(t.bytes)})` }));
+      byDtype.append(el('li', { text: `${dtype}: ${fmtInt(t.elements)} in ${plural(t.tensors, 'tensor')} (${fmtBytes(t.bytes)})` }));
     }
     const cuda = state.tensors.filter((t) => typeof t.device === 'string' && t.device.startsWith('cuda'));
     const cudaText = cuda.length
-      ? `${fmtInt(cuda.length)} tensors saved on ${[...new Set(cuda.map((t) => t.device))].join(', ')}: torch.load needs map_location='cpu' without a GPU`
+      ? `${plural(cuda.length, 'tensor')} saved on ${[...new Set(cuda.map((t) => t.device))].join(', ')}: torch.load needs map_location='cpu' without a GPU`
       : '';
     const versions = result.versions && Object.entries(result.versions).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ');
     section.append(definitionList([
@@ -142,7 +143,7 @@
       ['Versions', versions],
     ]));
 
-    section.append(renderVerdict(report));
+    section.append(renderVerdict(result, report));
 
     if (Array.isArray(report.warnings) && report.warnings.length) {
       const list = el('ul', { className: 'warnings', attrs: { 'aria-label': 'Warnings' } });
@@ -158,13 +159,17 @@
     return section;
   }
 
-  function renderVerdict(report) {
+  function renderVerdict(result, report) {
     const box = el('div', { className: 'verdict', attrs: { id: 'verdict' } });
     const verdict = report.weights_only;
     if (!verdict) {
       box.classList.add('ok');
-      box.append(el('p', { text: report.format === 'safetensors' || report.format === 'safetensors-sharded'
-        ? 'No pickle: nothing in this file can run code when loaded.'
+      // safetensors holds a JSON header and raw bytes: there is nothing to run.
+      const files = Array.isArray(result.shards) ? result.shards.map((s) => String(s.file)) : [];
+      const safetensors = /safetensors/.test(String(report.format))
+        || (files.length > 0 && files.every((f) => f.endsWith('.safetensors')));
+      box.append(el('p', { text: safetensors
+        ? 'safetensors: no pickle, nothing in it can run code when loaded.'
         : 'No pickle verdict for this file.' }));
     } else {
       box.classList.add(verdict.accepted ? 'ok' : 'danger');
@@ -197,7 +202,7 @@
       const body = el('tbody');
       for (const shard of shards) {
         body.append(el('tr', {}, el('th', { text: shard.file, attrs: { scope: 'row' } }),
-          el('td', { text: `${fmtInt(shard.tensors)} tensors, ${fmtBytes(shard.bytes)}` })));
+          el('td', { text: `${plural(shard.tensors, 'tensor')}, ${fmtBytes(shard.bytes)}` })));
       }
       table.append(body);
       section.append(table);
@@ -231,8 +236,8 @@
       const details = el('details', { className: 'node' });
       if (depth < 2) details.open = true;
       const label = lastPart(node.path);
-      const facts = [`${node.type}`, `${fmtInt(node.items)} items`];
-      if (node.tensors) facts.push(`${fmtInt(node.tensors)} tensors`, fmtBytes(nodeBytes(node)));
+      const facts = [`${node.type}`, plural(node.items, 'item')];
+      if (node.tensors) facts.push(plural(node.tensors, 'tensor'), fmtBytes(nodeBytes(node)));
       details.append(el('summary', { attrs: { 'data-path': node.path } },
         el('span', { className: 'node-name', text: label }),
         el('span', { className: 'muted', text: ` ${facts.join(' · ')}` })));
@@ -500,7 +505,7 @@
     if (table) {
       table.count.textContent = state.filterError
         ? state.filterError
-        : shown === total ? `${fmtInt(total)} tensors` : `${fmtInt(shown)} of ${fmtInt(total)} tensors`;
+        : shown === total ? plural(total, 'tensor') : `${fmtInt(shown)} of ${plural(total, 'tensor')}`;
       table.spacer.style.height = `${state.items.length * ROW_HEIGHT}px`;
       for (const button of table.head.querySelectorAll('button.sort')) {
         const key = button.getAttribute('data-key');
@@ -576,7 +581,7 @@
       row.append(name);
       for (const column of state.columns.slice(1)) {
         let text = '';
-        if (column.key === 'numel') text = `${fmtInt(g.count)} tensors`;
+        if (column.key === 'numel') text = plural(g.count, 'tensor');
         if (column.key === 'bytes') text = fmtBytes(g.bytes);
         row.append(el('div', { className: `cell${column.numeric ? ' numeric' : ''}`, text, attrs: { role: 'gridcell' } }));
       }
@@ -594,6 +599,7 @@
         cell.textContent = cellText(t, column.key);
         if (column.key === 'bytes') cell.title = `${fmtInt(t.bytes)} bytes`;
         if (column.key === 'dtype' && t.device && t.device !== 'cpu') cell.title = t.device;
+        if (column.key === 'shard' || column.key === 'shared' || column.key === 'container') cell.title = cell.textContent;
       }
       row.append(cell);
     }
