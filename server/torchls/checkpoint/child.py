@@ -70,6 +70,12 @@ def main() -> int:
 
             sys.stdout.write(render_inspect(summary.as_json()))
             return 0
+        if mode == "viewer":  # the fast encoder: the viewer opens files of 50,000 tensors
+            from torchls.checkpoint.summary import summary_json
+
+            sys.stdout.write('{"summary":' + summary_json(summary) + "}")
+            sys.stdout.flush()
+            return 0
         message = {"summary": summary.as_json()}
     sys.stdout.write(json.dumps(message, separators=(",", ":")))
     sys.stdout.flush()

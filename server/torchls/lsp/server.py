@@ -249,19 +249,19 @@ def create_server() -> TorchLanguageServer:
             return None
 
     @server.feature(checkpoints.INSPECT)
-    async def inspect_checkpoint(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+    async def inspect_checkpoint(ls: TorchLanguageServer, params: Any) -> Any:
         return await ls.checkpoints.handle(checkpoints.INSPECT, params)
 
     @server.feature(checkpoints.MODEL_TARGETS)
-    async def model_targets(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+    async def model_targets(ls: TorchLanguageServer, params: Any) -> Any:
         return await ls.checkpoints.handle(checkpoints.MODEL_TARGETS, params)
 
     @server.feature(checkpoints.COMPARE_MODEL)
-    async def compare_model(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+    async def compare_model(ls: TorchLanguageServer, params: Any) -> Any:
         return await ls.checkpoints.handle(checkpoints.COMPARE_MODEL, params)
 
     @server.feature(checkpoints.DIFF)
-    async def diff_checkpoints(ls: TorchLanguageServer, params: Any) -> dict[str, Any]:
+    async def diff_checkpoints(ls: TorchLanguageServer, params: Any) -> Any:
         return await ls.checkpoints.handle(checkpoints.DIFF, params)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
