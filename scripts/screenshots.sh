@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the README's pictures (docs/images/) from real VS Code: packages the extension,
-# runs the real-editor tests that take them (tests/vscode/editor.test.mjs: code-server + headless
+# runs the real-editor tests that take them (tests/vscode/editor.test.mjs and viewer.test.mjs: code-server + headless
 # Chromium, on a throwaway copy of examples/), and copies the screenshots they keep.
 #   scripts/screenshots.sh               package, then run
 #   scripts/screenshots.sh --no-package  use the dist/torchls.vsix already built
@@ -18,7 +18,7 @@ ARTIFACTS=tests/vscode/artifacts
 rm -rf "$ARTIFACTS"
 TORCHLS_VSIX="$ROOT/dist/torchls.vsix" \
 TORCHLS_TEST_PYTHON="${TORCHLS_TEST_PYTHON:-$ROOT/.venv/bin/python}" \
-  node --test tests/vscode/editor.test.mjs
+  node --test tests/vscode/editor.test.mjs tests/vscode/viewer.test.mjs
 
 # screenshot kept by the tests -> picture in the README
 declare -A PICTURES=(
@@ -26,6 +26,12 @@ declare -A PICTURES=(
   [quick-fix-menu]=quick-fix
   [kfold-inserted]=kfold
   [downgrade-notification]=downgrade
+  [viewer-training-checkpoint]=viewer
+  [viewer-filter]=viewer-filter
+  [viewer-compare]=viewer-compare
+  [viewer-hostile-pickle]=viewer-hostile
+  [viewer-sharded]=viewer-sharded
+  [viewer-high-contrast]=viewer-high-contrast
 )
 mkdir -p docs/images
 for shot in "${!PICTURES[@]}"; do
