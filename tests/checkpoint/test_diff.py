@@ -209,3 +209,44 @@ async def test_diff_request_matches_the_cli(tmp_path: Path) -> None:
     assert len(rows) == len(model.state_dict())
     assert all(row["max_abs_diff"] == 0.0 and row["rel_norm"] == 0.0 for row in rows)
     assert _plain(broken) == {"error": "nope.pt: no such file or folder"}
+
+
+def test_legacy_file_and_sharded_folder_values_are_read_from_their_bytes(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    state = {
+        "embed.weight": torch.randn(8, 4),
+        "layer.weight": torch.randn(4, 4),
+        "head.weight": torch.randn(2, 4),
+    }
+    # A view into a larger storage: the legacy file keeps the whole storage, the bytes of the
+    # tensor begin at its storage offset.
+    state["tail"] = torch.randn(20)[5:15]
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    shards = {"a.safetensors": ["embed.weight", "tail"], "b.safetensors": ["layer.weight"]}
+    changed = dict(state, **{"head.weight": state["head.weight"] * 2})
+    shards["b.safetensors"].append("head.weight")
+    for file, keys in shards.items():
+        save_file({k: changed[k].contiguous() for k in keys}, folder / file)
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    code, document = diff_json(str(tmp_path / "legacy.pt"), str(folder), "--values")
+    assert code == 1
+    assert document["a"]["format"] == "torch-legacy" and document["b"]["format"] == "sharded"
+    assert document["unchanged"] == 4 and document["same_tensors"] is True
+    values = {row["key"]: row for row in document["values"]}
+    assert {k: v["max_abs_diff"] for k, v in values.items() if k != "head.weight"} == {
+        "embed.weight": 0.0,
+        "layer.weight": 0.0,
+        "tail": 0.0,
+    }
+    head = state["head.weight"].double()
+    assert values["head.weight"]["max_abs_diff"] == pytest.approx(float(head.abs().max()))
+    assert values["head.weight"]["rel_norm"] == pytest.approx(1.0)
+
+
+def test_diff_has_help() -> None:
+    done = run_diff("--help")
+    assert done.returncode == 0 and "usage: torchls diff" in done.stdout
+    assert "0 the same tensors" in " ".join(done.stdout.split())

@@ -152,8 +152,9 @@ def summary_line(document: dict[str, Any]) -> str:
             parts.append(f"{len(document[field]):,} {text}")
     values = document.get("values")
     if values is not None:
-        changed = sum(1 for v in values if v.get("max_abs_diff"))
-        parts.append(f"{_count(changed, 'tensor')} with different values")
+        changed = sum(1 for v in values if v.get("max_abs_diff") != 0.0)
+        if changed:
+            parts.append(f"{_count(changed, 'tensor')} with different values")
     if document["metadata_changed"]:
         parts.append(f"{_count(len(document['metadata_changed']), 'metadata value')} changed")
     if not parts:
