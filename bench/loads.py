@@ -34,10 +34,11 @@ a copy in a temporary folder (the clone is never written to):
                has no error left there and (ii) the fixed statements really load: the model is
                built again (other random weights) and the statements of the fixed file from the
                torch.load to the load_state_dict run in a separate process with PY; every
-               weight must then equal the saved one. Names those statements read that are set
-               elsewhere in the script are bound only when their value is known (the path
-               torchls read; map_location is the CPU); otherwise the site is reported as not
-               executed, with the name.
+               weight of the model the receiver names afterwards must then equal the saved
+               one. The statements see the globals of the model's module and the file's
+               imports; of the names the script sets elsewhere, only those whose value is
+               known are bound (the receiver, the path torchls read; map_location is the CPU),
+               otherwise the site is reported as not executed, with the name.
 
 Processes that run repository code refuse, through bench/reach.py's audit hook (imported, not
 copied), any file write outside their scratch folder, directory creation, network connection or
