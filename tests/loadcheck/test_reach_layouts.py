@@ -219,3 +219,118 @@ async def test_a_state_dict_loaded_in_a_with_body_is_checked_in_the_editor(
     script.write_text(_apply(script.read_text(), chosen))
     after = _run_script(script)
     assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
+
+
+# -- item 2: the model's config read from the checkpoint -----------------------------------------
+
+GPT_MODEL = """from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class TinyConfig:
+    vocab: int = 64
+    width: int = 16
+    depth: int = 2
+    context: int = 8
+    bias: bool = True
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.width, bias=config.bias)
+        self.mix = nn.Linear(config.width, config.width, bias=config.bias)
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab, config.width)
+        self.position = nn.Embedding(config.context, config.width)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.depth)])
+        self.out = nn.Linear(config.width, config.vocab, bias=False)
+"""
+# A training run's checkpoint; its sizes differ from the config's defaults, so only a model
+# built from the saved `model_args` fits it.
+GPT_TRAIN = """
+import sys
+import torch
+from model import TinyConfig, TinyGPT
+
+model_args = dict(vocab=50, width=12, depth=3, context=6, bias=False)
+model = TinyGPT(TinyConfig(**model_args))
+if "--compile" in sys.argv:
+    model = torch.compile(model)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+torch.save({"model": model.state_dict(), "model_args": model_args, "iter_num": 5,
+            "optimizer": optimizer.state_dict(), "best_val_loss": 1.5}, "ckpt.pt")
+"""
+GPT_SAMPLE = """\
+import torch
+from model import TinyConfig, TinyGPT
+
+checkpoint = torch.load("ckpt.pt", map_location="cpu")
+config = TinyConfig(**checkpoint["model_args"])
+model = TinyGPT(config)
+state_dict = checkpoint["model"]
+model.load_state_dict(state_dict)
+print("loaded")
+"""
+
+
+def _gpt_layout(tmp_path: Path, *train: str) -> Path:
+    (tmp_path / "model.py").write_text(GPT_MODEL)
+    (tmp_path / "train.py").write_text(GPT_TRAIN)
+    subprocess.run(
+        [sys.executable, "train.py", *train], cwd=tmp_path, check=True, capture_output=True
+    )
+    script = tmp_path / "sample.py"
+    script.write_text(GPT_SAMPLE)
+    return script
+
+
+async def test_a_model_built_from_the_checkpoints_config_is_checked_and_fits(
+    tmp_path: Path,
+) -> None:
+    script = _gpt_layout(tmp_path)
+    ran = _run_script(script)
+    assert ran.returncode == 0 and ran.stdout.strip() == "loaded", ran.stderr
+    done = _check("--strict", "sample.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "" and "1 load: 1 checked; 0 errors" in done.stderr
+    # The model really is the checkpoint's: with the config's defaults it would not fit.
+    script.write_text(GPT_SAMPLE.replace('**checkpoint["model_args"]', ""))
+    assert _run_script(script).returncode != 0
+    wrong = _check("sample.py", cwd=tmp_path)
+    assert wrong.returncode == 1 and "have other shapes" in wrong.stdout, wrong.stdout
+
+
+async def test_a_compiled_models_checkpoint_with_the_saved_config_gets_the_prefix_fix(
+    tmp_path: Path,
+) -> None:
+    script = _gpt_layout(tmp_path, "--compile")
+    before = _run_script(script)
+    assert before.returncode != 0 and '"_orig_mod.embed.weight"' in before.stderr
+    done = _check("sample.py", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "sample.py:8:1: error: load_state_dict will raise (strict loading): the " in done.stdout
+    assert "start with `_orig_mod.` (saved from torch.compile)" in done.stdout
+    assert "built with `checkpoint['model_args']` as saved in ckpt.pt" in done.stdout
+    assert "fix: Strip the `_orig_mod.` prefix" in done.stdout
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        error = _torchls(found)[0]
+        assert error.severity == Severity.Error and "`_orig_mod.`" in error.message
+        assert "checkpoint['model_args']" in error.message
+        actions = await _actions(session, uri, error)
+        chosen = next(a for a in actions if a.is_preferred)
+        assert "_orig_mod." in chosen.title
+    edited = _apply(script.read_text(), chosen)
+    fixed = _check("--fix", "sample.py", cwd=tmp_path)
+    assert fixed.returncode == 0 and "fixed 1 problem" in fixed.stderr
+    assert script.read_text() == edited  # the editor's fix and the CLI's are the same edit
+    after = _run_script(script)
+    assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr

@@ -6,6 +6,7 @@ model's source fingerprint, so re-checking an unchanged file costs no I/O beyond
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import dataclasses
@@ -23,7 +24,9 @@ from torchls.cost.cache import ProfileCache
 from torchls.cost.request import prepare
 from torchls.loadcheck import fixes as fixes_module
 from torchls.loadcheck.analysis import (
+    ERROR,
     INFORMATION,
+    WARNING,
     Checkpoint,
     Environment,
     Finding,
@@ -34,7 +37,7 @@ from torchls.loadcheck.analysis import (
     pretrained_takes_file,
 )
 from torchls.source.loads import LoadSite, find_load_sites
-from torchls.source.models import FileModels
+from torchls.source.models import FileModels, ModelTarget
 from torchls.source.project import ModuleFile
 from torchls.worker import protocol
 from torchls.worker.client import JobResult
@@ -118,6 +121,7 @@ class LoadChecker:
         unreadable: str | None = None
         model: ModelKeys | None = None
         notes: list[str] = []
+        saved: ModelTarget | None = None  # the model as built from the checkpoint's values
         if found is not None and site.kind == "load_from_checkpoint":
             # Lightning builds the model from the hyper-parameters saved in the checkpoint.
             checkpoint, unreadable = await self._checkpoint(found)
@@ -125,6 +129,12 @@ class LoadChecker:
                 hparams = checkpoint.containers.get("['hyper_parameters']")
                 values = dict(hparams.values) if hparams is not None else {}
                 model, notes = await self._model(models, site, environment, values)
+        elif found is not None and _arguments_may_be_saved(site):
+            # GPT(GPTConfig(**checkpoint["model_args"])): the checkpoint first, then the model
+            # built with the values saved in it.
+            checkpoint, unreadable = await self._checkpoint(found)
+            saved = _with_saved_values(models, site, checkpoint)
+            model, notes = await self._model(models, site, environment, target=saved)
         elif found is not None:
             # Both at once: the worker job is queued before anything else (a hover warm-up)
             # can take the worker, and the reader runs meanwhile in its own process.
@@ -133,6 +143,19 @@ class LoadChecker:
                 self._model(models, site, environment),
             )
         outcome = analyse(site, checkpoint, model, environment, unreadable)
+        if saved is not None and model is not None and site.model is not None:
+            where = Path(site.path or "").name or "the checkpoint"
+            read = [
+                f"`{value['unknown']}`"
+                for value in [*site.model.args, *site.model.kwargs.values()]
+                if "unknown" in value
+            ]
+            for finding in outcome.findings:
+                if finding.severity in (ERROR, WARNING):
+                    finding.message = (
+                        f"{finding.message.rstrip('.')}; the model is built with "
+                        f"{' and '.join(read) or 'its arguments'} as saved in {where}."
+                    )
         if notes and checkpoint is not None:
             message = f"torchls cannot check the keys of this load: {notes[0]}"
             outcome.findings.append(Finding(INFORMATION, "unchecked", message, site.span))
@@ -184,8 +207,9 @@ class LoadChecker:
         site: LoadSite,
         environment: Environment,
         hparams: dict[str, Any] | None = None,
+        target: ModelTarget | None = None,
     ) -> tuple[ModelKeys | None, list[str]]:
-        target = site.model
+        target = target or site.model
         if target is None or not self._may_build():
             return None, []
         prepared = prepare(
@@ -229,6 +253,77 @@ class LoadChecker:
         return fixes_module.propose(
             site, report.outcome, report.checkpoint, report.model, models.module.text, recheck
         )
+
+
+def _arguments_may_be_saved(site: LoadSite) -> bool:
+    """The model's construction reads something torchls could not see, and the state dict
+    comes from a torch.load whose result may hold it (`checkpoint["model_args"]`)."""
+    model = site.model
+    return (
+        model is not None
+        and bool(model.problems)
+        and site.loader_call is not None
+        and site.construction is not None
+    )
+
+
+def _with_saved_values(
+    models: FileModels, site: LoadSite, checkpoint: Checkpoint | None
+) -> ModelTarget | None:
+    """The site's construction read again with the checkpoint's plain values (numbers,
+    strings, booleans, dicts of them) standing in for what its torch.load returns; None when
+    that sees no more of the arguments than the source alone."""
+    if checkpoint is None or site.loader_call is None or site.construction is None:
+        return None
+    if site.model is None:
+        return None
+    saved = _saved_value(checkpoint, "", 0)
+    if saved is None:
+        return None
+    ast.copy_location(saved, site.loader_call)
+    saved.end_lineno = site.loader_call.end_lineno
+    saved.end_col_offset = site.loader_call.end_col_offset
+    target = models.construction_target(site.construction, {site.loader_call: saved})
+    if target is None or len(target.problems) >= len(site.model.problems):
+        return None
+    target.wrapper_prefix = site.model.wrapper_prefix
+    target.inputs = None
+    return target
+
+
+_MAX_SAVED_DEPTH = 6
+
+
+def _saved_value(checkpoint: Checkpoint, path: str, depth: int) -> ast.expr | None:
+    """A checkpoint's dict as a literal of its plain values and of its dicts that hold only
+    such values (`model_args`); entries that are neither (a state dict, an optimizer's lists)
+    are left out. None when `path` is not such a dict."""
+    container = checkpoint.containers.get(path)
+    if container is None or container.type not in {"dict", "OrderedDict"}:
+        return None
+    keys: list[ast.expr | None] = []
+    values: list[ast.expr] = []
+    complete = True
+    for key in dict.fromkeys([*container.keys, *container.values]):
+        value: ast.expr | None = None
+        if key in container.values:
+            value = _constant(container.values[key])
+        elif depth < _MAX_SAVED_DEPTH:
+            value = _saved_value(checkpoint, f"{path}[{key!r}]", depth + 1)
+        if value is None:
+            complete = False
+            continue
+        keys.append(ast.Constant(key))
+        values.append(value)
+    if depth and (not complete or len(keys) < container.items):
+        return None  # a nested dict is whole or not at all: `**` must pass every key
+    return ast.Dict(keys=keys, values=values)
+
+
+def _constant(value: Any) -> ast.expr | None:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return ast.Constant(value)
+    return None
 
 
 def _folder_stamp(folder: str) -> tuple[tuple[str, int, int], ...]:

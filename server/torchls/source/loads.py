@@ -86,6 +86,10 @@ class LoadSite:
     # expression torchls takes for one), "path" (a string literal). With a config, transformers
     # takes the path of the weights file itself (`pytorch_model.bin`), not only a folder.
     pretrained_config: str = ""
+    # The nodes a check re-reads the model's construction from, with the checkpoint's saved
+    # values standing in for what the torch.load call returns: GPT(GPTConfig(**ckpt["args"])).
+    loader_call: ast.Call | None = field(default=None, repr=False, compare=False)
+    construction: ast.Call | None = field(default=None, repr=False, compare=False)
     auto_class: bool = False  # from_pretrained of an Auto* class (it ignores a string config)
 
     @property
@@ -235,7 +239,7 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
             site.strict = None
     last = [*call.args, *(k.value for k in call.keywords)]
     site.call_end = _end(models, last[-1])
-    site.model = _model_of(models, receiver, call)
+    site.model, site.construction = _model_of(models, receiver, call)
     site.model_text = models.segment(receiver) or ""
     root = receiver.value if isinstance(receiver, ast.Attribute) else receiver
     if site.model is not None and isinstance(root, ast.Name):
@@ -428,6 +432,7 @@ def _read_loader(
 ) -> None:
     lookup = models._scoped_lookup(_function_scope(models, call))
     site.loader = loader
+    site.loader_call = call if loader == "torch.load" else None
     site.loader_span = models._span(call)
     site.loader_end = _end(models, [*call.args, *(k.value for k in call.keywords)][-1])
     site.path_span = models._span(path)
@@ -849,10 +854,20 @@ WRAPPERS = {
 }
 
 
-def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTarget | None:
-    """The construction the receiver was built by (`model = Net(...)` in the same scope),
-    through `.to(...)`-style chains and wrappers: after `model = nn.DataParallel(model)` the
-    model's keys start with `module.`, which the target's `wrapper_prefix` says."""
+def _model_of(
+    models: FileModels, receiver: ast.expr, call: ast.Call
+) -> tuple[ModelTarget | None, ast.Call | None]:
+    """The construction the receiver was built by (`model = Net(...)` in the same scope) and
+    its call, through `.to(...)`-style chains and wrappers: after `model =
+    nn.DataParallel(model)` the model's keys start with `module.`, which the target's
+    `wrapper_prefix` says."""
+    found = _construction_of(models, receiver, call)
+    return (found[0], found[1]) if found is not None else (None, None)
+
+
+def _construction_of(
+    models: FileModels, receiver: ast.expr, call: ast.Call
+) -> tuple[ModelTarget, ast.Call] | None:
     attribute = ""
     if isinstance(receiver, ast.Attribute) and receiver.attr in {"module", "_orig_mod"}:
         attribute = receiver.attr + "."  # model.module.load_state_dict: the wrapped model
@@ -882,7 +897,7 @@ def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTa
                     return None
                 prefix = prefix[len(attribute) :]
             target.wrapper_prefix = prefix
-            return target
+            return target, value
         prefix += wrapper
         inner = value.args[0] if value.args else None
         if isinstance(inner, ast.Call):
@@ -890,7 +905,7 @@ def _model_of(models: FileModels, receiver: ast.expr, call: ast.Call) -> ModelTa
             if target is None or (attribute and not prefix.startswith(attribute)):
                 return None
             target.wrapper_prefix = prefix[len(attribute) :]
-            return target
+            return target, inner
         if not isinstance(inner, ast.Name):
             return None
         name, line = inner.id, value.lineno

@@ -15,6 +15,7 @@ import dataclasses
 import re
 import sys
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -473,7 +474,11 @@ class FileModels:
         )
         return target
 
-    def construction_target(self, call: ast.Call) -> ModelTarget | None:
+    def construction_target(
+        self, call: ast.Call, loaded: Mapping[ast.AST, ast.expr] | None = None
+    ) -> ModelTarget | None:
+        """The model `call` builds. `loaded`: values standing in for expressions the source
+        cannot show, by node (a checkpoint's saved values for the `torch.load` call)."""
         resolved = self._resolve_callee(call)
         if resolved is None:
             return None
@@ -490,7 +495,7 @@ class FileModels:
         statement = self._statement_of(call)
         directives = read_directives(self.lines, statement.lineno, statement.lineno)
         if not self._apply_args_directive(target, directives):
-            target.args, target.kwargs, target.problems = self._call_arguments(call)
+            target.args, target.kwargs, target.problems = self._call_arguments(call, loaded)
             target.args_source = "the call"
         inputs = self._inputs_from_directive(target, directives)
         if inputs is None and class_node is not None and defining is not None:
@@ -836,12 +841,14 @@ class FileModels:
             return None
         return _binding(self.tree.body, name, before_line, self.bindings)[1]
 
-    def _call_arguments(self, call: ast.Call) -> tuple[list[Value], dict[str, Value], list[str]]:
+    def _call_arguments(
+        self, call: ast.Call, loaded: Mapping[ast.AST, ast.expr] | None = None
+    ) -> tuple[list[Value], dict[str, Value], list[str]]:
         args: list[Value] = []
         kwargs: dict[str, Value] = {}
         problems: list[str] = []
         local = _function_scope(self, call)
-        lookup = self._scoped_lookup(local)
+        lookup = self._scoped_lookup(local, loaded)
         edits = self._scoped_edits(local)
 
         def read(node: ast.expr) -> Value:
@@ -869,7 +876,18 @@ class FileModels:
                 problems.append(f"`{value['unknown']}` is {value['why'] or 'not a literal'}")
         return args, kwargs, problems
 
-    def _scoped_lookup(self, function: ast.AST | None) -> Any:
+    def _scoped_lookup(
+        self, function: ast.AST | None, loaded: Mapping[ast.AST, ast.expr] | None = None
+    ) -> Any:
+        if loaded:
+            plain = self._scoped_lookup(function)
+
+            def substituted(name: str, before_line: int) -> ast.expr | None:
+                value = plain(name, before_line)
+                return loaded.get(value, value) if value is not None else None
+
+            return substituted
+
         def lookup(name: str, before_line: int) -> ast.expr | None:
             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 arguments = function.args

@@ -118,6 +118,32 @@ def read_value(
         return unknown(node, "a name torchls cannot see the value of")
     if isinstance(node, ast.Call):
         return _call(node, resolve_ref, again)
+    if isinstance(node, ast.Subscript):
+        return _item(node, again)
+    return unknown(node, "an expression torchls does not evaluate")
+
+
+def _item(node: ast.Subscript, again: Callable[[ast.expr], Value]) -> Value:
+    """`args["n_layer"]`, `sizes[0]` of a dict, list or tuple torchls can see whole (a literal,
+    or a checkpoint's saved values standing in for the `torch.load` that returns them)."""
+    key = node.slice
+    if not isinstance(key, ast.Constant) or not isinstance(key.value, (str, int)):
+        return unknown(node, "an expression torchls does not evaluate")
+    container = again(node.value)
+    items = keyword_dict(container) if "call" in container else None
+    if items is not None:
+        container = {"dict": [[{"literal": k}, v] for k, v in items.items()]}
+    if "dict" in container:
+        for pair_key, item in container["dict"]:
+            if pair_key == {"literal": key.value}:
+                return dict(item)
+        return unknown(node, "a key torchls sees no plain value for")
+    sequence = container.get("list", container.get("tuple"))
+    index = key.value
+    if isinstance(sequence, list) and isinstance(index, int) and not isinstance(index, bool):
+        if -len(sequence) <= index < len(sequence):
+            return dict(sequence[index])
+        return unknown(node, "an index past the end")
     return unknown(node, "an expression torchls does not evaluate")
 
 
