@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from tests.checkpoint.factories import Payload, touch_command
@@ -325,3 +326,39 @@ async def test_model_targets_and_compare_refused_when_untrusted(tmp_path: Path) 
         )
     assert listed["targets"] == [] and "not trusted" in listed["reason"]
     assert set(compared) == {"error"} and "not trusted" in compared["error"]
+
+
+async def test_server_answers_while_reading(tmp_path: Path) -> None:
+    import asyncio
+
+    many = tmp_path / "many.pt"
+    torch.save({f"layer{i}.weight": torch.zeros(2) for i in range(20_000)}, many)
+    async with lsp_session({"trusted": False}, workspace=tmp_path) as session:
+        reading = asyncio.ensure_future(inspect(session, many))
+        await asyncio.sleep(0.05)
+        status = await session.command("torchls.status")
+        # The reader runs in its own process: the server answered meanwhile.
+        assert not reading.done()
+        assert status["heavy_modules_loaded"] == []
+        answer = await reading
+    assert answer["report"]["totals"]["tensors"] == 20_000
+
+
+async def test_the_cache_keeps_a_bounded_number_of_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from torchls.lsp import checkpoints
+
+    monkeypatch.setattr(checkpoints, "CACHE_TENSORS", 100)
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    torch.save({f"w{i}": torch.zeros(1) for i in range(60)}, first)
+    torch.save({f"b{i}": torch.zeros(1) for i in range(60)}, second)
+    cache = checkpoints.Checkpoints(SimpleNamespace(protocol=None))  # type: ignore[arg-type]
+    assert (await cache.report(str(first)))["cached"] is False
+    assert (await cache.report(str(first)))["cached"] is True
+    assert (await cache.report(str(second)))["cached"] is False
+    # 120 tensors are more than the cache keeps: the older report went, the newer stayed.
+    assert (await cache.report(str(second)))["cached"] is True
+    assert (await cache.report(str(first)))["cached"] is False

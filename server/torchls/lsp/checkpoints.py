@@ -47,7 +47,10 @@ COMPARE_MODEL = "torchls/compareModel"
 DIFF = "torchls/diff"
 OPEN_VIEWER_COMMAND = "torchls.openCheckpointViewer"
 
-CACHE_ENTRIES = 16  # reports kept; a 50,000-tensor report is tens of MB in this process
+CACHE_ENTRIES = 16  # reports kept
+# ... and tensors kept in all of them together: a 50,000-tensor report is about 50 MB in this
+# process, whose budget is 100 MB. The newest report is always kept.
+CACHE_TENSORS = 60_000
 MAX_WORKSPACE_FILES = 2_000  # Python files scanned for model targets
 # What a string in code must end with to be hovered as a checkpoint file (a folder qualifies when
 # it holds weights). `.tar` is torch's old habit (`checkpoint.pth.tar`).
@@ -237,7 +240,10 @@ class Checkpoints:
         answer = await asyncio.shield(reading)
         if "error" not in answer:
             self._reports[real] = (stamp.key, answer)
-            while len(self._reports) > CACHE_ENTRIES:
+            self._reports.move_to_end(real)
+            while len(self._reports) > 1 and (
+                len(self._reports) > CACHE_ENTRIES or self._cached_tensors() > CACHE_TENSORS
+            ):
                 self._reports.popitem(last=False)
         return {**answer, "cached": False} if "error" not in answer else answer
 
@@ -247,6 +253,9 @@ class Checkpoints:
         except CheckpointError as exc:
             return {"error": f"{name}: {exc.reason}"}
         return {"report": summary, "stamp": stamp.as_json(), **viewer_extras(summary)}
+
+    def _cached_tensors(self) -> int:
+        return sum(len(entry[1]["report"]["tensors"]) for entry in self._reports.values())
 
     def forget(self, path: str) -> None:
         self._reports.pop(os.path.realpath(path), None)
