@@ -16,11 +16,14 @@ from tests.conftest import Session, lsp_session
 from torch import nn
 
 TRAIN = """\
+from pathlib import Path
+
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 CKPT = "runs/best.pt"
+WEIGHTS = Path("model.safetensors")
 
 
 class Net(torch.nn.Module):
@@ -33,6 +36,7 @@ bert = AutoModel.from_pretrained("./hf")
 again = torch.load(CKPT)
 bad = torch.load("hostile.pt")
 greeting = "hello.pt"
+more = load_file(WEIGHTS)
 net = Net()
 """
 
@@ -97,6 +101,7 @@ async def test_hover_on_checkpoint_paths_in_an_untrusted_workspace(tmp_path: Pat
         safetensors = await _hover(session, train, '"model.safetensors"')
         folder = await _hover(session, train, '"./hf"')
         constant = await _hover(session, train, "torch.load(CKPT)", 12)
+        path_constant = await _hover(session, train, "load_file(WEIGHTS)", 11)
         hostile = await _hover(session, train, '"hostile.pt"')
         not_there = await _hover(session, train, '"hello.pt"')
         model = await _hover(session, train, "net = Net()", 7)
@@ -117,6 +122,7 @@ async def test_hover_on_checkpoint_paths_in_an_untrusted_workspace(tmp_path: Pat
     assert _link_target(folder) == [(tmp_path / "hf").as_uri()]
 
     assert constant is not None and "4 tensors, 58 elements" in constant
+    assert path_constant is not None and "1 tensor, 15 elements" in path_constant
 
     assert hostile is not None and "**refuses** it" in hostile
     assert "it **runs code**: `posix.system`" in hostile or "`os.system`" in hostile

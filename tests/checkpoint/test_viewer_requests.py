@@ -289,7 +289,8 @@ async def test_model_targets_and_compare_with_a_model(tmp_path: Path) -> None:
             "name": "Net",
             "kind": "class",
         }
-        assert any(t["kind"] == "construction" and t["name"] == "Net" for t in listed["targets"])
+        assert targets["Net(num_classes=3) (train.py:3)"]["kind"] == "construction"
+        assert listed["targets"][0] == net  # classes first
         target = {"uri": net["uri"], "line": net["line"], "name": net["name"]}
         dp = await request(
             session, "torchls/compareModel", {"uri": wrapped.as_uri(), "target": target}

@@ -332,9 +332,12 @@ class Checkpoints:
                 continue
             shown = os.path.relpath(path, root)
             for target in targets:
+                # A construction shows its arguments: `Net(num_classes=3)` and the class `Net`
+                # build different models.
+                named = target.name if target.kind == "class" else target.call_text()
                 found.append(
                     {
-                        "label": f"{target.name} ({shown}:{target.line})",
+                        "label": f"{named} ({shown}:{target.line})",
                         "uri": from_fs_path(path),
                         "line": target.line - 1,
                         "name": target.name,
@@ -342,6 +345,7 @@ class Checkpoints:
                     }
                 )
             await asyncio.sleep(0)  # parsing a workspace must not hold up other requests
+        found.sort(key=lambda t: t["kind"] != "class")  # classes first, each in file order
         return {"targets": found}
 
     # -- torchls/compareModel ----------------------------------------------------------------
@@ -538,7 +542,8 @@ def path_at(
     tree: ast.Module, lines: Lines, line: int, character: int
 ) -> tuple[str, ast.expr] | None:
     """The string under the cursor, or the name there bound to a string by a plain top-level
-    assignment (`CKPT = "best.pt"` ... `torch.load(CKPT)`), and the node to highlight."""
+    assignment (`CKPT = "best.pt"` or `Path("best.pt")` ... `torch.load(CKPT)`), and the node
+    to highlight."""
     best: ast.expr | None = None
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Constant, ast.Name)) or node.end_lineno is None:
@@ -573,11 +578,25 @@ def _constant_of(tree: ast.Module, name: str, before_line: int) -> str | None:
             continue
         if statement.lineno > before_line and value is not None:
             break
-        if isinstance(bound, ast.Constant) and isinstance(bound.value, str):
-            value = bound.value
-        else:
-            value = None
+        value = _literal_path(bound)
     return value
+
+
+def _literal_path(node: ast.expr | None) -> str | None:
+    """ "best.pt", or Path("best.pt") / pathlib.Path("best.pt")."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if (
+        isinstance(node, ast.Call)
+        and len(node.args) == 1
+        and not node.keywords
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "Path")
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == "Path")
+        )
+    ):
+        return _literal_path(node.args[0])
+    return None
 
 
 def existing_checkpoint(written: str, document: str, workspace: str | None) -> str | None:
