@@ -32,6 +32,7 @@ declare -A PICTURES=(
   [viewer-hostile-pickle]=viewer-hostile
   [viewer-sharded]=viewer-sharded
   [viewer-high-contrast]=viewer-high-contrast
+  [viewer-diff]=viewer-diff
 )
 mkdir -p docs/images
 for shot in "${!PICTURES[@]}"; do

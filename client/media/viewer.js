@@ -700,6 +700,76 @@
     event.preventDefault();
   }
 
+  // ---------- two checkpoints compared (torchls/diff) ----------
+  function renderDiff(result, withValues) {
+    table = null;
+    if (typeof result.error === 'string') { showStatus(result.error, 'error'); return; }
+    const name = (side) => String(side?.path || '').split(/[\\/]/).pop();
+    const section = el('section', { className: 'header diff', attrs: { 'aria-label': 'Comparison of two checkpoints' } });
+    const title = el('div', { className: 'title-row' }, el('h1', { text: `${name(result.a)} ↔ ${name(result.b)}` }));
+    const actions = el('div', { className: 'actions' });
+    if (!withValues) {
+      const values = el('button', { text: 'Compare values', attrs: { id: 'diff-values', type: 'button' } });
+      values.addEventListener('click', () => vscode.postMessage({ type: 'values' }));
+      actions.append(values);
+    }
+    const refresh = el('button', { className: 'secondary', text: 'Refresh', attrs: { id: 'refresh', type: 'button' } });
+    refresh.addEventListener('click', () => vscode.postMessage({ type: withValues ? 'values' : 'refresh' }));
+    actions.append(refresh);
+    title.append(actions);
+    section.append(title);
+    section.append(el('p', { className: `summary verdict ${result.same_tensors ? 'ok' : 'danger'}`, attrs: { id: 'diff-summary' }, text: result.summary || '' }));
+    const side = (s) => (s ? `${s.path} (${s.format}${s.container ? `, ${s.container}` : ''}): ${plural(s.tensors, 'tensor')}, ${fmtBytes(s.bytes)}` : '');
+    const list = (items) => (Array.isArray(items) ? items : []);
+    const renamed = result.renamed;
+    section.append(definitionList([
+      ['A', side(result.a)],
+      ['B', side(result.b)],
+      ['Unchanged', fmtInt(result.unchanged)],
+      ['Added in B', fmtInt(list(result.added).length), list(result.added).length ? 'warning' : ''],
+      ['Removed in B', fmtInt(list(result.removed).length), list(result.removed).length ? 'warning' : ''],
+      ['Renamed', renamed ? `${plural(renamed.tensors, 'tensor')}: "${renamed.a_prefix}" in A is "${renamed.b_prefix}" in B` : 'none'],
+      ['Shape changed', fmtInt(list(result.shape_changed).length), list(result.shape_changed).length ? 'warning' : ''],
+      ['dtype changed', fmtInt(list(result.dtype_changed).length), list(result.dtype_changed).length ? 'warning' : ''],
+    ]));
+    const keyList = (heading, items, line, open) => {
+      if (!items.length) return;
+      const details = el('details', { className: 'keys' });
+      details.open = open;
+      details.append(el('summary', { text: `${heading} (${fmtInt(items.length)})` }));
+      const ul = el('ul');
+      for (const item of items.slice(0, 1000)) ul.append(el('li', { text: line(item) }));
+      if (items.length > 1000) ul.append(el('li', { className: 'muted', text: `… ${fmtInt(items.length - 1000)} more` }));
+      details.append(ul);
+      section.append(details);
+    };
+    const str = (x) => (typeof x === 'string' ? x : JSON.stringify(x));
+    const figure = (x) => (typeof x !== 'number' ? '—' : x === 0 ? '0' : x.toPrecision(4));
+    keyList('Shape changed', list(result.shape_changed), (c) => `${c.key}: ${fmtShape(c.a)} → ${fmtShape(c.b)}`, true);
+    keyList('dtype changed', list(result.dtype_changed), (c) => `${c.key}: ${c.a} → ${c.b}`, true);
+    keyList('Added in B', list(result.added), str, false);
+    keyList('Removed in B', list(result.removed), str, false);
+    keyList('Metadata changed', list(result.metadata_changed), str, true);
+    if (Array.isArray(result.values)) {
+      const rows = [...result.values].sort((x, y) => (y.rel_norm ?? 0) - (x.rel_norm ?? 0));
+      const changed = rows.filter((v) => v.max_abs_diff !== 0);
+      const tableEl = el('table', { className: 'kv values-table', attrs: { id: 'diff-values-table' } });
+      tableEl.append(el('caption', { text: `Values: ${plural(changed.length, 'tensor')} of ${fmtInt(rows.length)} differ` }));
+      tableEl.append(el('thead', {}, el('tr', {}, el('th', { text: 'Tensor' }), el('th', { text: 'max |A − B|' }), el('th', { text: '‖A − B‖ / ‖A‖' }))));
+      const body = el('tbody');
+      for (const v of rows.slice(0, 2000)) {
+        body.append(el('tr', { className: v.max_abs_diff === 0 ? 'muted' : '' },
+          el('th', { text: v.key, attrs: { scope: 'row' } }),
+          el('td', { className: 'numeric', text: figure(v.max_abs_diff) }),
+          el('td', { className: 'numeric', text: figure(v.rel_norm) })));
+      }
+      tableEl.append(body);
+      section.append(tableEl);
+    }
+    app.replaceChildren(section);
+    app.setAttribute('aria-busy', 'false');
+  }
+
   // ---------- page ----------
   function showStatus(text, className) {
     app.setAttribute('aria-busy', 'false');
@@ -738,8 +808,13 @@
     if (message.type === 'loading') {
       app.setAttribute('aria-busy', 'true');
       if (!state.result) showStatus('Reading the checkpoint…');
+      const busy = document.getElementById('diff-values');
+      if (busy) { busy.textContent = 'Comparing values…'; busy.setAttribute('disabled', 'true'); }
     } else if (message.type === 'report') {
       render(message.result || { error: 'No answer from the torchls server.' });
+    } else if (message.type === 'diff') {
+      state.result = message.result;
+      renderDiff(message.result || { error: 'No answer from the torchls server.' }, Boolean(message.values));
     } else if (message.type === 'compare') {
       state.compare = { target: message.target, result: message.result };
       renderCompare();

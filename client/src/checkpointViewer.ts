@@ -9,6 +9,8 @@ import { LanguageClient } from 'vscode-languageclient/node';
 
 export const VIEW_TYPE = 'torchls.checkpointViewer';
 export const COMMAND_OPEN_VIEWER = 'torchls.openCheckpointViewer';
+export const COMMAND_COMPARE_CHECKPOINTS = 'torchls.compareCheckpoints';
+const REQUEST_DIFF = 'torchls/diff';
 const REQUEST_INSPECT = 'torchls/inspect';
 const REQUEST_MODEL_TARGETS = 'torchls/modelTargets';
 const REQUEST_COMPARE_MODEL = 'torchls/compareModel';
@@ -168,6 +170,46 @@ class ViewerSession implements vscode.Disposable {
     if (this.timer) {
       clearTimeout(this.timer);
     }
+    this.disposables.forEach((disposable) => disposable.dispose());
+  }
+}
+
+/** A panel showing `torchls/diff` of two checkpoints; "Compare values" asks again with values. */
+class DiffSession implements vscode.Disposable {
+  private readonly disposables: vscode.Disposable[] = [];
+  private disposed = false;
+
+  constructor(
+    private readonly viewer: CheckpointViewer,
+    private readonly a: vscode.Uri,
+    private readonly b: vscode.Uri,
+    private readonly panel: vscode.WebviewPanel,
+  ) {
+    panel.webview.html = viewer.html(panel.webview, panel.title);
+    this.disposables.push(
+      panel.webview.onDidReceiveMessage((message: unknown) => {
+        if (isRecord(message) && (message.type === 'ready' || message.type === 'refresh' || message.type === 'values')) {
+          void this.load(message.type === 'values');
+        } else if (isRecord(message) && message.type === 'copy' && typeof message.text === 'string') {
+          void vscode.env.clipboard.writeText(message.text);
+        }
+      }),
+      panel.onDidDispose(() => this.dispose()),
+    );
+  }
+
+  private async load(values: boolean): Promise<void> {
+    if (!this.disposed) {
+      void this.panel.webview.postMessage({ type: 'loading', refresh: true });
+    }
+    const result = await this.viewer.diff(this.a, this.b, values);
+    if (!this.disposed) {
+      void this.panel.webview.postMessage({ type: 'diff', result, values });
+    }
+  }
+
+  dispose(): void {
+    this.disposed = true;
     this.disposables.forEach((disposable) => disposable.dispose());
   }
 }
@@ -333,6 +375,59 @@ export class CheckpointViewer implements vscode.CustomReadonlyEditorProvider<Che
     return { target: target.label, result };
   }
 
+  /** The server's `torchls/diff` document for two checkpoints, or `{error}`. */
+  async diff(a: vscode.Uri, b: vscode.Uri, values: boolean): Promise<unknown> {
+    const client = await this.server.client();
+    if (!client) {
+      return { error: 'The torchls server is not running: see TorchLS: Show log.' };
+    }
+    try {
+      const result: unknown = await client.sendRequest(REQUEST_DIFF, { a: a.toString(), b: b.toString(), values });
+      return isRecord(result) ? result : { error: 'The torchls server gave no usable answer (see TorchLS: Show log).' };
+    } catch (error) {
+      this.server.log.error(`${REQUEST_DIFF}: ${errorText(error)}`);
+      return { error: `The comparison failed: ${errorText(error)}` };
+    }
+  }
+
+  /** `torchls.compareCheckpoints`: the two files selected in the Explorer, else the ones picked. */
+  async compareCheckpoints(clicked: unknown, selected: unknown): Promise<void> {
+    const chosen = (Array.isArray(selected) ? selected : [clicked]).map(targetUri).filter((u): u is vscode.Uri => u !== undefined);
+    const uris = chosen.slice(0, 2);
+    while (uris.length < 2) {
+      const picked = await this.pickCheckpoint(uris.length === 0 ? 'The first checkpoint (A)' : `Compare ${path.posix.basename(uris[0].path)} with (B)`, uris);
+      if (!picked) {
+        return;
+      }
+      uris.push(picked);
+    }
+    const [a, b] = uris;
+    const title = `${path.posix.basename(a.path)} ↔ ${path.posix.basename(b.path)}`;
+    const panel = vscode.window.createWebviewPanel(`${VIEW_TYPE}.diff`, title, vscode.ViewColumn.Active, {
+      enableScripts: true,
+      localResourceRoots: [this.media],
+    });
+    new DiffSession(this, a, b, panel);
+  }
+
+  private async pickCheckpoint(title: string, exclude: vscode.Uri[]): Promise<vscode.Uri | undefined> {
+    const files = await vscode.workspace.findFiles('**/*.{pt,pth,bin,ckpt,safetensors}', '{**/node_modules/**,**/.git/**,**/.venv/**}', 500);
+    const items: (vscode.QuickPickItem & { uri?: vscode.Uri })[] = files
+      .filter((file) => !exclude.some((other) => other.toString() === file.toString()))
+      .sort((x, y) => x.path.localeCompare(y.path))
+      .map((file) => ({ label: path.posix.basename(file.path), description: vscode.workspace.asRelativePath(file), uri: file }));
+    items.push({ label: 'Browse…', description: 'a file or model folder outside the list' });
+    const picked = await vscode.window.showQuickPick(items, { title, matchOnDescription: true });
+    if (!picked) {
+      return undefined;
+    }
+    if (picked.uri) {
+      return picked.uri;
+    }
+    const browsed = await vscode.window.showOpenDialog({ title, canSelectFiles: true, canSelectFolders: true, canSelectMany: false });
+    return browsed?.[0];
+  }
+
   /** `torchls.openCheckpointViewer`: a file in the custom editor, a folder in a panel, nothing given: a picker. */
   async open(argument: unknown): Promise<void> {
     let uri = targetUri(argument);
@@ -367,7 +462,7 @@ export class CheckpointViewer implements vscode.CustomReadonlyEditorProvider<Che
   }
 }
 
-/** Registers the custom editor and `torchls.openCheckpointViewer`. */
+/** Registers the custom editor, `torchls.openCheckpointViewer` and `torchls.compareCheckpoints`. */
 export function registerCheckpointViewer(server: ViewerServerAccess, extensionUri: vscode.Uri): vscode.Disposable {
   const viewer = new CheckpointViewer(server, extensionUri);
   return vscode.Disposable.from(
@@ -376,5 +471,7 @@ export function registerCheckpointViewer(server: ViewerServerAccess, extensionUr
       webviewOptions: { retainContextWhenHidden: false },
     }),
     vscode.commands.registerCommand(COMMAND_OPEN_VIEWER, (clicked?: unknown) => viewer.open(clicked)),
+    vscode.commands.registerCommand(COMMAND_COMPARE_CHECKPOINTS, (clicked?: unknown, selected?: unknown) =>
+      viewer.compareCheckpoints(clicked, selected)),
   );
 }

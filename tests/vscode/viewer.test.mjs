@@ -325,6 +325,54 @@ test('a sharded Hugging Face model folder opens from the Explorer in one view wi
     assert.equal(await frame.evaluate(() => document.body.classList.contains('vscode-high-contrast')), true);
     const border = await frame.evaluate(() => getComputedStyle(document.querySelector('#rows .row')).borderBottomStyle);
     assert.equal(border, 'solid'); // rows are outlined in high contrast
+    await runCommand(page, 'Preferences: Color Theme');
+    await page.locator('.quick-input-widget input').fill('Light Modern');
+    await focusRow(page, '.quick-input-list .monaco-list-row', 'Light Modern');
+    await page.keyboard.press('Enter');
+    await frame.waitForFunction((before) => getComputedStyle(document.body).backgroundColor === before, light, { timeout: 20000 });
+    await closeAllEditors(page);
+  });
+});
+
+test('Compare checkpoints on two files selected in the Explorer shows the changed shapes, then the values', { timeout: 300000 }, async () => {
+  await withFailureScreenshot(page, 'viewer-diff', async () => {
+    const folder = explorerRow(page, 'checkpoints');
+    if ((await folder.getAttribute('aria-expanded')) !== 'true') await folder.click();
+    await explorerRow(page, 'clean.pt').click();
+    await explorerRow(page, 'other_head.pt').click({ modifiers: ['Control'] });
+    await explorerRow(page, 'other_head.pt').click({ button: 'right' });
+    const item = page.locator('.context-view .monaco-menu .action-item .action-label', { hasText: /^Compare checkpoints$/ });
+    await item.first().waitFor({ timeout: 10000 });
+    await item.first().click();
+    // A click that lands while the menu is still opening is swallowed; the hovered item is focused.
+    const menu = page.locator('.context-view .monaco-menu');
+    if (!(await menu.waitFor({ state: 'detached', timeout: 2000 }).then(() => true, () => false))) {
+      await item.first().hover();
+      await page.keyboard.press('Enter');
+    }
+
+    await page.locator('.tab.active', { hasText: '↔' }).first().waitFor({ timeout: 30000 });
+    let frame;
+    const deadline = Date.now() + 30000;
+    while (!frame && Date.now() < deadline) {
+      for (const outer of await page.locator('iframe.webview.ready').elementHandles()) {
+        const inner = await (await outer.contentFrame())?.$('iframe#active-frame');
+        const candidate = await inner?.contentFrame();
+        if (candidate && (await candidate.title().catch(() => '')).includes('↔')) frame = candidate;
+      }
+      if (!frame) await page.waitForTimeout(200); // the panel is still loading its page
+    }
+    assert.ok(frame, 'the comparison panel did not show');
+    const facts = await textOf(frame, '.diff dl');
+    assert.match(facts, /Unchanged 14\b/);
+    assert.match(facts, /Shape changed 2\b/);
+    const shapes = await textOf(frame, '.diff details');
+    assert.match(shapes, /classifier\.weight: \((10, 64\) → \(100, 64|100, 64\) → \(10, 64)\)/);
+    await frame.click('#diff-values');
+    const values = await textOf(frame, '#diff-values-table', { timeout: 120000 });
+    assert.match(values, /Values: \d+ tensors? of 14 differ/);
+    assert.equal(await frame.locator('#diff-values-table tbody tr').count(), 14);
+    await page.screenshot({ path: screenshotPath('viewer-diff') });
     await closeAllEditors(page);
   });
 });
