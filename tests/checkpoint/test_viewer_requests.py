@@ -92,6 +92,9 @@ async def test_inspect_training_checkpoint_numbers(tmp_path: Path) -> None:
     assert tree["values"]["epoch"] == 12 and tree["values"]["lr"] == 3e-4
     children = {c["path"]: c for c in tree["children"]}
     assert children["['state_dict']"]["tensors"] == len(state)
+    state_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    assert children["['state_dict']"]["bytes"] == state_bytes
+    assert tree["bytes"] == report["totals"]["bytes"]
     assert {"['state_dict']", "['optimizer']", "['hyper_parameters']"} <= set(children)
     assert answer["hparams"] == {"num_classes": 10, "lr": 3e-4, "optim": {"name": "adam"}}
     assert answer["versions"]["lightning"] == "2.2.1"

@@ -168,21 +168,28 @@ class Walk:
         counts = self._count_tensors()
         return _node(self.root, "", 0, counts, set())
 
-    def _count_tensors(self) -> dict[int, int]:
-        """Tensors anywhere below each container, each container's own counted once."""
-        counts: dict[int, int] = {}
+    def _count_tensors(self) -> dict[int, tuple[int, int]]:
+        """Tensors, and their bytes, anywhere below each container, each container's own
+        counted once."""
+        counts: dict[int, tuple[int, int]] = {}
         for obj in reversed(self._order):  # children come after parents in `order`
             total = 0
+            nbytes = 0
             for _key, value in _children(obj):
                 if isinstance(value, TensorRecord):
                     total += 1
+                    nbytes += value.nbytes
                 elif _is_container(value):
-                    total += counts.get(id(value), 0)
-            counts[id(obj)] = total
+                    below = counts.get(id(value), (0, 0))
+                    total += below[0]
+                    nbytes += below[1]
+            counts[id(obj)] = (total, nbytes)
         return counts
 
 
-def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int]) -> ContainerNode:
+def _node(
+    obj: Any, path: str, depth: int, counts: dict[int, tuple[int, int]], seen: set[int]
+) -> ContainerNode:
     seen.add(id(obj))
     pairs = _children(obj)
     children: list[ContainerNode] = []
@@ -208,7 +215,8 @@ def _node(obj: Any, path: str, depth: int, counts: dict[int, int], seen: set[int
         path=path or "(root)",
         type=_type_name(obj),
         items=len(pairs),
-        tensors=counts.get(id(obj), 0),
+        tensors=counts.get(id(obj), (0, 0))[0],
+        nbytes=counts.get(id(obj), (0, 0))[1],
         children=tuple(children),
         truncated=truncated,
         keys=keys,

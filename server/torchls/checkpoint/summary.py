@@ -80,6 +80,7 @@ class ContainerNode:
     keys: tuple[str, ...] = ()  # a mapping's first keys, leaves included
     metadata: bool = False  # an OrderedDict with `_metadata`, as Module.state_dict() makes
     values: dict[str, Any] = field(default_factory=dict)  # plain leaves: {"num_classes": 10}
+    nbytes: int = 0  # bytes of the tensors anywhere below
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -87,6 +88,7 @@ class ContainerNode:
             "type": self.type,
             "items": self.items,
             "tensors": self.tensors,
+            "bytes": self.nbytes,
             "children": [child.as_json() for child in self.children],
         }
         if self.keys:
