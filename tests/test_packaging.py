@@ -148,7 +148,7 @@ def test_real_vscode_smoke(vsix: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "# fail 0" in result.stdout
-    assert "# pass 17" in result.stdout, result.stdout[-4000:]
+    assert "# pass 18" in result.stdout, result.stdout[-4000:]
     expected = [
         "status-bar",  # torch 2.13.0 in the status bar
         "output-log",  # the torchls output channel with the server's status line
@@ -176,6 +176,7 @@ def test_real_vscode_smoke(vsix: Path) -> None:
         "viewer-sharded",  # a sharded model folder: shard column and the index's problems
         "viewer-high-contrast",
         "viewer-diff",  # Compare checkpoints: changed shapes and values
+        "viewer-untrusted",  # the viewer in Restricted Mode
     ]
     missing = [name for name in expected if not (artifacts / f"{name}.png").is_file()]
     assert not missing, f"screenshots not kept: {missing}"
