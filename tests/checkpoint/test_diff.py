@@ -250,3 +250,19 @@ def test_diff_has_help() -> None:
     done = run_diff("--help")
     assert done.returncode == 0 and "usage: torchls diff" in done.stdout
     assert "0 the same tensors" in " ".join(done.stdout.split())
+
+
+def test_pickled_modules_are_compared_tensor_by_tensor(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    model = Base()
+    torch.save(model, tmp_path / "a.pt")
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    torch.save(model, tmp_path / "b.pt")
+    code, document = diff_json(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--values")
+    assert code == 1
+    assert document["a"]["container"] == "(all tensors)"
+    assert document["unchanged"] == document["a"]["tensors"] == len(model.state_dict())
+    changed = [row for row in document["values"] if row["max_abs_diff"] != 0.0]
+    assert len(changed) == 1 and changed[0]["key"].endswith("['fc']['_parameters']['bias']")
+    assert changed[0]["max_abs_diff"] == pytest.approx(1.0)

@@ -20,7 +20,12 @@ def _main_tensors(summary: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any
     """The state dict to compare: the largest mapping of names to tensors (a training
     checkpoint's ['state_dict']), else every tensor by its full path."""
     tensors = summary.get("tensors") or []
-    for candidate in summary.get("candidates") or []:
+    candidates = summary.get("candidates") or []
+    if candidates and candidates[0].get("path", "").startswith("(pickled module)"):
+        # torch.save(model): each submodule's `_parameters` is a mapping of tensors, and the
+        # largest of them is not the model; compare every tensor by its path instead.
+        candidates = []
+    for candidate in candidates:
         path = candidate.get("path", "")
         chosen = {t["key"]: t for t in tensors if t["container"] == path}
         if chosen:
