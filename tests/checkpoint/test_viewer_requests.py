@@ -219,7 +219,14 @@ async def test_hostile_pickle_runs_nothing_and_truncated_file_is_one_line(tmp_pa
     async with lsp_session({"trusted": False}, workspace=tmp_path) as session:
         verdict = await inspect(session, hostile)
         broken = await inspect(session, truncated)
+        assert await inspect(session, truncated) == broken  # the same error, until it changes
         nothing = await inspect(session, tmp_path / "nope.pt")
+        truncated.write_bytes(good.read_bytes())
+        os.utime(truncated, ns=(time.time_ns(), truncated.stat().st_mtime_ns + 10**9))
+        repaired = await inspect(session, truncated)
+        assert repaired["cached"] is False and repaired["report"]["totals"]["tensors"] == len(
+            Net().state_dict()
+        )
     assert not sentinel.exists()
     assert verdict["report"]["weights_only"]["accepted"] is False
     dangerous = [g for g in verdict["report"]["globals"] if g["dangerous"]]

@@ -230,7 +230,9 @@ class Checkpoints:
         cached = self._reports.get(real)
         if cached is not None and cached[0] == stamp.key:
             self._reports.move_to_end(real)
-            return {**cached[1], "cached": True}
+            # A file that cannot be read stays unreadable until it changes: its error is kept
+            # too, so that hovering on it again does not start the reader again.
+            return cached[1] if "error" in cached[1] else {**cached[1], "cached": True}
         key = (real, stamp.key)
         reading = self._reading.get(key)
         if reading is None:
@@ -238,13 +240,12 @@ class Checkpoints:
             self._reading[key] = reading
             reading.add_done_callback(lambda _: self._reading.pop(key, None))
         answer = await asyncio.shield(reading)
-        if "error" not in answer:
-            self._reports[real] = (stamp.key, answer)
-            self._reports.move_to_end(real)
-            while len(self._reports) > 1 and (
-                len(self._reports) > CACHE_ENTRIES or self._cached_tensors() > CACHE_TENSORS
-            ):
-                self._reports.popitem(last=False)
+        self._reports[real] = (stamp.key, answer)
+        self._reports.move_to_end(real)
+        while len(self._reports) > 1 and (
+            len(self._reports) > CACHE_ENTRIES or self._cached_tensors() > CACHE_TENSORS
+        ):
+            self._reports.popitem(last=False)
         return {**answer, "cached": False} if "error" not in answer else answer
 
     async def _read(self, real: str, name: str, stamp: Stamp) -> dict[str, Any]:
@@ -255,10 +256,11 @@ class Checkpoints:
         return {"report": summary, "stamp": stamp.as_json(), **viewer_extras(summary)}
 
     def _cached_tensors(self) -> int:
-        return sum(len(entry[1]["report"]["tensors"]) for entry in self._reports.values())
-
-    def forget(self, path: str) -> None:
-        self._reports.pop(os.path.realpath(path), None)
+        return sum(
+            len(entry[1]["report"]["tensors"])
+            for entry in self._reports.values()
+            if "report" in entry[1]
+        )
 
     # -- hover on a checkpoint path in code ----------------------------------------------------
 
