@@ -266,3 +266,21 @@ def test_pickled_modules_are_compared_tensor_by_tensor(tmp_path: Path) -> None:
     changed = [row for row in document["values"] if row["max_abs_diff"] != 0.0]
     assert len(changed) == 1 and changed[0]["key"].endswith("['fc']['_parameters']['bias']")
     assert changed[0]["max_abs_diff"] == pytest.approx(1.0)
+
+
+def test_hostile_pickle_is_diffed_as_data(tmp_path: Path) -> None:
+    import os
+
+    from tests.checkpoint.factories import Payload, touch_command
+
+    sentinel = tmp_path / "PWNED"
+    weights = torch.arange(4.0)
+    torch.save({"w": weights}, tmp_path / "good.pt")
+    payload = Payload(os.system, touch_command(sentinel))
+    torch.save({"w": weights + 1, "x": payload}, tmp_path / "bad.pt")
+    code, document = diff_json(str(tmp_path / "good.pt"), str(tmp_path / "bad.pt"), "--values")
+    assert not sentinel.exists()
+    assert code == 1
+    # B - A = (1, 1, 1, 1), of norm 2; A = (0, 1, 2, 3), of norm sqrt(14).
+    expected = {"key": "w", "max_abs_diff": 1.0, "rel_norm": pytest.approx(2 / 14**0.5)}
+    assert document["values"] == [expected]

@@ -18,7 +18,8 @@ ALL_TENSORS = "(all tensors)"
 
 def _main_tensors(summary: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
     """The state dict to compare: the largest mapping of names to tensors (a training
-    checkpoint's ['state_dict']), else every tensor by its full path."""
+    checkpoint's ['state_dict']), else the one container that holds tensors, else every tensor
+    by its full path."""
     tensors = summary.get("tensors") or []
     candidates = summary.get("candidates") or []
     if candidates and candidates[0].get("path", "").startswith("(pickled module)"):
@@ -30,6 +31,10 @@ def _main_tensors(summary: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any
         chosen = {t["key"]: t for t in tensors if t["container"] == path}
         if chosen:
             return path, chosen
+    containers = {t["container"] for t in tensors}
+    if len(containers) == 1:  # one mapping that also holds other things: {"w": ..., "step": 3}
+        only = containers.pop()
+        return only, {t["key"]: t for t in tensors}
     everything = {}
     for tensor in tensors:
         everything[tensor["container"] + _subscript(tensor["key"])] = tensor
