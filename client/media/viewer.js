@@ -495,6 +495,13 @@
     viewport.addEventListener('scroll', () => drawRows(), { passive: true });
     rows.addEventListener('click', onRowClick);
     rows.addEventListener('keydown', onRowKey);
+    // Focus that arrives by Tab or by a click on a cell moves the keyboard position with it.
+    rows.addEventListener('focusin', (event) => {
+      const row = /** @type {HTMLElement} */ (event.target).closest('.row');
+      if (!row) return;
+      state.focused = Number(row.getAttribute('data-position'));
+      for (const other of rows.children) other.setAttribute('tabindex', other === row ? '0' : '-1');
+    });
     return section;
   }
 
@@ -555,6 +562,8 @@
     for (let position = first; position < last; position += 1) fragment.append(buildRow(position));
     const hadFocus = rows.contains(document.activeElement);
     rows.replaceChildren(fragment);
+    // One row is always reachable with Tab, even when the focused one has scrolled away.
+    if (!rows.querySelector('[tabindex="0"]')) rows.firstElementChild?.setAttribute('tabindex', '0');
     if (hadFocus) {
       const row = rows.querySelector(`[data-position="${state.focused}"]`);
       if (row instanceof HTMLElement) row.focus({ preventScroll: true });
@@ -822,6 +831,15 @@
     }
   });
   window.addEventListener('resize', () => drawRows());
+  // Desktop VS Code turns Ctrl+C in a webview into a copy command: answer it with the focused name.
+  document.addEventListener('copy', (event) => {
+    const active = document.activeElement;
+    if (!(active instanceof HTMLElement) || !active.closest('#rows') || String(window.getSelection() || '')) return;
+    const item = state.items[state.focused];
+    if (item === undefined || !event.clipboardData) return;
+    event.clipboardData.setData('text/plain', item < 0 ? `${state.groups[-item - 1].prefix}.` : state.tensors[item].key);
+    event.preventDefault();
+  });
 
   vscode.postMessage({ type: 'ready' });
 }());

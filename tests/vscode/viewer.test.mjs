@@ -167,6 +167,15 @@ test('a double-click on a training checkpoint in the Explorer opens the viewer w
     await frame.click('button.sort[data-key="bytes"]');
     assert.equal(await frame.locator('#rows .row').first().getAttribute('data-key'), 'embed.weight');
 
+    // Copy a name: the row's button, or Ctrl+C on the focused row.
+    const embedRow = frame.locator('#rows .row[data-key="embed.weight"]');
+    await embedRow.hover();
+    await embedRow.locator('button.copy').click();
+    await page.locator('.statusbar', { hasText: 'Copied embed.weight' }).waitFor({ timeout: 10000 });
+    await frame.locator('#rows .row[data-key="head.bias"]').focus();
+    await page.keyboard.press('Control+C');
+    await page.locator('.statusbar', { hasText: 'Copied head.bias' }).waitFor({ timeout: 10000 });
+
     // Grouped by prefix: layers.* collapsed to one row, opened with the keyboard.
     await frame.check('#group');
     const groups = await frame.locator('#rows .row.group').allInnerTexts();
