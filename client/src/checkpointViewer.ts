@@ -299,8 +299,12 @@ export class CheckpointViewer implements vscode.CustomReadonlyEditorProvider<Che
       return { error: 'The torchls server is not running: see TorchLS: Show log.' };
     }
     let result: unknown;
+    const started = Date.now();
     try {
       result = await client.sendRequest(REQUEST_INSPECT, { uri: key });
+      // How long a view takes to fill is the first question about a slow one.
+      const cachedByServer = isRecord(result) && result.cached === true ? ' (cached by the server)' : '';
+      this.server.log.info(`${REQUEST_INSPECT} ${uri.fsPath}: answered in ${Date.now() - started} ms${cachedByServer}`);
     } catch (error) {
       this.server.log.error(`${REQUEST_INSPECT} on ${key}: ${errorText(error)}`);
       return { error: `The torchls server could not read it: ${errorText(error)}` };
