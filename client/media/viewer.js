@@ -237,7 +237,7 @@
       if (depth < 2) details.open = true;
       const label = lastPart(node.path);
       const facts = [`${node.type}`, plural(node.items, 'item')];
-      if (node.tensors) facts.push(plural(node.tensors, 'tensor'), fmtBytes(nodeBytes(node)));
+      if (node.tensors) facts.push(plural(node.tensors, 'tensor'), fmtBytes(typeof node.bytes === 'number' ? node.bytes : nodeBytes(node)));
       details.append(el('summary', { attrs: { 'data-path': node.path } },
         el('span', { className: 'node-name', text: label }),
         el('span', { className: 'muted', text: ` ${facts.join(' · ')}` })));

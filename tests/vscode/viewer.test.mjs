@@ -153,7 +153,11 @@ test('a double-click on a training checkpoint in the Explorer opens the viewer w
     const tree = await textOf(frame, '.tree');
     assert.match(tree, /epoch 12\b/);
     assert.match(tree, /global_step 3400\b/);
-    assert.match(tree, /state_dict \w+ · 10 items · 10 tensors/);
+    // Each container with its tensors' total size (10,012 bytes here, shown in KiB).
+    assert.ok(expected.bytes > 1024 && expected.bytes < 10240);
+    const kib = `${(expected.bytes / 1024).toFixed(2)} KiB`;
+    assert.match(tree, new RegExp(`\\(root\\) dict · 5 items · 10 tensors · ${kib}`));
+    assert.match(tree, new RegExp(`state_dict \\w+ · 10 items · 10 tensors · ${kib}`));
     assert.match(tree, /lr 0\.0003\b/);
 
     // The table: one row per tensor, torch's shape and element count.
