@@ -334,3 +334,187 @@ async def test_a_compiled_models_checkpoint_with_the_saved_config_gets_the_prefi
     assert script.read_text() == edited  # the editor's fix and the CLI's are the same edit
     after = _run_script(script)
     assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
+
+
+# -- item 5: models reached through sys.path hacks, classes, factories and packages --------------
+
+NET_WITH_FACTORY = (
+    NET
+    + """
+
+def build_model(classes=10):
+    net = Net(classes)
+    return net
+
+
+def build_parallel():
+    return nn.DataParallel(Net())
+"""
+)
+REACH_SCRIPTS = {
+    "sys_path_insert": (
+        "tools/predict.py",
+        """\
+import sys
+
+sys.path.insert(0, "../lib")
+import torch
+from netdefs import Net
+
+model = Net()
+model.load_state_dict(torch.load("../m.pt"))
+print("loaded")
+""",
+    ),
+    "sys_path_append_file": (
+        "tools/restore.py",
+        """\
+import os
+import sys
+
+sys.path.append(os.path.join(os.path.dirname(__file__), "..", "lib"))
+import torch
+from netdefs import Net
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+model = Net()
+model.load_state_dict(torch.load(os.path.join(HERE, "..", "m.pt")))
+print("loaded")
+""",
+    ),
+    "member": (
+        "predict.py",
+        """\
+import torch
+from netdefs import Net
+
+
+class Predictor:
+    def __init__(self, path):
+        self.path = path
+        self.model = Net()
+
+    def restore(self):
+        self.model.load_state_dict(torch.load("m.pt"))
+
+
+Predictor("m.pt").restore()
+print("loaded")
+""",
+    ),
+    "factory": (
+        "predict.py",
+        """\
+import torch
+from netdefs import build_model
+
+model = build_model()
+model.load_state_dict(torch.load("m.pt"))
+print("loaded")
+""",
+    ),
+    "star_import": (
+        "predict.py",
+        """\
+import torch
+from netdefs import *
+
+model = Net()
+model.load_state_dict(torch.load("m.pt"))
+print("loaded")
+""",
+    ),
+    "package_reexport": (
+        "predict.py",
+        """\
+import torch
+from nets import Net
+
+model = Net()
+model.load_state_dict(torch.load("m.pt"))
+print("loaded")
+""",
+    ),
+}
+
+
+def _reach_layout(tmp_path: Path, case: str) -> Path:
+    """The model in netdefs.py (at the root, and in lib/ for the scripts in tools/, which put
+    it on sys.path) and re-exported by the package nets/; the checkpoint saved from
+    nn.DataParallel, so each load raises until its keys lose the `module.` prefix."""
+    (tmp_path / "netdefs.py").write_text(NET_WITH_FACTORY)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "nets").mkdir()
+    if case.startswith("sys_path"):
+        (tmp_path / "netdefs.py").unlink()  # only where the script's sys.path line points
+        (tmp_path / "lib" / "netdefs.py").write_text(NET_WITH_FACTORY)
+    (tmp_path / "nets" / "core.py").write_text(NET)
+    (tmp_path / "nets" / "__init__.py").write_text("from .core import Net\n")
+    (tmp_path / "model.py").write_text(NET)
+    _save(tmp_path, WRAPPED_SAVE)
+    where, text = REACH_SCRIPTS[case]
+    script = tmp_path / where
+    script.write_text(text)
+    return script
+
+
+@pytest.mark.parametrize("case", sorted(REACH_SCRIPTS))
+def test_a_model_the_check_reaches_is_checked_by_the_cli(tmp_path: Path, case: str) -> None:
+    script = _reach_layout(tmp_path, case)
+    before = _run_script(script)
+    assert before.returncode != 0 and 'Missing key(s) in state_dict: "body.weight"' in before.stderr
+    where = REACH_SCRIPTS[case][0]
+    done = _check(where, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the checkpoint's keys start with `module.`" in done.stdout
+    assert "fix: Strip the `module.` prefix" in done.stdout
+    fixed = _check("--fix", where, cwd=tmp_path)
+    assert fixed.returncode == 0 and "fixed 1 problem" in fixed.stderr, fixed.stdout
+    after = _run_script(script)
+    assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
+
+
+@pytest.mark.parametrize("case", sorted(REACH_SCRIPTS))
+async def test_a_model_the_check_reaches_is_checked_in_the_editor(
+    tmp_path: Path, case: str
+) -> None:
+    script = _reach_layout(tmp_path, case)
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        error = _torchls(found)[0]
+        assert error.severity == Severity.Error and "`module.`" in error.message, found
+        actions = await _actions(session, uri, error)
+        chosen = next(a for a in actions if a.is_preferred)
+        assert "module." in chosen.title
+    script.write_text(_apply(script.read_text(), chosen))
+    after = _run_script(script)
+    assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
+
+
+def test_a_factory_that_wraps_its_model_loads_the_wrapped_keys_without_error(
+    tmp_path: Path,
+) -> None:
+    script = _reach_layout(tmp_path, "factory")
+    script.write_text(REACH_SCRIPTS["factory"][1].replace("build_model", "build_parallel"))
+    ran = _run_script(script)
+    assert ran.returncode == 0 and ran.stdout.strip() == "loaded", ran.stderr
+    done = _check("--strict", "predict.py", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
+    assert "1 load: 1 checked; 0 errors" in done.stderr
+
+
+def test_a_model_the_check_cannot_reach_is_said_not_fine(tmp_path: Path) -> None:
+    script = _reach_layout(tmp_path, "member")
+    # Assigned in two places: which one the load sees depends on the order of the calls.
+    script.write_text(
+        REACH_SCRIPTS["member"][1].replace(
+            "    def restore(self):",
+            "    def reset(self):\n        self.model = None\n\n    def restore(self):",
+        )
+    )
+    done = _check("predict.py", cwd=tmp_path)
+    assert done.returncode == 0 and "torchls cannot tell which model `self.model` is" in done.stdout
+    assert "1 load: 0 checked, 1 not checked" in done.stderr
+    assert _check("--strict", "predict.py", cwd=tmp_path).returncode == 1

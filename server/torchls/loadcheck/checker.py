@@ -143,6 +143,20 @@ class LoadChecker:
                 self._model(models, site, environment),
             )
         outcome = analyse(site, checkpoint, model, environment, unreadable)
+        if (
+            site.model is None
+            and site.kind == "load_state_dict"
+            and checkpoint is not None
+            and self._may_build()
+            and not outcome.errors
+        ):
+            # The file was read, but without the model its keys were compared with nothing.
+            notes.append(
+                site.model_unknown
+                or f"torchls cannot tell which model `{site.model_text}` is (it follows "
+                "`x = Net(...)`, `self.x = Net(...)` in a class and workspace factory "
+                "functions, in the same scope)"
+            )
         if saved is not None and model is not None and site.model is not None:
             where = Path(site.path or "").name or "the checkpoint"
             read = [

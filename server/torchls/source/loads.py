@@ -22,10 +22,13 @@ from torchls.source.models import (
     CHAIN_METHODS,
     FileModels,
     ModelTarget,
+    PlacedTarget,
     _binding,
     _function_scope,
     _scope_walk,
+    _single_target,
 )
+from torchls.source.syspath import path_value
 from torchls.source.text import Span
 
 _LOADERS = {"torch.load": "torch.load", "safetensors.torch.load_file": "safetensors"}
@@ -89,6 +92,9 @@ class LoadSite:
     # The nodes a check re-reads the model's construction from, with the checkpoint's saved
     # values standing in for what the torch.load call returns: GPT(GPTConfig(**ckpt["args"])).
     loader_call: ast.Call | None = field(default=None, repr=False, compare=False)
+    # Why torchls cannot tell which model the state dict goes into, when it cannot: the keys
+    # are then not checked, and the check says so.
+    model_unknown: str | None = None
     construction: ast.Call | None = field(default=None, repr=False, compare=False)
     auto_class: bool = False  # from_pretrained of an Auto* class (it ignores a string config)
 
@@ -166,8 +172,10 @@ def _bare_loads(models: FileModels, found: list[LoadSite], workspace: str | None
 
 
 def _construction(models: FileModels, call: ast.Call) -> ModelTarget | None:
-    """construction_target, once per call: many loads into one model share its construction.
-    Each site gets its own copy (it sets the copy's wrapper prefix)."""
+    """construction_target (or, for `build_model()`, the workspace factory function the hover
+    also runs), once per call: many loads into one model share its construction. Each site
+    gets its own copy (it sets the copy's wrapper prefix). A factory that loads or writes
+    files comes back with its `refusal`: it is never run."""
     cache: dict[int, tuple[ast.Call, ModelTarget | None]] | None = getattr(
         models, "_loads_targets", None
     )
@@ -176,7 +184,7 @@ def _construction(models: FileModels, call: ast.Call) -> ModelTarget | None:
         models._loads_targets = cache  # type: ignore[attr-defined]
     entry = cache.get(id(call))
     if entry is None or entry[0] is not call:
-        entry = (call, models.construction_target(call))
+        entry = (call, models.construction_target(call) or models.factory_target(call))
         cache[id(call)] = entry
     return copy.copy(entry[1]) if entry[1] is not None else None
 
@@ -240,6 +248,9 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
     last = [*call.args, *(k.value for k in call.keywords)]
     site.call_end = _end(models, last[-1])
     site.model, site.construction = _model_of(models, receiver, call)
+    if isinstance(site.model, PlacedTarget) and site.model.refusal:
+        site.model_unknown = site.model.refusal
+        site.model, site.construction = None, None
     site.model_text = models.segment(receiver) or ""
     root = receiver.value if isinstance(receiver, ast.Attribute) else receiver
     if site.model is not None and isinstance(root, ast.Name):
@@ -750,6 +761,8 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
                 return None
         return "".join(parts)
     if isinstance(node, ast.Name):
+        if node.id == "__file__":
+            return models.module.path
         found = lookup(node.id, getattr(node, "lineno", 1 << 30))  # type: ignore[operator]
         return _path_text(models, found, lookup, depth + 1) if found is not None else None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
@@ -769,7 +782,8 @@ def _path_text(models: FileModels, node: ast.expr, lookup: object, depth: int = 
             return str(Path(*texts))
         if dotted in {"pathlib.Path", "pathlib.PurePath"} and texts:
             return str(Path(*texts))
-    return None
+    # os.path.dirname(__file__), Path(__file__).resolve().parent / "m.pt", ROOT.parents[1]
+    return path_value(node, models.module.path, models.imports, lookup)  # type: ignore[arg-type]
 
 
 _OPENERS = {"open", "io.open", "builtins.open"}
@@ -872,12 +886,22 @@ def _construction_of(
     if isinstance(receiver, ast.Attribute) and receiver.attr in {"module", "_orig_mod"}:
         attribute = receiver.attr + "."  # model.module.load_state_dict: the wrapped model
         receiver = receiver.value
-    if not isinstance(receiver, ast.Name):
-        return None
     prefix = ""
-    name, line = receiver.id, call.lineno
+    at: ast.AST = call
+    value: ast.expr | None = None
+    if isinstance(receiver, ast.Attribute):
+        value = _member_value(models, receiver, call)  # self.model, built in __init__
+        if value is None:
+            return None
+        at = value
+        name, line = "", value.lineno
+    elif isinstance(receiver, ast.Name):
+        name, line = receiver.id, call.lineno
+    else:
+        return None
     for _ in range(_MAX_STEPS):
-        value = _bound_value(models, name, line, call)
+        if name:
+            value = _bound_value(models, name, line, at)
         while (
             isinstance(value, ast.Call)
             and isinstance(value.func, ast.Attribute)
@@ -910,6 +934,52 @@ def _construction_of(
             return None
         name, line = inner.id, value.lineno
     return None
+
+
+def _member_value(models: FileModels, receiver: ast.Attribute, call: ast.Call) -> ast.expr | None:
+    """`self.model` in a method: the value its class assigns to `self.model`, when one method
+    assigns it once (`self.model = Net()` in `__init__`) and nothing else in the class binds it
+    (another assignment, `+=`, a `del`, a `setattr`)."""
+    owner = receiver.value
+    method = _function_scope(models, call)
+    if not (isinstance(owner, ast.Name) and isinstance(method, ast.FunctionDef)):
+        return None
+    arguments = [*method.args.posonlyargs, *method.args.args]
+    klass = models.parents.get(method)
+    if not arguments or arguments[0].arg != owner.id or not isinstance(klass, ast.ClassDef):
+        return None
+    found: list[ast.expr] = []
+    for function in klass.body:
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        first = [*function.args.posonlyargs, *function.args.args][:1]
+        if not first:
+            continue
+        self_name = first[0].arg
+        for node in (node for statement in function.body for node in _scope_walk(statement)):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == receiver.attr
+                and isinstance(node.value, ast.Name)
+                and node.value.id == self_name
+                and isinstance(node.ctx, (ast.Store, ast.Del))
+            ):
+                statement = models.parents.get(node)
+                if not (
+                    isinstance(statement, (ast.Assign, ast.AnnAssign))
+                    and statement.value is not None
+                    and _single_target(statement)
+                    and models.parents.get(statement) is function
+                ):
+                    return None  # bound under an `if`, in a loop, by `+=` or unpacking
+                found.append(statement.value)
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in {"setattr", "delattr"}
+            ):
+                return None
+    return found[0] if len(found) == 1 else None
 
 
 def _bound_value(models: FileModels, name: str, line: int, at: ast.AST) -> ast.expr | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from torchls.files import read_bounded
 from torchls.source.imports import ImportTable, read_imports
+from torchls.source.syspath import added_folders
 
 # Text of an open document, by absolute path, or None to read the file from disk.
 TextSource = Callable[[str], "str | None"]
@@ -266,8 +267,11 @@ class Project:
 
     def _find_module(self, dotted: str, near: str | None) -> ModuleFile | None:
         roots: list[Path] = []
+        first, last = self._sys_path_folders(near) if near is not None else ([], [])
+        roots += [Path(folder) for folder in first]
         if near is not None:
             roots.append(Path(self.module_name(near)[2]))
+        roots += [Path(folder) for folder in last]
         if self.root is not None and self.root not in roots:
             roots.append(self.root)
         relative = Path(*dotted.split("."))
@@ -276,6 +280,21 @@ class Project:
                 if candidate.is_file():
                     return self.module_file(str(candidate))
         return None
+
+    def _sys_path_folders(self, near: str) -> tuple[list[str], list[str]]:
+        """The folders `near` puts on sys.path before and after its own (source/syspath.py)."""
+        key = f"sys.path:{near}"
+        known = self.memo.get(key)
+        if isinstance(known, tuple):
+            return known
+        self.memo[key] = ([], [])  # while it is read: its own imports resolve without it
+        module = self.module_file(near)
+        tree = module.tree() if module is not None else None
+        found = ([], []) if tree is None or module is None else (
+            added_folders(tree, module.path, module.imports())
+        )
+        self.memo[key] = found
+        return found
 
     def resolve_symbol(
         self, dotted: str, near: str | None = None, depth: int = 0
