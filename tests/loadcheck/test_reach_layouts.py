@@ -132,6 +132,21 @@ async def test_a_weights_file_that_does_not_fit_its_config_says_what_transformer
     assert what_raises(tmp_path, HF_PRELUDE, [fixed_line]) == [""]
 
 
+async def _preferred_fix(tmp_path: Path, script: Path) -> tuple[types.Diagnostic, types.CodeAction]:
+    """The first torchls diagnostic the editor shows for the script, and its preferred fix."""
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, script)
+        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
+        error = _torchls(found)[0]
+        actions = await _actions(session, uri, error)
+    return error, next(a for a in actions if a.is_preferred)
+
+
+def _ran_fixed(script: Path, chosen: types.CodeAction) -> subprocess.CompletedProcess[str]:
+    script.write_text(_apply(script.read_text(), chosen))
+    return _run_script(script)
+
+
 # -- item 4: the state dict bound inside a `with` body -------------------------------------------
 
 NET = """from torch import nn
@@ -208,16 +223,10 @@ async def test_a_state_dict_loaded_in_a_with_body_is_checked_in_the_editor(
     tmp_path: Path, case: str
 ) -> None:
     script = _with_layout(tmp_path, case)
-    async with lsp_session(workspace=tmp_path) as session:
-        uri = _open(session, script)
-        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
-        error = _torchls(found)[0]
-        assert error.severity == Severity.Error and "`module.`" in error.message
-        actions = await _actions(session, uri, error)
-        chosen = next(a for a in actions if a.is_preferred)
-        assert "module." in chosen.title
-    script.write_text(_apply(script.read_text(), chosen))
-    after = _run_script(script)
+    error, chosen = await _preferred_fix(tmp_path, script)
+    assert error.severity == Severity.Error and "`module.`" in error.message
+    assert "module." in chosen.title
+    after = _ran_fixed(script, chosen)
     assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
 
 
@@ -319,15 +328,10 @@ async def test_a_compiled_models_checkpoint_with_the_saved_config_gets_the_prefi
     assert "start with `_orig_mod.` (saved from torch.compile)" in done.stdout
     assert "built with `checkpoint['model_args']` as saved in ckpt.pt" in done.stdout
     assert "fix: Strip the `_orig_mod.` prefix" in done.stdout
-    async with lsp_session(workspace=tmp_path) as session:
-        uri = _open(session, script)
-        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
-        error = _torchls(found)[0]
-        assert error.severity == Severity.Error and "`_orig_mod.`" in error.message
-        assert "checkpoint['model_args']" in error.message
-        actions = await _actions(session, uri, error)
-        chosen = next(a for a in actions if a.is_preferred)
-        assert "_orig_mod." in chosen.title
+    error, chosen = await _preferred_fix(tmp_path, script)
+    assert error.severity == Severity.Error and "`_orig_mod.`" in error.message
+    assert "checkpoint['model_args']" in error.message
+    assert "_orig_mod." in chosen.title
     edited = _apply(script.read_text(), chosen)
     fixed = _check("--fix", "sample.py", cwd=tmp_path)
     assert fixed.returncode == 0 and "fixed 1 problem" in fixed.stderr
@@ -480,16 +484,10 @@ async def test_a_model_the_check_reaches_is_checked_in_the_editor(
     tmp_path: Path, case: str
 ) -> None:
     script = _reach_layout(tmp_path, case)
-    async with lsp_session(workspace=tmp_path) as session:
-        uri = _open(session, script)
-        found = await _diagnostics(session, uri, lambda d: bool(_torchls(d)))
-        error = _torchls(found)[0]
-        assert error.severity == Severity.Error and "`module.`" in error.message, found
-        actions = await _actions(session, uri, error)
-        chosen = next(a for a in actions if a.is_preferred)
-        assert "module." in chosen.title
-    script.write_text(_apply(script.read_text(), chosen))
-    after = _run_script(script)
+    error, chosen = await _preferred_fix(tmp_path, script)
+    assert error.severity == Severity.Error and "`module.`" in error.message
+    assert "module." in chosen.title
+    after = _ran_fixed(script, chosen)
     assert after.returncode == 0 and after.stdout.strip() == "loaded", after.stderr
 
 
