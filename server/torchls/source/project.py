@@ -290,8 +290,10 @@ class Project:
         self.memo[key] = ([], [])  # while it is read: its own imports resolve without it
         module = self.module_file(near)
         tree = module.tree() if module is not None else None
-        found = ([], []) if tree is None or module is None else (
-            added_folders(tree, module.path, module.imports())
+        found = (
+            ([], [])
+            if tree is None or module is None
+            else (added_folders(tree, module.path, module.imports()))
         )
         self.memo[key] = found
         return found
