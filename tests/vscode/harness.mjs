@@ -181,6 +181,8 @@ export async function withFailureScreenshot(page, name, body) {
     return await body();
   } catch (error) {
     await page.screenshot({ path: screenshotPath(`${name}-failure`) }).catch(() => undefined);
+    // A menu or quick pick left open would swallow the next test's clicks: one failure, not a cascade.
+    for (let i = 0; i < 2; i += 1) await page.keyboard.press('Escape').catch(() => undefined);
     throw error;
   }
 }
@@ -420,4 +422,25 @@ export function explorerRow(page, name) {
   const exact = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
   return page.locator('.explorer-folders-view .monaco-list-row')
     .filter({ has: page.locator('.label-name', { hasText: exact }) }).first();
+}
+
+/**
+ * Chooses the item labelled exactly `label` in the open context menu. A click that lands while the
+ * menu is still animating open is swallowed, so the menu is let settle first, and if it is still
+ * open after the click the item is hovered and chosen with Enter. Throws if the menu stays open.
+ */
+export async function chooseMenuItem(page, label) {
+  const exact = new RegExp(`^${label.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
+  const menu = page.locator('.context-view .monaco-menu');
+  const item = page.locator('.context-view .monaco-menu .action-item .action-label', { hasText: exact }).first();
+  await item.waitFor({ timeout: 10000 });
+  await settled(page.locator('.context-view').first());
+  const closed = (timeout) => menu.waitFor({ state: 'detached', timeout }).then(() => true, () => false);
+  await item.click();
+  if (await closed(2000)) return;
+  await item.hover();
+  await page.keyboard.press('Enter');
+  if (await closed(5000)) return;
+  await page.keyboard.press('Escape');
+  throw new Error(`the menu item "${label}" could not be chosen`);
 }

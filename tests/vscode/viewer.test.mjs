@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  closeAllEditors, copyExamples, explorerRow, focusRow, hoverWord, openFile, openVSCode, python, removeCopy, runCommand,
+  chooseMenuItem, closeAllEditors, copyExamples, explorerRow, focusRow, hoverWord, openFile, openVSCode, python, removeCopy, runCommand,
   screenshotPath, vsix, waitForStatus, withFailureScreenshot,
 } from './harness.mjs';
 
@@ -326,7 +326,7 @@ test('a sharded Hugging Face model folder opens from the Explorer in one view wi
       if (Date.now() > deadline) throw new Error('no "Open checkpoint viewer" on the model folder');
       await page.waitForTimeout(1000); // the model-folder search runs in the background
     }
-    await menuItems.filter({ hasText: /^Open checkpoint viewer$/ }).first().click();
+    await chooseMenuItem(page, 'Open checkpoint viewer');
     const frame = await viewerFrame('hf-model');
     const shards = await textOf(frame, '.shards');
     assert.match(shards, /model-00001-of-00002\.safetensors 2 tensors/);
@@ -368,15 +368,7 @@ test('Compare checkpoints on two files selected in the Explorer shows the change
     await explorerRow(page, 'clean.pt').click();
     await explorerRow(page, 'other_head.pt').click({ modifiers: ['Control'] });
     await explorerRow(page, 'other_head.pt').click({ button: 'right' });
-    const item = page.locator('.context-view .monaco-menu .action-item .action-label', { hasText: /^Compare checkpoints$/ });
-    await item.first().waitFor({ timeout: 10000 });
-    await item.first().click();
-    // A click that lands while the menu is still opening is swallowed; the hovered item is focused.
-    const menu = page.locator('.context-view .monaco-menu');
-    if (!(await menu.waitFor({ state: 'detached', timeout: 2000 }).then(() => true, () => false))) {
-      await item.first().hover();
-      await page.keyboard.press('Enter');
-    }
+    await chooseMenuItem(page, 'Compare checkpoints');
 
     await page.locator('.tab.active', { hasText: '↔' }).first().waitFor({ timeout: 30000 });
     let frame;
