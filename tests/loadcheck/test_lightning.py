@@ -89,3 +89,26 @@ def test_load_from_checkpoint_predictions_match_lightning(tmp_path: Path) -> Non
     [(title, line)] = [(t, line) for (n, t), line in fixed.items() if n == 6]
     assert "strict=False" in title and "strict=False" in line
     assert real[len(statements) :] == [""]
+
+
+def test_load_from_checkpoint_of_a_path_torchls_cannot_read_is_not_checked(
+    tmp_path: Path,
+) -> None:
+    """`load_from_checkpoint(args.ckpt)`: the file is the caller's; counted and said, never
+    passed as checked (and `--strict` fails on it)."""
+    from tests.loadcheck.test_cli_check import _check
+
+    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "load.py").write_text(
+        "import sys\nfrom net import LitNet\n\n"
+        'a = LitNet.load_from_checkpoint("nowhere.ckpt")\n'
+        "b = LitNet.load_from_checkpoint(sys.argv[1])\n"
+    )
+    done = _check("load.py", cwd=tmp_path)
+    assert "load.py:4:33: warning: `nowhere.ckpt` does not exist" in done.stdout
+    assert (
+        "load.py:5:5: information: torchls cannot check this load: the checkpoint path "
+        "`sys.argv[1]` is not a literal torchls can read." in done.stdout
+    )
+    assert "2 loads: 1 checked, 1 not checked" in done.stderr
+    assert _check("--strict", "load.py", cwd=tmp_path).returncode == 1

@@ -319,6 +319,8 @@ def _from_checkpoint(models: FileModels, call: ast.Call) -> LoadSite | None:
         return None  # only the workspace's own LightningModules
     site = LoadSite(span=models._span(call), line=call.lineno, kind="load_from_checkpoint")
     _read_loader(models, call, path, site, "lightning")
+    if site.path is None:  # load_from_checkpoint(args.ckpt): counted, and said, not passed
+        site.unchecked = site.problems[0] if site.problems else "the path is not a literal"
     site.steps = [Step("key", "state_dict")]
     for keyword in call.keywords:
         if keyword.arg == "strict":
