@@ -206,9 +206,10 @@ def _apply_args(target: ModelTarget, text: str | None, models: FileModels | None
     if call is None:
         raise UsageError(f"--args must be an argument list like '(10, width=64)', not {text!r}")
     package = str(target.ref.get("import", "")).rpartition(".")[0]
+    notes: list[str] = []
 
     def resolve(node: ast.expr) -> Any:
-        found = models._resolve_ref(node) if models is not None else None
+        found = models._resolve_written(node, notes) if models is not None else None
         if found is None and isinstance(node, ast.Name) and node.id == "SimpleNamespace":
             return {"ref": {"import": "types.SimpleNamespace"}}
         if found is None and models is None and (dotted := dotted_name(node)):
@@ -240,3 +241,4 @@ def _apply_args(target: ModelTarget, text: str | None, models: FileModels | None
             "e.g. '(GPTConfig(n_layer=2, n_embd=128),)'"
         )
     target.args_source = "--args"
+    target.problems += list(dict.fromkeys(notes))

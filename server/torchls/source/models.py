@@ -12,11 +12,13 @@ from __future__ import annotations
 import ast
 import bisect
 import dataclasses
+import os
 import re
 import sys
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torchls.source import inputs as inputs_module
@@ -32,6 +34,7 @@ from torchls.source.values import (
     parse_argument_list,
     read_value,
 )
+from torchls.source.values import unknown as unknown_value
 
 _MODULE_BASES = {
     "torch.nn.Module",
@@ -835,6 +838,73 @@ class FileModels:
             return {"ref": self._file_ref(module, qualname)}
         return {"ref": {"import": dotted}}
 
+    def _resolve_written(self, node: ast.expr, notes: list[str]) -> Value | None:
+        """A name in an argument list the user writes (`--args`, `# torchls: args=`), where a
+        workspace class the file does not import is as good as an imported one: `VanillaVAE`
+        of `models/vanilla_vae.py` for a Lightning module that takes a built model. Found by
+        its definition in the workspace (or written out as `models.vanilla_vae.VanillaVAE`);
+        the worker imports its module by name, as `from models.vanilla_vae import VanillaVAE`
+        run from the workspace root would. Where it came from goes to `notes`."""
+        found = self._resolve_ref(node)
+        if found is not None:
+            return found
+        attrs: list[str] = []
+        head = node
+        while isinstance(head, ast.Attribute):
+            attrs.insert(0, head.attr)
+            head = head.value
+        if not isinstance(head, ast.Name) or head.id in self.module.top_level_names():
+            return None
+        if attrs:  # `pkg.module.Class`, written out as an absolute import would name it
+            local = self.project.resolve_symbol(".".join([head.id, *attrs]), self.module.path)
+            if local is not None and local[1].split(".")[0] in local[0].top_level_names():
+                return {"ref": self._file_ref(local[0], local[1])}
+        candidates = workspace_classes(self.project, head.id)
+        if len(candidates) > 1:
+            candidates = self._as_package_exports(head.id, candidates) or candidates
+        if not candidates:
+            return None
+        if len(candidates) > 1:
+            places = ", ".join(
+                f"{self._shown_path(module)} line {line}" for module, line in candidates[:4]
+            )
+            return unknown_value(
+                head,
+                f"{len(candidates)} classes named `{head.id}` in the workspace ({places}); "
+                f"write the one you mean as module.{head.id}, e.g. "
+                f"`{candidates[0][0].module}.{head.id}`",
+            )
+        module, line = candidates[0]
+        notes.append(
+            f"`{head.id}` is the class on line {line} of {self._shown_path(module)}, which "
+            f"{Path(self.module.path).name} does not import: imported as `from {module.module} "
+            f"import {head.id}` would"
+        )
+        return {"ref": self._file_ref(module, ".".join([head.id, *attrs]))}
+
+    def _as_package_exports(
+        self, name: str, candidates: list[tuple[ModuleFile, int]]
+    ) -> list[tuple[ModuleFile, int]]:
+        """Of several classes of one name, the one the file's own package (or a package above
+        it) exports by that name: `from pkg import Unet` picks pkg/__init__.py's `Unet`."""
+        parts = self.module.module.split(".")
+        packages = parts if self.module.is_package else parts[:-1]
+        for cut in range(len(packages), 0, -1):
+            found = self.project.resolve_symbol(".".join([*packages[:cut], name]), self.module.path)
+            if found is None:
+                continue
+            chosen = [entry for entry in candidates if entry[0].path == found[0].path]
+            if len(chosen) == 1 and found[1] == name:
+                return chosen
+        return []
+
+    def _shown_path(self, module: ModuleFile) -> str:
+        root = self.project.root
+        path = Path(module.path)
+        if root is not None and path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+        return path.name
+
     def _lookup(self, name: str, before_line: int) -> ast.expr | None:
         """The value assigned to `name` at module level before `before_line`, when certain."""
         if self.tree is None:
@@ -842,7 +912,10 @@ class FileModels:
         return _binding(self.tree.body, name, before_line, self.bindings)[1]
 
     def _call_arguments(
-        self, call: ast.Call, loaded: Mapping[ast.AST, ast.expr] | None = None
+        self,
+        call: ast.Call,
+        loaded: Mapping[ast.AST, ast.expr] | None = None,
+        resolve: Callable[[ast.expr], Value | None] | None = None,
     ) -> tuple[list[Value], dict[str, Value], list[str]]:
         args: list[Value] = []
         kwargs: dict[str, Value] = {}
@@ -850,9 +923,10 @@ class FileModels:
         local = _function_scope(self, call)
         lookup = self._scoped_lookup(local, loaded)
         edits = self._scoped_edits(local)
+        resolve_ref = resolve or self._resolve_ref
 
         def read(node: ast.expr) -> Value:
-            return read_value(node, self._resolve_ref, lookup, edits=edits)
+            return read_value(node, resolve_ref, lookup, edits=edits)
 
         for arg in call.args:
             if isinstance(arg, ast.Starred):
@@ -969,8 +1043,11 @@ class FileModels:
                 "list; write it like `# torchls: args=(10, width=64)`"
             )
             return False
-        target.args, target.kwargs, problems = self._call_arguments(call)
-        target.problems += problems
+        notes: list[str] = []
+        target.args, target.kwargs, problems = self._call_arguments(
+            call, resolve=lambda node: self._resolve_written(node, notes)
+        )
+        target.problems += [*dict.fromkeys(notes), *problems]
         target.args_source = f"`# torchls: args=` on line {directive.line}"
         return True
 
@@ -1388,3 +1465,59 @@ def _first_line(statement: ast.stmt) -> int:
     decorators = getattr(statement, "decorator_list", None) or []
     first: int = statement.lineno
     return min([first, *(int(decorator.lineno) for decorator in decorators)])
+
+
+# Folders that hold installed or generated code, not the workspace's own classes.
+_NOT_WORKSPACE_FOLDERS = {
+    "node_modules",
+    "site-packages",
+    "dist-packages",
+    "__pycache__",
+    "venv",
+    "env",
+    "build",
+    "dist",
+}
+_MAX_SCANNED_FILES = 5000
+
+
+def workspace_classes(project: Project, name: str) -> list[tuple[ModuleFile, int]]:
+    """Every top-level class named `name` in the workspace's Python files, with its line: a
+    bounded walk (hidden folders, virtual environments and build output skipped), each file
+    first searched as text so that only the few that mention the class are parsed."""
+    key = f"workspace classes:{name}"
+    known = project.memo.get(key)
+    if isinstance(known, list):
+        return known
+    found: list[tuple[ModuleFile, int]] = []
+    project.memo[key] = found
+    if project.root is None or not name.isidentifier():
+        return found
+    pattern = re.compile(rf"^class\s+{re.escape(name)}\b", re.MULTILINE)
+    scanned = 0
+    for folder, folders, files in os.walk(project.root):
+        folders[:] = sorted(
+            f
+            for f in folders
+            if not f.startswith(".")
+            and f not in _NOT_WORKSPACE_FOLDERS
+            and not (Path(folder, f) / "pyvenv.cfg").exists()
+        )
+        for file in sorted(files):
+            if not file.endswith(".py"):
+                continue
+            scanned += 1
+            if scanned > _MAX_SCANNED_FILES:
+                return found
+            path = str(Path(folder) / file)
+            text = project.read(path)
+            if text is None or not pattern.search(text):
+                continue
+            module = project.module_file(path)
+            tree = module.tree() if module is not None else None
+            for statement in [] if tree is None else tree.body:
+                if isinstance(statement, ast.ClassDef) and statement.name == name:
+                    assert module is not None
+                    found.append((module, statement.lineno))
+                    break
+    return found

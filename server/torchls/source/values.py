@@ -263,6 +263,8 @@ def _call(node: ast.Call, resolve_ref: RefResolver, again: Callable[[ast.expr], 
         ref = resolve_ref(node.func)
     if ref is None:
         return unknown(node, "a call to something torchls cannot see")
+    if is_unknown(ref):  # the resolver's own reason: two classes of that name, say
+        return ref
     target = ref.get("ref", {})
     if not callable_allowed(target):
         return unknown(node, "a call torchls does not make for you")
