@@ -68,6 +68,8 @@ def test_args_name_a_class_of_another_workspace_module() -> None:
     payload = json.loads(done.stdout)
     expected = _torch_counts(_imported("autoenc.conv.ConvAutoencoder")(3, 8), (2, 3, 16, 16))
     assert _counts(payload) == expected
+    # the argument's model is built on the meta device as the wrapper is, so both run there
+    assert payload["result"]["mode"] == "meta"
     (note,) = [p for p in payload["problems"] if "ConvAutoencoder" in p]
     assert "autoenc/conv.py" in note and "from autoenc.conv import ConvAutoencoder" in note
 

@@ -126,7 +126,7 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
     given = params.get("args") or params.get("kwargs") or params.get("hparams")
     defaults = [] if method or given else _default_config(function, notes)
     try:
-        args, kwargs = (defaults, {}) if defaults else _arguments(loader, function, params, notes)
+        args, kwargs = _arguments_on_meta(torch, loader, function, params, notes, defaults)
     except JobError:
         raise
     except Exception as exc:  # a config class or a function of yours raised
@@ -174,6 +174,25 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
 
 
 _SIDE_NAMES = re.compile(r"(image|img|input|in)_?(size|side|res|resolution|hw)|resolution")
+
+
+def _arguments_on_meta(
+    torch: Any, loader: _Loader, function: Any, params: Params, notes: list[str], defaults: Any
+) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments made under the meta device, as the model is: a model given as an argument
+    (`Experiment(VanillaVAE(3, 128), {})`) then costs no memory and runs its forward on meta.
+    Arguments whose making needs real values (`.item()`, numpy) are made again on the CPU."""
+    if defaults:
+        return defaults, {}
+    kept = len(notes)
+    try:
+        with torch.device("meta"), _devices_kept(torch):
+            return _arguments(loader, function, params, notes)
+    except JobError:
+        raise
+    except Exception:
+        del notes[kept:]
+        return _arguments(loader, function, params, notes)
 
 
 def _stated_side(function: Any, args: list[Any], kwargs: dict[str, Any]) -> int | None:
