@@ -30,7 +30,9 @@ special-cased here):
                2 GB. Both must equal torchls's figures to the last digit. Attention runs on
                its math path there: on CPU tensors the fused scaled_dot_product_attention
                kernel is not counted by FlopCounterMode at all (0 FLOPs), the math path does
-               the same products and is.
+               the same products and is; likewise oneDNN is off there, whose fused LSTM/GRU
+               kernel FlopCounterMode counts as 0 FLOPs (an LSTM's gate products are then
+               counted as the matrix products they are).
   not verifiable
                importing the real module would run script code (a top-level statement other
                than imports, definitions, plain assignments without I/O-looking calls and an
@@ -526,6 +528,19 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+# The CPU's fused attention kernel, which a model may pick itself inside its forward (`with
+# torch.backends.cuda.sdp_kernel(enable_flash=True, ...)` overrides the math path chosen
+# below), has no FlopCounterMode formula and counts 0: it does the products the math path does,
+# so it is given the formula of the other fused kernels.
+try:
+    from torch.utils.flop_counter import register_flop_formula, sdpa_flop_count
+
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+except (AttributeError, ImportError, RuntimeError, ValueError):
+    pass  # no such kernel in this torch, or torch counts it already
+
 # torch imports and caches parts of itself on first use: do that before the hook is on.
 with torch.enable_grad(), FlopCounterMode(display=False):
     torch.nn.Linear(2, 2)(torch.ones(1, 2))
@@ -561,6 +576,35 @@ def resolve(ref):
 
 class Unreadable(Exception):
     pass
+
+# Names the typed arguments use that the module does not bind (`VanillaVAE(3, 128)` for a
+# wrapper that imports only the base class): what `from <its package> import Name` gives, else
+# the one class of that name defined in the repository, imported by its dotted path.
+class Elsewhere(dict):
+
+    def __init__(self, module, repo):
+        super().__init__()
+        self.module, self.repo = module, repo
+
+    def __missing__(self, name):
+        parts = self.module.split(".")[:-1]
+        for cut in range(len(parts), 0, -1):
+            try:
+                return getattr(importlib.import_module(".".join(parts[:cut])), name)
+            except (ImportError, AttributeError):
+                continue
+        import re
+        pattern = re.compile(rf"^class\s+{name}\b", re.M)
+        found = []
+        for folder, folders, files in os.walk(self.repo):
+            folders[:] = [f for f in folders if not f.startswith(".")]
+            for file in files:
+                path = os.path.join(folder, file)
+                if file.endswith(".py") and pattern.search(open(path, errors="replace").read()):
+                    found.append(os.path.relpath(path, self.repo)[:-3].replace(os.sep, "."))
+        if len(found) != 1:
+            raise NameError(f"{name}: {len(found)} classes of that name in the repository")
+        return getattr(importlib.import_module(found[0]), name)
 
 def value_of(v):
     if "literal" in v:
@@ -615,7 +659,8 @@ for case in job["classes"]:
         device = "meta" if case["meta"] else "cpu"
         with torch.device(device):
             if case.get("args_text") is not None:
-                model = eval(case["name"] + case["args_text"], dict(vars(module)))
+                model = eval(case["name"] + case["args_text"], dict(vars(module)),
+                             Elsewhere(job["module"], job["repo"]))
             else:
                 model = cls(*[value_of(a) for a in case["args"]],
                             **{k: value_of(x) for k, x in case["kwargs"].items()})
@@ -625,7 +670,10 @@ for case in job["classes"]:
         counter = FlopCounterMode(display=False)
         # On CPU tensors, scaled_dot_product_attention runs a fused kernel FlopCounterMode has
         # no formula for (it counts 0); its math path does the same products and is counted.
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        # So do LSTM/GRU layers: oneDNN's fused RNN kernel is counted as 0, the plain path's
+        # matrix products (the same work) are counted.
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), \
+                torch.backends.mkldnn.flags(enabled=False), counter:
             model(*args, **kwargs)
         out["flops"] = int(counter.get_total_flops())
         out["device"] = device

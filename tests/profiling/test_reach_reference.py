@@ -1,0 +1,94 @@
+"""bench/reach.py's check of exactness counts with torch itself (FlopCounterMode on real CPU
+tensors). Where the CPU runs work in a fused kernel FlopCounterMode has no formula for, the
+reference must still count that work, or a right count of torchls's reads as a mismatch: an
+LSTM (oneDNN's fused RNN layer) and attention that re-enables the fused kernel itself. Checked
+against the products counted by hand, and against torchls's own count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import ROOT
+from tests.profiling.test_profile_job import FIXTURES, Runner
+
+from torchls.source.spec import InputSpec, TensorSpec
+
+HERE = FIXTURES / "reach_reference"
+
+
+def _verify_script() -> str:
+    text = (ROOT / "bench" / "reach.py").read_text()
+    return text.split('VERIFY = r"""', 1)[1].split('"""', 1)[0]
+
+
+def _reference(tmp_path: Path, name: str, shapes: list[list[int]]) -> dict[str, Any]:
+    """What the bench's checking process answers for one class of the fixture."""
+    script = tmp_path / "verify.py"
+    script.write_text(_verify_script())
+    case = {
+        "name": name,
+        "inputs": {"tensors": [{"shape": shape, "dtype": "float32"} for shape in shapes]},
+        "meta": False,
+        "args": [],
+        "kwargs": {},
+    }
+    job = {
+        "repo": str(HERE),
+        "file": str(HERE / "fused.py"),
+        "module": "fused",
+        "sys_path": str(HERE),
+        "timeout": 120,
+        "classes": [case],
+    }
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        input=json.dumps(job),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in answer, answer
+    return answer
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[Runner]:
+    runner = Runner(HERE)
+    yield runner
+    runner.close()
+
+
+def _torchls_flops(runner: Runner, name: str, shapes: list[tuple[int, ...]]) -> int:
+    spec = InputSpec(tensors=tuple(TensorSpec(shape) for shape in shapes), source="the test")
+    result = runner.ok(HERE / "fused.py", name, input_override=spec)
+    return int(result["flops"])
+
+
+def test_an_lstm_is_counted_by_the_reference(runner: Runner, tmp_path: Path) -> None:
+    # 20 rows of 20 pixels, hidden 48: per step the input and hidden products of 4 gates
+    lstm_macs = 20 * 4 * 48 * (20 + 48)
+    by_hand = 2 * (lstm_macs + 48 * 10)
+    assert _reference(tmp_path, "RowReader", [[1, 1, 20, 20]])["flops"] == by_hand
+    assert _torchls_flops(runner, "RowReader", [(1, 1, 20, 20)]) == by_hand
+
+
+def test_attention_that_picks_the_fused_kernel_is_counted(runner: Runner, tmp_path: Path) -> None:
+    # q @ k^T and attn @ v: batch 1, 4 heads, 64 tokens, 32 per head
+    by_hand = 2 * 2 * (4 * 64 * 64 * 32)
+    shape = [1, 4, 64, 32]
+    assert _reference(tmp_path, "PickyAttention", [shape, shape, shape])["flops"] == by_hand
+    assert _torchls_flops(runner, "PickyAttention", [tuple(shape)] * 3) == by_hand
