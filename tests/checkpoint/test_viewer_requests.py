@@ -362,7 +362,8 @@ async def test_the_cache_keeps_a_bounded_number_of_tensors(
 
     from torchls.lsp import checkpoints
 
-    monkeypatch.setattr(checkpoints, "CACHE_TENSORS", 100)
+    # Each file's table is about 6.5 KB of JSON: one fits, both do not.
+    monkeypatch.setattr(checkpoints, "CACHE_BYTES", 8_000)
     first, second = tmp_path / "first.pt", tmp_path / "second.pt"
     torch.save({f"w{i}": torch.zeros(1) for i in range(60)}, first)
     torch.save({f"b{i}": torch.zeros(1) for i in range(60)}, second)
@@ -370,6 +371,30 @@ async def test_the_cache_keeps_a_bounded_number_of_tensors(
     assert (await cache.report(str(first)))["cached"] is False
     assert (await cache.report(str(first)))["cached"] is True
     assert (await cache.report(str(second)))["cached"] is False
-    # 120 tensors are more than the cache keeps: the older report went, the newer stayed.
+    # Both tables are more than the cache keeps: the older report went, the newer stayed.
     assert (await cache.report(str(second)))["cached"] is True
     assert (await cache.report(str(first)))["cached"] is False
+
+
+async def test_inspect_answer_is_the_cli_document_for_any_tensor_name(tmp_path: Path) -> None:
+    # The server passes the reader's tensor table on as text; names with quotes, backslashes,
+    # non-ASCII letters and control characters must reach the client intact, and the answer's
+    # report must be what `torchls inspect --json` prints.
+    import subprocess
+    import sys
+
+    names = ['enc."quoted"', "back\\slash", "Gewicht.ä.日本", "tab\there", "line\nbreak", "plain"]
+    ckpt = tmp_path / "names.pt"
+    torch.save({name: torch.zeros(i + 1) for i, name in enumerate(names)}, ckpt)
+    async with lsp_session({"trusted": False}, workspace=tmp_path) as session:
+        answer = await inspect(session, ckpt)
+        again = await inspect(session, ckpt)
+    assert [t["key"] for t in answer["report"]["tensors"]] == names
+    assert [t["shape"] for t in answer["report"]["tensors"]] == [[i + 1] for i in range(6)]
+    assert again["cached"] is True and again["report"] == answer["report"]
+    printed = subprocess.run(
+        [sys.executable, "-m", "torchls", "inspect", "--json", str(ckpt)],
+        capture_output=True,
+        check=True,
+    )
+    assert answer["report"] == json.loads(printed.stdout)

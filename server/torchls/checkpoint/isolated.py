@@ -68,13 +68,38 @@ async def read_isolated_async(
     timeout: float = DEFAULT_TIMEOUT,
     memory_mb: int = DEFAULT_MEMORY_MB,
     python: str | None = None,
-    mode: str = "message",
 ) -> dict[str, Any]:
-    """As read_isolated, for the language server's event loop. `mode` "viewer" lists a sharded
-    checkpoint's problems instead of refusing it (see child.py)."""
+    """As read_isolated, for the language server's event loop."""
+    path = str(path)
+    returncode, stdout, stderr = await _run_async(path, timeout, memory_mb, python, "message")
+    result: dict[str, Any] = _result(path, returncode, stdout, stderr, memory_mb)
+    return result
+
+
+async def read_viewer_async(
+    path: str | Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    python: str | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """The checkpoint viewer's read (child.py's mode "viewer": a sharded checkpoint's problems
+    listed instead of refused): the summary with an empty tensor list, and the tensor list as
+    JSON text, which the language server sends on without decoding it."""
+    path = str(path)
+    returncode, stdout, stderr = await _run_async(path, timeout, memory_mb, python, "viewer")
+    head, newline, tensors = stdout.partition(b"\n")
+    summary: dict[str, Any] = _result(path, returncode, head, stderr, memory_mb)
+    if not newline or not tensors.startswith(b"[") or not tensors.endswith(b"]"):
+        raise CheckpointError(path, "the reader's answer ended early")
+    return summary, tensors
+
+
+async def _run_async(
+    path: str, timeout: float, memory_mb: int, python: str | None, mode: str
+) -> tuple[int | None, bytes, bytes]:
     import asyncio  # here, not at the top: the CLI imports this module and needs no asyncio
 
-    path = str(path)
     proc = await asyncio.create_subprocess_exec(
         *_command(path, memory_mb, python, mode),
         stdout=asyncio.subprocess.PIPE,
@@ -90,8 +115,7 @@ async def read_isolated_async(
         proc.kill()
         await proc.wait()
         raise
-    result: dict[str, Any] = _result(path, proc.returncode, stdout, stderr, memory_mb)
-    return result
+    return proc.returncode, stdout, stderr
 
 
 def print_isolated(path: str, mode: str, *, timeout: float, memory_mb: int) -> int:

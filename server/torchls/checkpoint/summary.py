@@ -180,10 +180,19 @@ class CheckpointSummary:
 def summary_json(summary: CheckpointSummary) -> str:
     """`json.dumps(summary.as_json())`, with the tensor list -- nearly all of a large summary --
     formatted directly instead of as 50,000 dicts for json to walk. A test checks both agree."""
+    head, tensors = summary_json_parts(summary)
+    # The head ends with `"tensors": []}`: the list goes between its brackets.
+    return head[:-2] + tensors[1:] + "}"
+
+
+def summary_json_parts(summary: CheckpointSummary) -> tuple[str, str]:
+    """The summary's JSON without its tensors (`"tensors": []`, the last field), and the tensor
+    list's JSON (ASCII, like json.dumps): the language server keeps and sends the list as it is,
+    never decoding it into 50,000 dicts."""
     document = summary.as_json(tensors=False)
     del document["tensors"]
-    document["tensors"] = _PLACEHOLDER  # last, so the last occurrence of the marker is this one
-    head, _, tail = json.dumps(document).rpartition(f'"{_PLACEHOLDER}"')
+    document["tensors"] = []  # last
+    head = json.dumps(document)
     parts = []
     for t in summary.tensors:
         subclass = f',"subclass":{_quote(t.subclass)}' if t.subclass else ""
@@ -196,7 +205,4 @@ def summary_json(summary: CheckpointSummary) -> str:
             f'"shape":[{",".join(map(str, t.shape))}],"numel":{t.numel},"bytes":{t.nbytes},'
             f'"kind":"{t.kind}","device":{_quote(t.device)}{subclass}}}'
         )
-    return head + "[" + ",".join(parts) + "]" + tail
-
-
-_PLACEHOLDER = "@@torchls:tensors@@"
+    return head, "[" + ",".join(parts) + "]"

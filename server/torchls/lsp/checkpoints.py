@@ -26,12 +26,13 @@ from lsprotocol import types
 from pygls.uris import from_fs_path, to_fs_path
 
 from torchls.checkpoint.errors import CheckpointError
-from torchls.checkpoint.isolated import read_isolated_async
+from torchls.checkpoint.isolated import read_viewer_async
 from torchls.compare import compare
 from torchls.cost.request import prepare
 from torchls.inspect_report import FORMAT_NAMES
 from torchls.loadcheck.analysis import Checkpoint, ModelKeys, best_candidate
 from torchls.lsp.document_kinds import ELSEWHERE
+from torchls.lsp.encoded import RawJSON, Verbatim, plain
 from torchls.source.models import FileModels, ModelTarget
 from torchls.source.text import Lines
 from torchls.worker import protocol
@@ -48,9 +49,10 @@ DIFF = "torchls/diff"
 OPEN_VIEWER_COMMAND = "torchls.openCheckpointViewer"
 
 CACHE_ENTRIES = 16  # reports kept
-# ... and tensors kept in all of them together: a 50,000-tensor report is about 50 MB in this
-# process, whose budget is 100 MB. The newest report is always kept.
-CACHE_TENSORS = 60_000
+# ... and bytes of tensor tables (JSON text, as the reader wrote it) kept in all of them together:
+# 50,000 tensors take about 7 MB, and this process's budget is 100 MB, with room needed for the
+# copies a request makes while it is sent. The newest report is always kept.
+CACHE_BYTES = 24 * 2**20
 MAX_WORKSPACE_FILES = 2_000  # Python files scanned for model targets
 # What a string in code must end with to be hovered as a checkpoint file (a folder qualifies when
 # it holds weights). `.tar` is torch's old habit (`checkpoint.pth.tar`).
@@ -167,16 +169,6 @@ def _hparams(root: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class Verbatim:
-    """A result pygls sends as it is: plain JSON data its converter need not walk (for a
-    50,000-tensor report, cattrs' walk takes longer than the reader takes to parse the file)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: dict[str, Any]) -> None:
-        self.value = value
-
-
 class Checkpoints:
     def __init__(self, server: TorchLanguageServer) -> None:
         self.server = server
@@ -200,9 +192,10 @@ class Checkpoints:
         }[method]
         try:
             answer = await handler(params)
-            # Large answers skip the converter's walk (see Verbatim); tests that run the
-            # server in-process, without pygls' converter hook, get the dict.
-            return Verbatim(answer) if self._verbatim else answer
+            # Large answers skip the converter's walk and carry the reader's tensor table as
+            # it is (see encoded.py); tests that run the server in-process, without pygls'
+            # converter hook, get plain data.
+            return Verbatim(answer) if self._verbatim else plain(answer)
         except Exception as exc:
             log.exception("%s failed", method)
             return {"error": f"{method} failed: {type(exc).__name__}: {str(exc)[:200]}"}
@@ -216,7 +209,8 @@ class Checkpoints:
         return await self.report(path)
 
     async def report(self, path: str) -> dict[str, Any]:
-        """The viewer's document for `path`, from the cache while the file is unchanged."""
+        """The viewer's document for `path`, from the cache while the file is unchanged. Its
+        report's "tensors" is RawJSON (see full_report)."""
         name = Path(path).name or path
         real = os.path.realpath(path)
         try:
@@ -243,24 +237,32 @@ class Checkpoints:
         self._reports[real] = (stamp.key, answer)
         self._reports.move_to_end(real)
         while len(self._reports) > 1 and (
-            len(self._reports) > CACHE_ENTRIES or self._cached_tensors() > CACHE_TENSORS
+            len(self._reports) > CACHE_ENTRIES or self._cached_bytes() > CACHE_BYTES
         ):
             self._reports.popitem(last=False)
         return {**answer, "cached": False} if "error" not in answer else answer
 
     async def _read(self, real: str, name: str, stamp: Stamp) -> dict[str, Any]:
         try:
-            summary = await read_isolated_async(real, mode="viewer")
+            summary, tensors = await read_viewer_async(real)
         except CheckpointError as exc:
             return {"error": f"{name}: {exc.reason}"}
+        summary["tensors"] = RawJSON(tensors)
         return {"report": summary, "stamp": stamp.as_json(), **viewer_extras(summary)}
 
-    def _cached_tensors(self) -> int:
+    def _cached_bytes(self) -> int:
         return sum(
-            len(entry[1]["report"]["tensors"])
+            len(entry[1]["report"]["tensors"].text)
             for entry in self._reports.values()
             if "report" in entry[1]
         )
+
+    async def full_report(self, path: str) -> dict[str, Any]:
+        """As report, with the report's tensors decoded (for comparisons, which need them)."""
+        answer = await self.report(path)
+        if "report" not in answer:
+            return answer
+        return {**answer, "report": plain(answer["report"])}
 
     # -- hover on a checkpoint path in code ----------------------------------------------------
 
@@ -380,7 +382,7 @@ class Checkpoints:
         )
         checker = self.server.load_checks.checker
         report, result = await asyncio.gather(
-            self.report(path), asyncio.shield(checker.models.get(prepared))
+            self.full_report(path), asyncio.shield(checker.models.get(prepared))
         )
         if "error" in report:
             return {"error": report["error"]}
@@ -402,7 +404,7 @@ class Checkpoints:
         b = _path_of(param(params, "b"))
         if a is None or b is None:
             return {"error": "torchls/diff needs two checkpoint URIs, a and b"}
-        first, second = await asyncio.gather(self.report(a), self.report(b))
+        first, second = await asyncio.gather(self.full_report(a), self.full_report(b))
         for answer in (first, second):
             if "error" in answer:
                 return {"error": answer["error"]}

@@ -39,6 +39,7 @@ from cattrs.v import transform_error
 from lsprotocol import types
 from pygls.exceptions import (
     JsonRpcException,
+    JsonRpcInternalError,
     JsonRpcInvalidParams,
     JsonRpcInvalidRequest,
     JsonRpcServerNotInitialized,
@@ -55,6 +56,7 @@ from pygls.protocol.language_server import lsp_method
 
 from torchls.lsp.commands import CancellableCommands
 from torchls.lsp.documents import LspWorkspace
+from torchls.lsp.encoded import encoded_message
 from torchls.lsp.transport import READ_CHUNK, ChunkSource, FramingError, read_messages
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,25 @@ class TorchProtocol(CancellableCommands):  # `$/cancelRequest` reaches commands:
                 code=error.code, message=lines[-1] if lines else "internal error"
             )
         super()._send_response(msg_id, result, error)
+
+    def _send_data(self, data: Any) -> None:
+        # The checkpoint viewer's large answers carry JSON text from the reader process, spliced
+        # in here rather than decoded and encoded again (lsp/encoded.py).
+        try:
+            body = encoded_message(data, self._serialize_message)
+        except Exception as error:
+            log.exception("encoding a response failed")
+            self._server._report_server_error(error, JsonRpcInternalError)
+            return
+        if body is None or self.writer is None:
+            super()._send_data(data)
+            return
+        header = (
+            f"Content-Length: {len(body)}\r\n"
+            f"Content-Type: {self.CONTENT_TYPE}; charset={self.CHARSET}\r\n\r\n"
+        )
+        # Both writers this server sets (stdout, a TCP stream) write synchronously.
+        self.writer.write(header.encode() + body)
 
     # -- notifications --------------------------------------------------------------------------
 
