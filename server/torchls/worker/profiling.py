@@ -14,6 +14,7 @@ import contextlib
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from torchls.worker import protocol, submodule
@@ -109,6 +110,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
     model, build = _build_model(torch, loader, params, notes)
     timings["build"] = time.perf_counter() - step
 
+    _refuse_abstract(torch, model, loader)
     step = time.perf_counter()
     spec = params.get("inputs") or _guess_inputs(torch, model, params)
     # `self.x = ...` hovers: x's share, watched on whichever model the forward runs on
@@ -172,6 +174,100 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         # the worker's high-water mark so far (Linux reports KiB)
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _refuse_abstract(torch: Any, model: Any, loader: _Loader) -> None:
+    """A base class whose forward() is left to subclasses (no forward, `@abstractmethod`, or a
+    body that only raises NotImplementedError) has nothing to count: say so, and name the
+    subclasses that implement it, instead of failing on a guessed input."""
+    model_type = type(model)
+    forward = getattr(model_type, "forward", None)
+    name = model_type.__name__
+    if forward is None or forward is torch.nn.Module.forward:
+        why = f"{name} defines no forward() (nor does a base class of it)"
+    elif getattr(forward, "__isabstractmethod__", False) or _only_raises(forward):
+        where = _where_defined(forward)
+        why = f"{name}.forward(){where} is abstract: it leaves the work to subclasses"
+    else:
+        return
+    implementing = [
+        sub
+        for sub in _subclasses(model_type)
+        if getattr(sub, "forward", None) not in (None, forward, torch.nn.Module.forward)
+    ]
+    if implementing:
+        shown = ", ".join(_target_text(sub, loader) for sub in implementing[:3]) + (
+            f" and {len(implementing) - 3} more" if len(implementing) > 3 else ""
+        )
+        hint = f"profile a subclass that implements it: {shown}"
+    else:
+        hint = "profile a subclass that implements it"
+    raise JobError(protocol.ERROR_USER, f"{why}; there is nothing to count; {hint}")
+
+
+def _subclasses(model_type: type) -> list[type]:
+    found: list[type] = []
+    queue: list[type] = list(model_type.__subclasses__())
+    while queue and len(found) < 100:
+        sub = queue.pop(0)
+        if sub not in found:
+            found.append(sub)
+            queue += sub.__subclasses__()
+    return found
+
+
+def _target_text(model_type: type, loader: _Loader) -> str:
+    """`models/vanilla_vae.py::VanillaVAE`, as `torchls profile` takes it, for a class of the
+    workspace; the class's dotted name for one elsewhere."""
+    module = sys.modules.get(model_type.__module__)
+    path = getattr(module, "__file__", None)
+    workspace = loader.context.workspace
+    if path and workspace:
+        with contextlib.suppress(ValueError):
+            relative = Path(path).resolve().relative_to(Path(workspace).resolve())
+            return f"{relative.as_posix()}::{model_type.__name__}"
+    return f"{model_type.__module__}.{model_type.__qualname__}"
+
+
+def _where_defined(function: Any) -> str:
+    """` (base.py, line 23)`: the `def` line, after any decorators."""
+    import inspect
+
+    try:
+        lines, first = inspect.getsourcelines(function)
+        path = inspect.getsourcefile(function) or ""
+    except (OSError, TypeError):
+        return ""
+    for offset, text in enumerate(lines):
+        if text.lstrip().startswith(("def ", "async def ")):
+            return f" ({Path(path).name}, line {first + offset})"
+    return f" ({Path(path).name}, line {first})"
+
+
+def _only_raises(function: Any) -> bool:
+    """Whether a function's body, read from its source, only raises NotImplementedError (after
+    an optional docstring)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        source = textwrap.dedent(inspect.getsource(function))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return False
+    definition = tree.body[0] if tree.body else None
+    if not isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    body = list(definition.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
+        return False
+    raised = body[0].exc
+    if isinstance(raised, ast.Call):
+        raised = raised.func
+    return isinstance(raised, ast.Name) and raised.id == "NotImplementedError"
 
 
 def _variation(counted: Counted) -> dict[str, Any] | None:
