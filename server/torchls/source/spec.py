@@ -26,8 +26,17 @@ DTYPES = {
     "int64": "int64",
     "int": "int64",
     "int32": "int32",
+    "int16": "int16",
+    "short": "int16",
+    "int8": "int8",
     "bool": "bool",
     "uint8": "uint8",
+    # spectral models (FFT layers, complex-valued networks) take complex inputs
+    "complex64": "complex64",
+    "cfloat": "complex64",
+    "complex": "complex64",
+    "complex128": "complex128",
+    "cdouble": "complex128",
 }
 MAX_DIMS = 8
 MAX_INPUTS = 16
@@ -288,7 +297,11 @@ def _tensor(dims_text: str, dtype_text: str | None, whole: str) -> TensorSpec:
     if dtype_text is not None:
         key = dtype_text.lower().removeprefix("torch.")
         if key not in DTYPES:
-            names = ", ".join(sorted({"float", "half", "bfloat16", "double", "long", "int32"}))
+            names = ", ".join(
+                sorted(
+                    {"float", "half", "bfloat16", "double", "long", "int32", "bool", "complex64"}
+                )
+            )
             raise SpecError(f"unknown dtype {dtype_text!r} in {whole!r}; use one of {names}")
         dtype = DTYPES[key]
     return TensorSpec(tuple(dims), dtype)
