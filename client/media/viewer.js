@@ -53,6 +53,26 @@
     return JSON.stringify(value);
   }
   function plural(n, word) { return `${fmtInt(n)} ${word}${n === 1 ? '' : 's'}`; }
+
+  // A sharded checkpoint's size is its shards' (the server says so); its index is a few KB beside.
+  function sizeLabel(report) {
+    const details = report.details || {};
+    if (Array.isArray(details.shards)) return 'Size on disk';
+    return report.format === 'huggingface' ? 'Weights size' : 'File size';
+  }
+
+  function sizeText(report) {
+    if (typeof report.file_size !== 'number') return '';
+    const details = report.details || {};
+    let text = `${fmtBytes(report.file_size)} (${fmtInt(report.file_size)} bytes)`;
+    if (Array.isArray(details.shards)) {
+      text += ` in ${plural(details.shards.length, 'shard')}`;
+      if (typeof details.index_size === 'number') text += `, plus the index (${fmtBytes(details.index_size)})`;
+    } else if (report.format === 'huggingface' && details.weights) {
+      text += `: ${details.weights}`;
+    }
+    return text;
+  }
   function fmtShape(shape) { return Array.isArray(shape) ? `(${shape.join(', ')}${shape.length === 1 ? ',' : ''})` : ''; }
 
   /** document.createElement with a class, text and children. */
@@ -135,7 +155,7 @@
     const versions = result.versions && Object.entries(result.versions).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ');
     section.append(definitionList([
       ['Format', report.format],
-      ['File size', report.file_size !== undefined ? `${fmtBytes(report.file_size)} (${fmtInt(report.file_size)} bytes)` : ''],
+      [sizeLabel(report), sizeText(report)],
       ['Tensors', fmtInt(totals.tensors)],
       ['Parameters', `${fmtInt(totals.elements)} elements, ${fmtBytes(totals.bytes)}`],
       ['By dtype', byDtype.childElementCount ? byDtype : ''],

@@ -18,6 +18,10 @@ def _n(value: int) -> str:
     return f"{value:,}"
 
 
+def _count(value: int, noun: str) -> str:
+    return f"{value:,} {noun}" + ("" if value == 1 else "s")
+
+
 def _shape(shape: list[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -47,14 +51,17 @@ def render_inspect(summary: dict[str, Any]) -> str:
         extras.append(f"{details['byteorder']}-endian")
     if "weights" in details:
         extras.append(f"weights {details['weights']}")
-    if "shards" in details:
-        extras.append(f"{len(details['shards'])} shards")
     out.append(f"  format        {described}" + (f" ({', '.join(extras)})" if extras else ""))
     if "config" in details:
         out.append(f"  config        {details['config']}")
+    where = ""
+    if isinstance(details.get("shards"), list):
+        where = f" in {_count(len(details['shards']), 'shard')}"
+        if isinstance(details.get("index_size"), int):
+            where += f" (and the index, {_n(details['index_size'])} bytes)"
     out.append(
-        f"  size          {_n(summary['file_size'])} bytes on disk; "
-        f"{_n(totals['tensors'])} tensors, {_n(totals['elements'])} elements, "
+        f"  size          {_n(summary['file_size'])} bytes on disk{where}; "
+        f"{_count(totals['tensors'], 'tensor')}, {_count(totals['elements'], 'element')}, "
         f"{_n(totals['bytes'])} bytes of tensor data"
     )
     verdict = summary["weights_only"]

@@ -67,6 +67,9 @@ class _Parsed:
     tensor_shards: dict[str, str] = field(default_factory=dict)  # sharded: key -> shard file
     # Legacy format: where each storage's bytes begin in the file (`torchls diff --values`).
     storage_offsets: dict[str, int] = field(default_factory=dict)
+    # What the checkpoint takes on disk when that is not the size of the file read: a sharded
+    # checkpoint's shards together (its index is a few KB of names).
+    size: int | None = None
 
 
 def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> CheckpointSummary:
@@ -75,10 +78,12 @@ def read_checkpoint(path: str | Path, budget: ReadBudget | None = None) -> Check
     budget = budget or ReadBudget()
     try:
         if path.is_dir():
-            parsed, size = _read_folder(path, budget), _folder_size(path)
+            parsed = _read_folder(path, budget)
+            size = parsed.size or 0
         else:
             size = path.stat().st_size
             parsed = _read_file(path, size, budget)
+            size = size if parsed.size is None else parsed.size
         return _summarise(path, size, parsed)
     except CheckpointError:
         raise
@@ -668,6 +673,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
     opcodes: set[int] = set()
     warnings: list[str] = []
     storage_bytes = 0
+    shard_files = 0  # bytes of the shard files found
     for shard, keys in shards.items():
         # Checked by name, not by resolving symlinks: the Hugging Face cache keeps each shard as
         # a symlink into ../../blobs, which is where the cache put it, not where a name points.
@@ -678,10 +684,12 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
             raise CheckpointError(path, f"shard {shard!r} is itself an index")
         shard_path = folder / shard
         if not shard_path.is_file():
-            problem(f"shard {shard!r} listed in the index is missing ({len(keys)} tensors)")
+            problem(f"shard {shard!r} listed in the index is missing ({_tensors(len(keys))})")
             continue
+        shard_size = shard_path.stat().st_size
+        shard_files += shard_size
         try:
-            parsed = _read_file(shard_path, shard_path.stat().st_size, budget)
+            parsed = _read_file(shard_path, shard_size, budget)
         except CheckpointError as exc:
             if not lenient:
                 raise
@@ -691,7 +699,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
         missing = [key for key in keys if key not in tensors]
         if missing:
             problem(
-                f"shard {shard!r} lacks {len(missing)} tensors the index puts there, "
+                f"shard {shard!r} lacks {_tensors(len(missing))} the index puts there, "
                 f"e.g. {missing[0]!r}"
             )
         for key in tensors:
@@ -700,7 +708,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
                 problems.append(f"tensor {key!r} is stored twice, in {other!r} and {shard!r}")
         extra = sorted(set(tensors) - set(keys))
         if extra:
-            warnings.append(f"shard {shard!r} holds {len(extra)} tensors the index does not list")
+            warnings.append(f"shard {shard!r} holds {_tensors(len(extra))} the index does not list")
         shard_bytes = 0
         for key in keys:
             if key in tensors:
@@ -713,6 +721,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
                 "format": parsed.format,
                 "tensors": len(keys) - len(missing),
                 "bytes": shard_bytes,
+                "file_size": shard_size,
             }
         )
         storage_bytes += parsed.storage_bytes
@@ -722,7 +731,7 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
                 globals_seen[name] = globals_seen.get(name, 0) + count
             opcodes |= parsed.opcodes
         warnings.extend(f"{shard}: {w}" for w in parsed.warnings)
-    details: dict[str, Any] = {"shards": shard_details}
+    details: dict[str, Any] = {"shards": shard_details, "index_size": path.stat().st_size}
     metadata = index.get("metadata")
     if isinstance(metadata, dict):
         details["metadata"] = metadata
@@ -745,7 +754,12 @@ def _read_index(path: Path, budget: ReadBudget) -> _Parsed:
         warnings=warnings,
         storage_bytes=storage_bytes,
         tensor_shards=tensor_shards,
+        size=shard_files,
     )
+
+
+def _tensors(count: int) -> str:
+    return f"{count:,} tensor" + ("" if count == 1 else "s")
 
 
 def _flat_tensors(root: Any) -> dict[str, TensorRecord]:
@@ -768,7 +782,12 @@ def _read_folder(path: Path, budget: ReadBudget) -> _Parsed:
                 path, f"the folder holds {found} (looked for {', '.join(HF_WEIGHTS)})"
             )
         weights = indexes[0]
-    parsed = _read_file(weights, weights.stat().st_size, budget)
+    weights_size = weights.stat().st_size
+    parsed = _read_file(weights, weights_size, budget)
+    # The weights' size, not the folder's: tokenizer files, optimizer states and the like beside
+    # them are not the checkpoint.
+    if parsed.size is None:
+        parsed.size = weights_size
     parsed.details = {"weights": weights.name, "weights_format": parsed.format, **parsed.details}
     if config_path.is_file():
         config = _read_json(config_path, budget.max_header_bytes)
@@ -786,7 +805,3 @@ def _read_folder(path: Path, budget: ReadBudget) -> _Parsed:
             }
         parsed.format = "huggingface"
     return parsed
-
-
-def _folder_size(path: Path) -> int:
-    return sum(child.stat().st_size for child in path.iterdir() if child.is_file())
