@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from torchls import __version__
-from torchls.cli import main
+from torchls.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,12 +27,25 @@ def test_version() -> None:
     assert result.stdout.strip() == f"torchls {__version__}"
 
 
-@pytest.mark.parametrize("command", ["serve", "check", "profile", "inspect", "downgrade", "doctor"])
+COMMANDS = ["serve", "doctor", "inspect", "diff", "profile", "check", "downgrade"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: torchls {command}" in capsys.readouterr().out
+
+
+def test_help_lists_every_command_with_a_line_saying_what_it_does() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    listed = re.findall(r"^    (\w+)(?: +\S|$)", result.stdout, flags=re.MULTILINE)
+    assert listed == COMMANDS
+    # ... and no command the parser knows is missing from the list above.
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(actions[0].choices) == sorted(COMMANDS)
 
 
 def test_downgrade_of_a_folder_without_a_model_says_why_in_one_line() -> None:

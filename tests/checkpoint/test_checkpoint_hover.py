@@ -146,3 +146,68 @@ async def test_hover_on_a_truncated_checkpoint_says_why_in_one_line(tmp_path: Pa
     first, link = text.split("\n\n")
     assert first.startswith("**cut.pt**: torchls cannot read this checkpoint: cut.pt: ")
     assert link.startswith("[Open in the checkpoint viewer](command:torchls.openCheckpointViewer?")
+
+
+BUILT = """\
+import os
+import os.path as osp
+from pathlib import Path
+
+import torch
+
+RUNS = "runs"
+
+
+def train(run_dir, name):
+    a = torch.load(os.path.join("runs", "best.pt"))
+    b = torch.load(Path("runs") / "best.pt")
+    c = torch.load(f"{RUNS}/best.pt")
+    d = torch.load(LATER)
+    e = torch.load(osp.join(RUNS, "best" + ".pt"))
+    f = torch.load(os.path.join(run_dir, "best.pt"))
+    g = torch.load(f"{name}/best.pt")
+    h = torch.load(Path(run_dir) / "best.pt")
+
+
+LATER = os.path.join(RUNS, "best.pt")
+"""
+
+
+async def test_hover_follows_paths_built_from_constants_and_guesses_no_other(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "runs").mkdir()
+    torch.save({"a": torch.zeros(2), "b": torch.zeros(3)}, tmp_path / "runs" / "best.pt")
+    # A best.pt beside the script too: a path whose other parts are unknown must not be taken
+    # for it.
+    torch.save({"only": torch.zeros(1)}, tmp_path / "best.pt")
+    train = tmp_path / "train.py"
+    train.write_text(BUILT)
+    runs_best = [(tmp_path / "runs" / "best.pt").as_uri()]
+    async with lsp_session({"trusted": False}, workspace=tmp_path) as session:
+        _open(session, train)
+        built = {
+            needle: await _hover(session, train, needle, offset)
+            for needle, offset in [
+                ('"best.pt"))', 2),  # on the string inside os.path.join
+                ('os.path.join("runs"', 9),  # on `join`
+                ('Path("runs")', 1),
+                ('/ "best.pt"', 4),
+                ("{RUNS}/best.pt", 10),
+                ("load(LATER)", 6),
+                ('"best" + ".pt"', 11),
+            ]
+        }
+        unknown = [
+            await _hover(session, train, needle, offset)
+            for needle, offset in [
+                ('run_dir, "best.pt"', 10),
+                ("{name}/best.pt", 9),
+                ("Path(run_dir)", 1),
+            ]
+        ]
+    for needle, markdown in built.items():
+        assert markdown is not None, needle
+        assert "2 tensors, 5 elements" in markdown, (needle, markdown)
+        assert _link_target(markdown) == runs_best, needle
+    assert unknown == [None, None, None]

@@ -110,6 +110,31 @@ def test_fine_tuned_against_base_with_a_new_head(
     assert document["metadata_changed"] == [{"key": "['epoch']", "a": None, "b": 5}]
 
 
+def test_fine_tuned_with_a_head_of_another_size_under_the_same_name(tmp_path: Path) -> None:
+    # The commonest fine-tuning: the same architecture, `fc` rebuilt for 3 classes instead of
+    # 10, saved as a Lightning-style training checkpoint.
+    torch.manual_seed(5)
+    base = Base()
+    tuned = Base()
+    tuned.fc = nn.Linear(8, 3)
+    tuned.backbone.load_state_dict(base.backbone.state_dict())
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    torch.save({"epoch": 2, "state_dict": tuned.state_dict()}, tmp_path / "tuned.ckpt")
+    code, document = diff_json(str(tmp_path / "base.pt"), str(tmp_path / "tuned.ckpt"), "--values")
+    assert code == 1
+    assert {r["key"]: (r["a"], r["b"]) for r in document["shape_changed"]} == {
+        "fc.weight": ([10, 8], [3, 8]),
+        "fc.bias": ([10], [3]),
+    }
+    assert document["added"] == document["removed"] == document["dtype_changed"] == []
+    assert document["unchanged"] == len(Backbone().state_dict())
+    # Values are compared where shapes agree: the backbone, unchanged.
+    values = {row["key"]: row["max_abs_diff"] for row in document["values"]}
+    assert values == {f"backbone.{k}": 0.0 for k in Backbone().state_dict()}
+    text = run_diff(str(tmp_path / "base.pt"), str(tmp_path / "tuned.ckpt"))
+    assert text.returncode == 1 and "fc.weight" in text.stdout and "[10, 8]" in text.stdout
+
+
 def test_data_parallel_against_plain_is_a_rename(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = Base()

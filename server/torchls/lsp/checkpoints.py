@@ -464,16 +464,19 @@ def model_comparison(checkpoint: Checkpoint, model: ModelKeys) -> dict[str, Any]
             fixes.append(
                 f"strip {fix.strip!r} from the checkpoint's keys: "
                 f"{{k.removeprefix({fix.strip!r}): v for k, v in state_dict.items()}} "
-                f"({fix.keys_matched} keys then match)"
+                f"({_matching(fix.keys_matched)})"
             )
         else:
             fixes.append(
                 f"add {fix.add!r} to the checkpoint's keys: "
                 f"{{{fix.add!r} + k: v for k, v in state_dict.items()}} "
-                f"({fix.keys_matched} keys then match)"
+                f"({_matching(fix.keys_matched)})"
             )
     if comparison.loads_strict:
-        summary = f"load_state_dict loads it: all {matched} keys of {model.class_name} match"
+        every = f"all {matched} keys of {model.class_name} match"
+        if matched == 1:
+            every = f"the one key of {model.class_name} matches"
+        summary = f"load_state_dict loads it: {every}"
     else:
         parts = []
         if comparison.missing:
@@ -545,11 +548,32 @@ def viewer_link(path: str) -> str:
 def path_at(
     tree: ast.Module, lines: Lines, line: int, character: int
 ) -> tuple[str, ast.expr] | None:
-    """The string under the cursor, or the name there bound to a string by a plain top-level
-    assignment (`CKPT = "best.pt"` or `Path("best.pt")` ... `torch.load(CKPT)`), and the node
-    to highlight."""
+    """The path under the cursor and the node to highlight: a string, a name bound to a path at
+    the top of the module (`CKPT = "best.pt"` ... `torch.load(CKPT)`), or the whole path
+    expression the cursor is in -- `os.path.join("runs", "best.pt")`, `Path("runs") /
+    "best.pt"`, `f"{RUNS}/best.pt"` -- when each of its parts is such a constant. A part that
+    is not (a loop variable, an argument) gives no path: nothing is guessed."""
     best: ast.expr | None = None
+    on_call: ast.Call | None = None
+    parents: dict[ast.AST, ast.AST] = {}
+    os_path = _os_path_names(tree)
     for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+        # On `os.path.join` or `Path` of a path call: the call is the path.
+        if (
+            isinstance(node, ast.Call)
+            and _path_call(node, os_path) is not None
+            and node.func.end_lineno is not None
+            and lines.span(
+                node.func.lineno,
+                node.func.col_offset,
+                node.func.end_lineno,
+                node.func.end_col_offset or 0,
+            ).contains(line, character)
+        ):
+            on_call = node
+            continue
         if not isinstance(node, (ast.Constant, ast.Name)) or node.end_lineno is None:
             continue
         if not node.lineno - 1 <= line <= node.end_lineno - 1:
@@ -559,18 +583,147 @@ def path_at(
         span = lines.span(node.lineno, node.col_offset, node.end_lineno, node.end_col_offset or 0)
         if span.contains(line, character):
             best = node
-    if isinstance(best, ast.Constant):
-        return str(best.value), best
-    if isinstance(best, ast.Name):
-        value = _constant_of(tree, best.id, best.lineno)
-        return (value, best) if value is not None else None
+    best = on_call or best  # not `os`, `path` or `join` alone
+    if best is None:
+        return None
+    # The largest path expression the name or string is a part of.
+    whole: ast.expr = best
+    while True:
+        parent = parents.get(whole)
+        if parent is None or not _builds_path(parent, whole, os_path):
+            break
+        assert isinstance(parent, ast.expr)
+        whole = parent
+    found = PathValues(tree, best.lineno).value(whole)
+    return (found[0], whole) if found is not None else None
+
+
+def _builds_path(parent: ast.AST, child: ast.AST, os_path: frozenset[str]) -> bool:
+    """Whether `parent` makes a path of `child`: a part of a join, a Path(...), a `/` or `+`, an
+    f-string."""
+    if isinstance(parent, ast.JoinedStr):
+        return True
+    if isinstance(parent, ast.FormattedValue):
+        return parent.value is child
+    if isinstance(parent, ast.BinOp):
+        return isinstance(parent.op, (ast.Div, ast.Add))
+    if isinstance(parent, ast.Call):
+        return child in parent.args and _path_call(parent, os_path) is not None
+    return False
+
+
+def _os_path_names(tree: ast.Module) -> frozenset[str]:
+    """The names this module gives os.path: `import os` (os.path), `import os.path as osp`,
+    `from os import path`."""
+    names: set[str] = set()
+    for statement in tree.body:
+        if isinstance(statement, ast.Import):
+            for alias in statement.names:
+                if alias.name == "os":
+                    names.add(f"{alias.asname or 'os'}.path")
+                elif alias.name == "os.path":
+                    names.add(alias.asname or "os.path")
+        elif isinstance(statement, ast.ImportFrom) and statement.module == "os":
+            for alias in statement.names:
+                if alias.name == "path":
+                    names.add(alias.asname or "path")
+    return frozenset(names)
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
     return None
 
 
-def _constant_of(tree: ast.Module, name: str, before_line: int) -> str | None:
-    """The string last bound to `name` at the top of the module (before the use, or anywhere
-    when the use is in a function that runs later); None when it is bound to anything else."""
-    value: str | None = None
+def _path_call(node: ast.Call, os_path: frozenset[str]) -> str | None:
+    """ "join" for os.path.join(...), "path" for Path(...) / pathlib.Path(...), "str" for
+    str(...); None for any other call."""
+    name = _dotted(node.func)
+    if name is None or node.keywords:
+        return None
+    if name in ("Path", "PurePath", "PosixPath", "pathlib.Path", "pathlib.PurePath"):
+        return "path"
+    if name == "str" and len(node.args) == 1:
+        return "str"
+    if name.endswith(".join") and name[: -len(".join")] in os_path and node.args:
+        return "join"
+    return None
+
+
+class PathValues:
+    """Values of path expressions made of constants, as Python would compute them."""
+
+    MAX_DEPTH = 12  # names bound to names bound to names...
+
+    def __init__(self, tree: ast.Module, used_at: int) -> None:
+        self.tree = tree
+        self.used_at = used_at
+        self.os_path = _os_path_names(tree)
+        self.depth = 0
+
+    def value(self, node: ast.expr | None) -> tuple[str, bool] | None:
+        """(the string, whether it is a Path object) or None when any part is not constant."""
+        if node is None or self.depth > self.MAX_DEPTH:
+            return None
+        self.depth += 1
+        try:
+            return self._value(node)
+        finally:
+            self.depth -= 1
+
+    def _value(self, node: ast.expr) -> tuple[str, bool] | None:
+        if isinstance(node, ast.Constant):
+            return (node.value, False) if isinstance(node.value, str) else None
+        if isinstance(node, ast.Name):
+            return self.value(_bound_to(self.tree, node.id, self.used_at))
+        if isinstance(node, ast.JoinedStr):
+            parts = []
+            for part in node.values:
+                if isinstance(part, ast.FormattedValue):
+                    if part.format_spec is not None or part.conversion not in (-1, ord("s")):
+                        return None
+                    inner = self.value(part.value)
+                elif isinstance(part, ast.Constant):
+                    inner = self.value(part)
+                else:
+                    return None
+                if inner is None:
+                    return None
+                parts.append(inner[0])
+            return "".join(parts), False
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Div, ast.Add)):
+            left, right = self.value(node.left), self.value(node.right)
+            if left is None or right is None:
+                return None
+            if isinstance(node.op, ast.Add):  # str + str; a Path has no +
+                return None if left[1] or right[1] else (left[0] + right[0], False)
+            if not (left[1] or right[1]):  # str / str is a TypeError
+                return None
+            return str(Path(left[0], right[0])), True
+        if isinstance(node, ast.Call):
+            kind = _path_call(node, self.os_path)
+            if kind is None:
+                return None
+            values = [self.value(arg) for arg in node.args]
+            if any(v is None for v in values):
+                return None
+            texts = [v[0] for v in values if v is not None]
+            if kind == "str":
+                return texts[0], False
+            if kind == "path":
+                return str(Path(*texts)), True
+            return str(Path(*texts)), False
+        return None
+
+
+def _bound_to(tree: ast.Module, name: str, before_line: int) -> ast.expr | None:
+    """The expression last bound to `name` by a plain assignment at the top of the module
+    (before the use, or anywhere when the use is in a function that runs later)."""
+    value: ast.expr | None = None
     for statement in tree.body:
         targets: list[ast.expr] = []
         bound: ast.expr | None = None
@@ -582,25 +735,8 @@ def _constant_of(tree: ast.Module, name: str, before_line: int) -> str | None:
             continue
         if statement.lineno > before_line and value is not None:
             break
-        value = _literal_path(bound)
+        value = bound
     return value
-
-
-def _literal_path(node: ast.expr | None) -> str | None:
-    """ "best.pt", or Path("best.pt") / pathlib.Path("best.pt")."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    if (
-        isinstance(node, ast.Call)
-        and len(node.args) == 1
-        and not node.keywords
-        and (
-            (isinstance(node.func, ast.Name) and node.func.id == "Path")
-            or (isinstance(node.func, ast.Attribute) and node.func.attr == "Path")
-        )
-    ):
-        return _literal_path(node.args[0])
-    return None
 
 
 def existing_checkpoint(written: str, document: str, workspace: str | None) -> str | None:
@@ -648,6 +784,10 @@ def _code(text: str) -> str:
     could end it early)."""
     fence = "``" if "`" in text else "`"
     return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def _matching(n: int) -> str:
+    return f"{n:,} key then matches" if n == 1 else f"{n:,} keys then match"
 
 
 def _plural(n: int, noun: str) -> str:
@@ -699,6 +839,7 @@ def hover_markdown(path: str, answer: dict[str, Any]) -> str:
             runs = ", ".join(_code(g) for g in verdict["dangerous_globals"])
             lines.append(f"with `weights_only=False` it **runs code**: {runs}")
     if answer.get("shard_problems"):
-        lines.append(f"{len(answer['shard_problems'])} problems between the index and its shards")
+        problems = _plural(len(answer["shard_problems"]), "problem")
+        lines.append(f"{problems} between the index and its shards")
     lines.append(link)
     return "\n\n".join(lines)
