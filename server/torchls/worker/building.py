@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,63 @@ def local_folder(loader: _Loader, name: str) -> str:
 
 
 def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) -> tuple[Any, str]:
+    with _no_weight_downloads(torch, notes):
+        return _build(torch, loader, params, notes)
+
+
+class _SkippedWeights(dict[str, Any]):
+    """What `load_state_dict_from_url` gives while a model is built: no weights."""
+
+
+@contextlib.contextmanager
+def _no_weight_downloads(torch: Any, notes: list[str]) -> Iterator[None]:
+    """Constructors that fetch pretrained weights (`resnet18(pretrained=True)` inside a
+    LightningModule) build the same architecture without them: torchls never downloads, and the
+    counts do not depend on the weights. While the model is built, torch.hub's
+    `load_state_dict_from_url` (wherever a library bound it by name) returns no weights, and
+    loading a state dict after that is skipped."""
+    original = torch.hub.load_state_dict_from_url
+    skipped: list[str] = []
+
+    def no_download(url: Any, *args: Any, **kwargs: Any) -> _SkippedWeights:
+        skipped.append(str(url))
+        return _SkippedWeights()
+
+    bound = [
+        module
+        for module in list(sys.modules.values())
+        if module is not None
+        and isinstance(getattr(module, "__dict__", None), dict)
+        and vars(module).get("load_state_dict_from_url") is original
+    ]
+    module_class = torch.nn.Module
+    load = module_class.load_state_dict
+
+    def load_state_dict(self: Any, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        if skipped:  # the weights a skipped download would have given, or made from them
+            return torch.nn.modules.module._IncompatibleKeys([], [])
+        return load(self, state_dict, *args, **kwargs)
+
+    for module in bound:
+        setattr(module, "load_state_dict_from_url", no_download)  # noqa: B010
+    module_class.load_state_dict = load_state_dict
+    try:
+        yield
+    finally:
+        for module in bound:
+            setattr(module, "load_state_dict_from_url", original)  # noqa: B010
+        module_class.load_state_dict = load
+        if skipped:
+            urls = list(dict.fromkeys(skipped))  # each way of building asks again
+            name = urls[0].rsplit("/", 1)[-1]
+            more = f" and {len(urls) - 1} more" if len(urls) > 1 else ""
+            notes.append(
+                f"pretrained weights not downloaded ({name}{more}): torchls never downloads, "
+                "and the counts do not depend on the weights"
+            )
+
+
+def _build(torch: Any, loader: _Loader, params: Params, notes: list[str]) -> tuple[Any, str]:
     ref = dict(params["ref"])
     method = ref.pop("method", "")
     if "import" in ref and not is_model_factory(str(ref["import"])):
@@ -155,6 +213,22 @@ def _build_model(torch: Any, loader: _Loader, params: Params, notes: list[str]) 
             model = model.to("meta")
             build = "empty"
         except Exception:
+            model = None
+        if model is None:
+            # Some read their own parameters back for values (augmentation layers that take a
+            # device from a parameter, then `.item()`, and refuse to move to meta): built for
+            # real on the CPU, within the worker's memory limit; the forward then runs the way
+            # that can (fake tensors, or the CPU).
+            try:
+                model = function(*args, **kwargs)
+                build = "cpu"
+                notes.append(
+                    f"built on the CPU: the constructor cannot run on the meta device "
+                    f"({_describe(first_error, loader)})"
+                )
+            except Exception:
+                model = None
+        if model is None:
             given = str(params.get("args_source") or "defaults")
             fix = "check them" if given == "--args" else f"check them, or {advice(params, 'args')}"
             raise JobError(
