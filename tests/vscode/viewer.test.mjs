@@ -332,6 +332,10 @@ test('a sharded Hugging Face model folder opens from the Explorer in one view wi
     assert.match(shards, /model-00001-of-00002\.safetensors 2 tensors/);
     assert.match(shards, /model-00002-of-00002\.safetensors 2 tensors/);
     assert.match(await textOf(frame, '#shard-problems'), /model-00003-of-00003\.safetensors/);
+    // The size is the shards' on disk (not the index's few hundred bytes), the index beside it.
+    const onDisk = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
+      .reduce((sum, name) => sum + statSync(path.join(workspace, 'hf-model', name)).size, 0);
+    assert.match(await textOf(frame, '.header'), new RegExp(`Size on disk .*\\(${count(onDisk)} bytes\\) in 2 shards, plus the index`));
     const head = (await frame.locator('#rows .row[data-key="head.bias"]').innerText()).replace(/\s+/g, ' ');
     assert.match(head, /head\.bias .*float32 \(2,\) 2 .*model-00002-of-00002\.safetensors/);
     assert.match(await textOf(frame, '#verdict'), /safetensors: no pickle/);
