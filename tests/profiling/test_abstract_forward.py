@@ -48,3 +48,9 @@ def test_no_forward_at_all(runner: Runner) -> None:
     assert "Unwritten defines no forward()" in message
     result = runner.ok(WORKSPACE / "bases.py", "Filled")
     assert result["macs"] == 4 * 2
+
+
+def test_an_empty_forward(runner: Runner) -> None:
+    message = _message(runner, "bases.py", "Template")
+    assert "Template.forward() (bases.py, line 33) is empty (only `pass`)" in message
+    assert message.endswith("write its forward() first")

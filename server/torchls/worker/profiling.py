@@ -185,9 +185,12 @@ def _refuse_abstract(torch: Any, model: Any, loader: _Loader) -> None:
     name = model_type.__name__
     if forward is None or forward is torch.nn.Module.forward:
         why = f"{name} defines no forward() (nor does a base class of it)"
-    elif getattr(forward, "__isabstractmethod__", False) or _only_raises(forward):
+    elif getattr(forward, "__isabstractmethod__", False) or _body_of(forward) == "raises":
         where = _where_defined(forward)
         why = f"{name}.forward(){where} is abstract: it leaves the work to subclasses"
+    elif _body_of(forward) == "empty":
+        where = _where_defined(forward)
+        why = f"{name}.forward(){where} is empty (only `pass`): it computes nothing"
     else:
         return
     implementing = [
@@ -200,6 +203,8 @@ def _refuse_abstract(torch: Any, model: Any, loader: _Loader) -> None:
             f" and {len(implementing) - 3} more" if len(implementing) > 3 else ""
         )
         hint = f"profile a subclass that implements it: {shown}"
+    elif "is empty" in why:
+        hint = "write its forward() first"
     else:
         hint = "profile a subclass that implements it"
     raise JobError(protocol.ERROR_USER, f"{why}; there is nothing to count; {hint}")
@@ -244,9 +249,9 @@ def _where_defined(function: Any) -> str:
     return f" ({Path(path).name}, line {first})"
 
 
-def _only_raises(function: Any) -> bool:
-    """Whether a function's body, read from its source, only raises NotImplementedError (after
-    an optional docstring)."""
+def _body_of(function: Any) -> str:
+    """ "raises" when a function's body, read from its source, only raises NotImplementedError
+    (after an optional docstring), "empty" when it is only `pass` or `...`, else ""."""
     import ast
     import inspect
     import textwrap
@@ -255,19 +260,26 @@ def _only_raises(function: Any) -> bool:
         source = textwrap.dedent(inspect.getsource(function))
         tree = ast.parse(source)
     except (OSError, TypeError, SyntaxError, ValueError):
-        return False
+        return ""
     definition = tree.body[0] if tree.body else None
     if not isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return False
+        return ""
     body = list(definition.body)
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]
+    if not body or all(
+        isinstance(s, ast.Pass)
+        or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and s.value.value is ...)
+        for s in body
+    ):
+        return "empty"
     if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
-        return False
+        return ""
     raised = body[0].exc
     if isinstance(raised, ast.Call):
         raised = raised.func
-    return isinstance(raised, ast.Name) and raised.id == "NotImplementedError"
+    named = isinstance(raised, ast.Name) and raised.id == "NotImplementedError"
+    return "raises" if named else ""
 
 
 def _variation(counted: Counted) -> dict[str, Any] | None:
