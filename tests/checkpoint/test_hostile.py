@@ -224,6 +224,26 @@ def test_absurd_shape(tmp_path: Path) -> None:
         read(absurd_shape_zip(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        b"J\xff\xff\xff\xff\x85",  # BININT -1, TUPLE1: a negative size
+        b"\x8a\x09" + (1 << 63).to_bytes(9, "little") + b"\x85",  # 2**63: past int64
+        b"\x88\x85",  # NEWTRUE, TUPLE1: a bool is no size
+    ],
+)
+def test_shape_outside_int64_sizes_is_one_line(tmp_path: Path, shape: bytes) -> None:
+    path = save({"w": torch.zeros(4)}, tmp_path / "src.pt")
+    folder = zip_folder(path)
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(f"{folder}/data.pkl")
+    patched = data.replace(b"K\x04\x85", shape, 1)  # the shape (4,), as torch pickled it
+    assert patched != data
+    bad = rewrite_zip(path, tmp_path / "bad.pt", {f"{folder}/data.pkl": patched})
+    with pytest.raises(CheckpointError, match=r"shape must hold integers from 0 to 2\*\*63-1$"):
+        read(bad)
+
+
 def test_memo_index_bomb(tmp_path: Path) -> None:
     path = tmp_path / "memo.pt"
     path.write_bytes(memo_bomb())
