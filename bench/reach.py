@@ -638,6 +638,8 @@ def tensor(spec, device):
 
 def inputs_of(spec, device):
     def make(item):
+        if isinstance(item, dict) and "value" in item:  # mode="val", fmap_dims={...}
+            return item["value"]
         if isinstance(item, dict) and "shape" in item:
             return tensor(item, device)
         if isinstance(item, dict) and "tuple" in item:  # an LSTM's (h, c)

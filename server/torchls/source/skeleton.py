@@ -231,7 +231,7 @@ def _add_slice(body: list[ast.stmt], keep: list[bool]) -> None:
         for index, statement in enumerate(body):
             if counted[index] or not _feeds(statement, needed, variables):
                 continue
-            if not keep[index] and not _safe(statement, model_classes, functions):
+            if not keep[index] and not _safe(_runs_now(statement), model_classes, functions):
                 continue
             keep[index] = counted[index] = True
             needed |= _reads(statement)
@@ -358,6 +358,10 @@ def _feeds(statement: ast.stmt, needed: set[str], variables: set[str]) -> bool:
         func = statement.value.func
         root = _root(func)
         return isinstance(func, ast.Attribute) and root in needed and root in variables
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        # a definition a plain-definition check left out for its decorator call
+        # (`@autocast("cuda", enabled=False)`), when the model's code calls it
+        return statement.name in needed
     if isinstance(statement, ast.If):
         if "__name__" in ast.unparse(statement.test):
             return False
@@ -428,6 +432,24 @@ def _safe(
             ):
                 return False
     return True
+
+
+def _runs_now(statement: ast.stmt) -> ast.AST:
+    """What executing the statement runs at once: for a function, its decorators and default
+    values; for a class, its decorators, bases and the statements of its body that are not
+    methods (methods run only when called); for anything else, all of it."""
+    methods = (ast.FunctionDef, ast.AsyncFunctionDef)
+    if isinstance(statement, methods):
+        arguments = statement.args
+        parts = [*statement.decorator_list, *arguments.defaults]
+        parts += [d for d in arguments.kw_defaults if d is not None]
+        return ast.Module(body=[ast.Expr(part) for part in parts], type_ignores=[])
+    if isinstance(statement, ast.ClassDef):
+        parts = [*statement.decorator_list, *statement.bases]
+        parts += [k.value for k in statement.keywords]
+        body = [inner for inner in statement.body if not isinstance(inner, methods)]
+        return ast.Module(body=body + [ast.Expr(part) for part in parts], type_ignores=[])
+    return statement
 
 
 def _written(node: ast.expr) -> str | None:

@@ -6,6 +6,8 @@ setting and `torchls profile --input`, so a shape that works in one place works 
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +36,6 @@ DTYPES = {
     # spectral models (FFT layers, complex-valued networks) take complex inputs
     "complex64": "complex64",
     "cfloat": "complex64",
-    "complex": "complex64",
     "complex128": "complex128",
     "cdouble": "complex128",
 }
@@ -79,7 +80,21 @@ class TupleSpec:
         return f"({inner}{',' if len(self.items) == 1 else ''})"
 
 
-InputItem = TensorSpec | TupleSpec
+@dataclass(frozen=True)
+class ValueSpec:
+    """A plain value forward() takes beside its tensors: `mode='val'`, `steps=4`,
+    `fmap_dims={'h': 8, 'w': 8}`. Kept as JSON text (the spec stays hashable)."""
+
+    text: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"value": json.loads(self.text)}
+
+    def describe(self) -> str:
+        return repr(json.loads(self.text))
+
+
+InputItem = TensorSpec | TupleSpec | ValueSpec
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,8 @@ class InputSpec:
 
 
 def item_from_json(value: dict[str, Any]) -> InputItem:
+    if "value" in value:
+        return ValueSpec(json.dumps(value["value"]))
     if "tuple" in value:
         return TupleSpec(tuple(item_from_json(item) for item in value["tuple"]))
     return TensorSpec(tuple(value["shape"]), str(value.get("dtype", "float32")))
@@ -159,14 +176,14 @@ def parse_inputs(text: str) -> tuple[tuple[InputItem, ...], tuple[tuple[str, Inp
             reader.position = named.end()
             if named.group(1) in {name for name, _ in keywords}:
                 raise SpecError(f"the input {text!r} names {named.group(1)!r} twice")
-            keywords.append((named.group(1), reader.item(0)))
+            keywords.append((named.group(1), reader.item_or_value()))
         elif keywords:
             raise SpecError(
                 f"cannot read the input {text!r}: a shape without a name after "
                 f"{keywords[-1][0]}=...; put the named inputs last"
             )
         else:
-            positional.append(reader.item(0))
+            positional.append(reader.item_or_value() if positional else reader.item(0))
         reader.skip_spaces()
         if reader.position >= len(text):
             break
@@ -186,6 +203,8 @@ def parse_inputs(text: str) -> tuple[tuple[InputItem, ...], tuple[tuple[str, Inp
 
 
 def _count(item: InputItem) -> int:
+    if isinstance(item, ValueSpec):
+        return 0
     return sum(_count(inner) for inner in item.items) if isinstance(item, TupleSpec) else 1
 
 
@@ -213,6 +232,35 @@ class _Reader:
     def skip_spaces(self) -> None:
         while self.position < len(self.text) and self.text[self.position].isspace():
             self.position += 1
+
+    def item_or_value(self) -> InputItem:
+        """A shape or tuple of shapes, or a plain Python value (a number, a string, True,
+        None, a dict or list of those) where one does not start with a bracket."""
+        self.skip_spaces()
+        text = self.text
+        if self.position < len(text) and text[self.position] in "([":
+            return self.item(0)
+        start, depth, quote = self.position, 0, ""
+        end = start
+        while end < len(text):
+            char = text[end]
+            if quote:
+                if char == "\\":
+                    end += 1
+                elif char == quote:
+                    quote = ""
+            elif char in "'\"":
+                quote = char
+            elif char in "([{":
+                depth += 1
+            elif char in ")]}":
+                depth -= 1
+            elif char == "," and depth == 0:
+                break
+            end += 1
+        written = text[start:end].strip()
+        self.position = end
+        return _value(written, text)
 
     def item(self, depth: int) -> InputItem:
         text = self.text
@@ -269,6 +317,46 @@ def _balanced(text: str) -> bool:
             if depth < 0:
                 return False
     return depth == 0
+
+
+def _value(written: str, whole: str) -> ValueSpec:
+    try:
+        value = ast.literal_eval(written)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = _NOT_PLAIN
+    if written and _plain(value):
+        return ValueSpec(json.dumps(_as_json(value)))
+    raise SpecError(
+        f"cannot read {written[:30]!r} in the input {whole!r}: give a shape like (1, 3, 224, "
+        "224) or a plain value (a number, a string, True/False/None, a dict or list of them)"
+    )
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if depth > 4:
+        return False
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return not isinstance(value, float) or value == value  # no NaN
+    if isinstance(value, (list, tuple)):
+        return len(value) <= 64 and all(_plain(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return len(value) <= 64 and all(
+            isinstance(key, str) and _plain(item, depth + 1) for key, item in value.items()
+        )
+    return False
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_as_json(item) for item in value]
+    if isinstance(value, list):
+        return [_as_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    return value
 
 
 def _tensor(dims_text: str, dtype_text: str | None, whole: str) -> TensorSpec:

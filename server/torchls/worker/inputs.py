@@ -172,6 +172,8 @@ def _make_inputs(torch: Any, spec: dict[str, Any], make: Any = None) -> ModelInp
         return torch.empty(shape, dtype=dtype, device="meta")
 
     def build(item: dict[str, Any]) -> Any:
+        if "value" in item:  # a plain value beside the tensors: mode="val", steps=4
+            return item["value"]
         if "tuple" in item:
             return tuple(build(inner) for inner in item["tuple"])
         dtype = getattr(torch, str(item.get("dtype", "float32")))
