@@ -41,12 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input",
         help="the forward's inputs, e.g. 1,3,224,224 or '(1, 128):long' or '(1, 3, 32, 32), "
         "(1, 10)'; a tuple '(35, 1):long, ((2, 1, 200), (2, 1, 200))'; by name "
-        "'input_ids=(1, 128):long, attention_mask=(1, 128):long'",
+        "'input_ids=(1, 128):long, attention_mask=(1, 128):long'; plain values beside them "
+        "\"(1, 65, 64), fmap_dims={'h': 8, 'w': 8}, mode='eval'\"; dtypes long, int32, half, "
+        "bfloat16, double, bool, complex64, ...",
     )
     parser.add_argument(
         "--args",
         help="constructor arguments, e.g. '(10, width=64)' or '(GPTConfig(n_layer=2),)' "
-        "(calls of your classes, SimpleNamespace, Hugging Face configs)",
+        "(calls of your classes, SimpleNamespace, Hugging Face configs); a class of the "
+        "workspace the file does not import is found by its name: '(VanillaVAE(3, 128), {})'",
     )
     parser.add_argument("--json", action="store_true", help=f"print the {SCHEMA} JSON")
     parser.add_argument("--python", help="the interpreter that has torch (default: this one)")
