@@ -805,6 +805,23 @@
     app.replaceChildren(el('p', { className: `status ${className || ''}`, text, attrs: { role: 'status' } }));
   }
 
+  // The server sends the table as rows (one array per tensor, columns named once): a third of
+  // the JSON of one object per tensor for 50,000 tensors. Objects again here, once.
+  const OPTIONAL_COLUMNS = new Set(['subclass', 'shard', 'shared_with']);
+  function tensorsOf(result, report) {
+    const columns = result.tensor_columns;
+    if (!Array.isArray(result.tensor_rows) || !Array.isArray(columns)) {
+      return Array.isArray(report.tensors) ? report.tensors : [];
+    }
+    return result.tensor_rows.map((row) => {
+      const tensor = {};
+      for (let i = 0; i < columns.length && i < row.length; i++) {
+        if (row[i] !== null || !OPTIONAL_COLUMNS.has(columns[i])) tensor[columns[i]] = row[i];
+      }
+      return tensor;
+    });
+  }
+
   function render(result) {
     state.result = result;
     if (typeof result.error === 'string') {
@@ -814,7 +831,7 @@
     }
     const report = result.report;
     state.report = report;
-    state.tensors = Array.isArray(report.tensors) ? report.tensors : [];
+    state.tensors = tensorsOf(result, report);
     state.lowerKeys = state.tensors.map((t) => String(t.key).toLowerCase());
     computeOrder();
     const parts = [

@@ -432,6 +432,22 @@ def test_fast_json_matches_json_dumps(tmp_path: Path) -> None:
     assert json.loads(summary_json(summary)) == json.loads(json.dumps(summary.as_json()))
 
 
+def test_viewer_rows_hold_every_tensor_field(tmp_path: Path) -> None:
+    # The viewer's compact table (one array per tensor) must give back the report's tensors,
+    # optional fields included: a subclass, a tied weight's shared_with.
+    from torchls.checkpoint.summary import tensor_rows_json, tensors_from_rows
+
+    tagged = torch.ones(2).as_subclass(TaggedTensor)
+    embed = torch.ones(4, 2)
+    state = {'a\u00e9"\\': torch.ones(2, 3), "t": tagged, "embed": embed, "tied": embed}
+    summary = read_checkpoint(save(state, tmp_path / "r.pt"))
+    expected = json.loads(json.dumps(summary.as_json()))["tensors"]
+    assert any("subclass" in t for t in expected) and any("shared_with" in t for t in expected)
+    text = tensor_rows_json(summary)
+    assert text.isascii()
+    assert tensors_from_rows(json.loads(text)) == expected
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_cuda_storage_locations_are_reported(tmp_path: Path, legacy: bool) -> None:
     """A checkpoint saved on a GPU names `cuda:0` as its storages' location; no GPU is needed

@@ -29,6 +29,18 @@ async def inspect(session: Session, path: Path) -> dict[str, Any]:
     return await request(session, "torchls/inspect", {"uri": path.as_uri()})
 
 
+def tensors_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The answer's tensor table as objects (its columns named by tensor_columns), as the
+    viewer makes them; the report's own list is empty."""
+    assert answer["report"]["tensors"] == []
+    columns = answer["tensor_columns"]
+    optional = ("subclass", "shard", "shared_with")
+    return [
+        {n: v for n, v in zip(columns, row, strict=False) if n not in optional or v}
+        for row in answer["tensor_rows"]
+    ]
+
+
 class Net(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -80,7 +92,7 @@ async def test_inspect_training_checkpoint_numbers(tmp_path: Path) -> None:
         entry["elements"] += tensor.numel()
         entry["bytes"] += tensor.numel() * tensor.element_size()
     assert report["totals"]["by_dtype"] == by_dtype
-    rows = {t["key"]: t for t in report["tensors"] if t["container"] == "['state_dict']"}
+    rows = {t["key"]: t for t in tensors_of(answer) if t["container"] == "['state_dict']"}
     assert {k: v["shape"] for k, v in rows.items()} == {k: list(v.shape) for k, v in state.items()}
     # The verdict and the globals it names.
     assert report["weights_only"]["accepted"] is True
@@ -119,7 +131,7 @@ async def test_shared_storages_safetensors_metadata_and_hf_versions(tmp_path: Pa
     async with lsp_session({"trusted": False}, workspace=tmp_path) as session:
         tied_answer = await inspect(session, tmp_path / "tied.pt")
         folder_answer = await inspect(session, folder)
-    rows = {t["key"]: t for t in tied_answer["report"]["tensors"]}
+    rows = {t["key"]: t for t in tensors_of(tied_answer)}
     assert rows["lm_head.weight"]["shared_with"] == "embed.weight"
     assert "shared_with" not in rows["embed.weight"] and "shared_with" not in rows["bias"]
     assert folder_answer["report"]["format"] == "huggingface"
@@ -186,7 +198,7 @@ async def test_sharded_folder_and_each_inconsistency(tmp_path: Path) -> None:
         {"file": "model-00001-of-00002.safetensors", "tensors": 2, "bytes": (32 + 16) * 4},
         {"file": "model-00002-of-00002.safetensors", "tensors": 2, "bytes": (16 + 8) * 4},
     ]
-    rows = {t["key"]: t for t in ok["report"]["tensors"]}
+    rows = {t["key"]: t for t in tensors_of(ok)}
     assert set(rows) == set(tensors)
     assert rows["head.weight"]["shard"] == "model-00002-of-00002.safetensors"
     assert rows["embed.weight"]["shard"] == "model-00001-of-00002.safetensors"
@@ -251,7 +263,7 @@ async def test_cache_hit_after_reopen_and_refresh_after_change(tmp_path: Path) -
         os.utime(ckpt, ns=(time.time_ns(), first["stamp"]["mtime_ns"] + 10**9))
         changed = await inspect(session, ckpt)
     assert changed["cached"] is False
-    shapes = {t["key"]: t["shape"] for t in changed["report"]["tensors"]}
+    shapes = {t["key"]: t["shape"] for t in tensors_of(changed)}
     assert shapes["fc.weight"] == [3, 8]
     assert changed["stamp"]["mtime_ns"] == first["stamp"]["mtime_ns"] + 10**9
 
@@ -362,8 +374,8 @@ async def test_the_cache_keeps_a_bounded_number_of_tensors(
 
     from torchls.lsp import checkpoints
 
-    # Each file's table is about 6.5 KB of JSON: one fits, both do not.
-    monkeypatch.setattr(checkpoints, "CACHE_BYTES", 8_000)
+    # Each file's table is about 2.6 KB of JSON: one fits, both do not.
+    monkeypatch.setattr(checkpoints, "CACHE_BYTES", 4_000)
     first, second = tmp_path / "first.pt", tmp_path / "second.pt"
     torch.save({f"w{i}": torch.zeros(1) for i in range(60)}, first)
     torch.save({f"b{i}": torch.zeros(1) for i in range(60)}, second)
@@ -389,12 +401,13 @@ async def test_inspect_answer_is_the_cli_document_for_any_tensor_name(tmp_path: 
     async with lsp_session({"trusted": False}, workspace=tmp_path) as session:
         answer = await inspect(session, ckpt)
         again = await inspect(session, ckpt)
-    assert [t["key"] for t in answer["report"]["tensors"]] == names
-    assert [t["shape"] for t in answer["report"]["tensors"]] == [[i + 1] for i in range(6)]
-    assert again["cached"] is True and again["report"] == answer["report"]
+    assert [t["key"] for t in tensors_of(answer)] == names
+    assert [t["shape"] for t in tensors_of(answer)] == [[i + 1] for i in range(6)]
+    assert again["cached"] is True and again["tensor_rows"] == answer["tensor_rows"]
     printed = subprocess.run(
         [sys.executable, "-m", "torchls", "inspect", "--json", str(ckpt)],
         capture_output=True,
         check=True,
     )
-    assert answer["report"] == json.loads(printed.stdout)
+    # The report is the CLI's document, its tensors given as the table's rows.
+    assert {**answer["report"], "tensors": tensors_of(answer)} == json.loads(printed.stdout)

@@ -3,8 +3,8 @@
 MODE "message" (default) prints one JSON object, {"summary": {...}} or {"error": "..."}, for a
 caller that wants the data; MODE "viewer" lists a sharded checkpoint's index and shard problems in
 details["shard_problems"] instead of refusing it, and prints {"summary": {...}} with an empty
-tensor list, a newline and the tensor list's JSON (or {"error": "..."}); MODE "locate" prints
-{"locations": [...]} (torchls.checkpoint.locate). MODE "json" or "text"
+tensor list, a newline and the tensors as rows (summary.tensor_rows_json), or {"error": "..."};
+MODE "locate" prints {"locations": [...]} (torchls.checkpoint.locate). MODE "json" or "text"
 prints `torchls inspect`'s final output itself (so that a large summary is not encoded, decoded
 and encoded again), or the error on stderr with exit code 1.
 """
@@ -72,12 +72,12 @@ def main() -> int:
             sys.stdout.write(render_inspect(summary.as_json()))
             return 0
         if mode == "viewer":
-            # The summary without its tensors, a newline, then the tensor list: the language
-            # server decodes the first line only and keeps the list as text (50,000 tensors).
-            from torchls.checkpoint.summary import summary_json_parts
+            # The summary without its tensors, a newline, then the tensor table's rows: the
+            # language server decodes the first line only and keeps the rows as text.
+            from torchls.checkpoint.summary import summary_head_json, tensor_rows_json
 
-            head, tensors = summary_json_parts(summary)
-            sys.stdout.write('{"summary":' + head + "}\n" + tensors)
+            head = summary_head_json(summary)
+            sys.stdout.write('{"summary":' + head + "}\n" + tensor_rows_json(summary))
             sys.stdout.flush()
             return 0
         message = {"summary": summary.as_json()}

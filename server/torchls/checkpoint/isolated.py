@@ -84,8 +84,8 @@ async def read_viewer_async(
     python: str | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """The checkpoint viewer's read (child.py's mode "viewer": a sharded checkpoint's problems
-    listed instead of refused): the summary with an empty tensor list, and the tensor list as
-    JSON text, which the language server sends on without decoding it."""
+    listed instead of refused): the summary with an empty tensor list, and the tensors as rows
+    (summary.tensor_rows_json) in JSON text, which the language server sends on as it is."""
     path = str(path)
     returncode, stdout, stderr = await _run_async(path, timeout, memory_mb, python, "viewer")
     head, newline, tensors = stdout.partition(b"\n")

@@ -180,19 +180,7 @@ class CheckpointSummary:
 def summary_json(summary: CheckpointSummary) -> str:
     """`json.dumps(summary.as_json())`, with the tensor list -- nearly all of a large summary --
     formatted directly instead of as 50,000 dicts for json to walk. A test checks both agree."""
-    head, tensors = summary_json_parts(summary)
-    # The head ends with `"tensors": []}`: the list goes between its brackets.
-    return head[:-2] + tensors[1:] + "}"
-
-
-def summary_json_parts(summary: CheckpointSummary) -> tuple[str, str]:
-    """The summary's JSON without its tensors (`"tensors": []`, the last field), and the tensor
-    list's JSON (ASCII, like json.dumps): the language server keeps and sends the list as it is,
-    never decoding it into 50,000 dicts."""
-    document = summary.as_json(tensors=False)
-    del document["tensors"]
-    document["tensors"] = []  # last
-    head = json.dumps(document)
+    head = summary_head_json(summary)
     parts = []
     for t in summary.tensors:
         subclass = f',"subclass":{_quote(t.subclass)}' if t.subclass else ""
@@ -205,4 +193,54 @@ def summary_json_parts(summary: CheckpointSummary) -> tuple[str, str]:
             f'"shape":[{",".join(map(str, t.shape))}],"numel":{t.numel},"bytes":{t.nbytes},'
             f'"kind":"{t.kind}","device":{_quote(t.device)}{subclass}}}'
         )
-    return head, "[" + ",".join(parts) + "]"
+    # The head ends with `"tensors": []}`: the list goes between its brackets.
+    return head[:-2] + ",".join(parts) + "]}"
+
+
+def summary_head_json(summary: CheckpointSummary) -> str:
+    """The summary's JSON with an empty tensor list, its last field."""
+    document = summary.as_json(tensors=False)
+    del document["tensors"]
+    document["tensors"] = []  # last
+    return json.dumps(document)
+
+
+# The viewer's tensor table: one array per tensor instead of one object, in this column order
+# (the last three only in rows that have one of them), so that 50,000 tensors are a third of the
+# JSON to send, parse and hand to the webview.
+TENSOR_COLUMNS = (
+    "container", "key", "dtype", "shape", "numel", "bytes", "kind", "device", "subclass", "shard",
+    "shared_with",
+)  # fmt: skip
+_OPTIONAL_COLUMNS = 3
+
+
+def tensor_rows_json(summary: CheckpointSummary) -> str:
+    """The tensors as TENSOR_COLUMNS rows, as JSON text (ASCII, like json.dumps)."""
+    parts = []
+    for t in summary.tensors:
+        extra = ""
+        if t.subclass or t.shard or t.shared_with:
+            extra = "".join(
+                "," + (_quote(value) if value else "null")
+                for value in (t.subclass, t.shard, t.shared_with)
+            )
+        parts.append(
+            f'[{_quote(t.container)},{_quote(t.key)},"{t.dtype}",'
+            f"[{','.join(map(str, t.shape))}],{t.numel},{t.nbytes},"
+            f'"{t.kind}",{_quote(t.device)}{extra}]'
+        )
+    return "[" + ",".join(parts) + "]"
+
+
+def tensors_from_rows(rows: list[list[Any]]) -> list[dict[str, Any]]:
+    """The report's tensor objects (TensorInfo.as_json) from TENSOR_COLUMNS rows."""
+    required = len(TENSOR_COLUMNS) - _OPTIONAL_COLUMNS
+    tensors = []
+    for row in rows:
+        tensor = dict(zip(TENSOR_COLUMNS[:required], row, strict=False))
+        for name, value in zip(TENSOR_COLUMNS[required:], row[required:], strict=False):
+            if value:
+                tensor[name] = value
+        tensors.append(tensor)
+    return tensors

@@ -27,6 +27,7 @@ from pygls.uris import from_fs_path, to_fs_path
 
 from torchls.checkpoint.errors import CheckpointError
 from torchls.checkpoint.isolated import read_viewer_async
+from torchls.checkpoint.summary import TENSOR_COLUMNS, tensors_from_rows
 from torchls.compare import compare
 from torchls.cost.request import prepare
 from torchls.inspect_report import FORMAT_NAMES
@@ -210,7 +211,8 @@ class Checkpoints:
 
     async def report(self, path: str) -> dict[str, Any]:
         """The viewer's document for `path`, from the cache while the file is unchanged. Its
-        report's "tensors" is RawJSON (see full_report)."""
+        report's "tensors" is empty: they are the rows of "tensor_rows", RawJSON (see
+        full_report)."""
         name = Path(path).name or path
         real = os.path.realpath(path)
         try:
@@ -247,22 +249,29 @@ class Checkpoints:
             summary, tensors = await read_viewer_async(real)
         except CheckpointError as exc:
             return {"error": f"{name}: {exc.reason}"}
-        summary["tensors"] = RawJSON(tensors)
-        return {"report": summary, "stamp": stamp.as_json(), **viewer_extras(summary)}
+        return {
+            "report": summary,
+            "tensor_columns": list(TENSOR_COLUMNS),
+            "tensor_rows": RawJSON(tensors),
+            "stamp": stamp.as_json(),
+            **viewer_extras(summary),
+        }
 
     def _cached_bytes(self) -> int:
         return sum(
-            len(entry[1]["report"]["tensors"].text)
+            len(entry[1]["tensor_rows"].text)
             for entry in self._reports.values()
-            if "report" in entry[1]
+            if "tensor_rows" in entry[1]
         )
 
     async def full_report(self, path: str) -> dict[str, Any]:
-        """As report, with the report's tensors decoded (for comparisons, which need them)."""
+        """As report, with the report's tensors as `torchls inspect --json` has them (for
+        comparisons, which need them)."""
         answer = await self.report(path)
         if "report" not in answer:
             return answer
-        return {**answer, "report": plain(answer["report"])}
+        tensors = tensors_from_rows(answer["tensor_rows"].decode())
+        return {**answer, "report": {**answer["report"], "tensors": tensors}}
 
     # -- hover on a checkpoint path in code ----------------------------------------------------
 
