@@ -1,4 +1,5 @@
-"""The `torchls` command: serve | check | profile | inspect | diff | downgrade | doctor."""
+"""The `torchls` command: serve | check | profile | inspect | diff | downgrade | convert |
+doctor."""
 
 from __future__ import annotations
 
@@ -106,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     from torchls.downgrade.command import add_arguments as add_downgrade_arguments
 
     add_downgrade_arguments(downgrade)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a checkpoint (safetensors, extract, cast), verified, beside the original",
+        description="Convert a checkpoint without running its code: to safetensors, the weights "
+        "of a training checkpoint, or another dtype. Written beside the original, read back and "
+        "compared tensor by tensor. Exit codes: 0 written and verified, 1 refused or failed "
+        "(nothing written), 2 usage or read error.",
+    )
+    from torchls.convert.command import add_arguments as add_convert_arguments
+
+    add_convert_arguments(convert)
     return parser
 
 
@@ -131,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from torchls.downgrade.command import run as run_downgrade
 
         return run_downgrade(args)
+    if args.command == "convert":
+        from torchls.convert.command import run as run_convert
+
+        return run_convert(args)
     if args.command == "doctor":
         from torchls.doctor import run_doctor
 

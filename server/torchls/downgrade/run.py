@@ -302,18 +302,7 @@ async def _convert(
                 shutil.copy2(copy, staging / copy.name, follow_symlinks=False)
         _fsync_dir(staging)
     final = target.output
-    built = staging or files[0]
-    if options.overwrite and final.is_dir() and not final.is_symlink():
-        # The earlier model folder the user chose to replace: set aside, removed below.
-        trash = final.with_name(f".{final.name}.old-{tag}")
-        final.rename(trash)
-        temps.append(trash)
-        placed = _rename_no_replace(built, final)
-    elif options.overwrite:
-        built.replace(final)  # atomic: the old file or the new one is there, never neither
-        placed = True
-    else:
-        placed = _rename_no_replace(built, final)
+    placed = _place(staging or files[0], final, options.overwrite, tag, temps)
     if not placed:
         # Made by something else while the worker ran (torchls's own runs refuse on the claim).
         raise _Refused("exists", f"{final} appeared while the downgrade ran; it was left as it is")
@@ -344,6 +333,21 @@ async def _convert(
     )
 
 
+def _place(built: Path, final: Path, overwrite: bool, tag: str, temps: list[Path]) -> bool:
+    """Move the verified file or folder into place; False when something else took the name
+    meanwhile (and replacing was not asked for)."""
+    if overwrite and final.is_dir() and not final.is_symlink():
+        # The earlier folder the user chose to replace: set aside, removed by the caller.
+        trash = final.with_name(f".{final.name}.old-{tag}")
+        final.rename(trash)
+        temps.append(trash)
+        return _rename_no_replace(built, final)
+    if overwrite:
+        built.replace(final)  # atomic: the old file or the new one is there, never neither
+        return True
+    return _rename_no_replace(built, final)
+
+
 def _check_written(
     path: Path, summary: dict[str, Any], written: dict[str, Any], options: Options
 ) -> None:
@@ -369,7 +373,9 @@ def _check_written(
         )
 
 
-async def _run_worker(params: dict[str, Any], env: Environment, say: Progress) -> dict[str, Any]:
+async def _run_worker(
+    params: dict[str, Any], env: Environment, say: Progress, job: str = "downgrade"
+) -> dict[str, Any]:
     argv = worker_argv(env.command, env.memory_limit_mb, env.workspace, env.trusted, "--one-shot")
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -385,7 +391,7 @@ async def _run_worker(params: dict[str, Any], env: Environment, say: Progress) -
     try:
         try:
             return await asyncio.wait_for(
-                _exchange(proc, stderr_task, params, env, say), env.timeout_seconds or None
+                _exchange(proc, stderr_task, params, env, say, job), env.timeout_seconds or None
             )
         except asyncio.TimeoutError:
             # A frozen (stopped, deadlocked, endlessly looping) worker would hold the command
@@ -411,11 +417,12 @@ async def _exchange(
     params: dict[str, Any],
     env: Environment,
     say: Progress,
+    job: str = "downgrade",
 ) -> dict[str, Any]:
     """The one-shot worker's request and answer (and its progress events in between)."""
     assert proc.stdin is not None and proc.stdout is not None
     token = protocol.new_token()  # what the worker's answers must carry (worker/protocol.py)
-    request = {"id": 1, "token": token, "job": "downgrade", "params": params}
+    request = {"id": 1, "token": token, "job": job, "params": params}
     proc.stdin.write((json.dumps(request) + "\n").encode())
     await proc.stdin.drain()
     proc.stdin.close()
@@ -442,7 +449,7 @@ async def _exchange(
             data = error.get("data") or {}
             raise _Refused(
                 str(error.get("kind") or "error"),
-                str(error.get("message") or "the downgrade failed"),
+                str(error.get("message") or f"the {job} failed"),
                 **{k: v for k, v in data.items() if k in {"globals", "dtypes"}},
             )
     returncode = await proc.wait()
@@ -492,7 +499,7 @@ class _Claim:
     `torchls downgrade`) sees the first and refuses. The kernel releases the lock when a process
     dies, so a crashed run leaves at most an unlocked file, which the next run takes over."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, what: str = "downgrade") -> None:
         self.path = output.with_name(f".{output.name}.torchls-lock")
         while True:
             try:
@@ -511,7 +518,7 @@ class _Claim:
                 os.close(fd)
                 raise _Refused(
                     "busy",
-                    f"{output} is being written by another downgrade; try again when it has "
+                    f"{output} is being written by another {what}; try again when it has "
                     "finished, or choose another output",
                 ) from None
             # The previous holder may have removed the file between our open and our lock:

@@ -147,6 +147,13 @@ def downgrade_checkpoint(context: JobContext, params: Params) -> Any:
     return downgrade(context, params)
 
 
+def convert_checkpoint(context: JobContext, params: Params) -> Any:
+    """Convert a checkpoint (safetensors, extract, cast) and compare (worker/convert.py)."""
+    from torchls.worker.convert import convert
+
+    return convert(context, params)
+
+
 def _test_forge(context: JobContext, params: Params) -> dict[str, Any]:
     """Write `lines` to every pipe this process can write to, as hostile user code would to
     find the answer channel; after `delay` seconds (from a thread) if given, else at once."""
@@ -175,6 +182,7 @@ _JOBS: dict[str, Job] = {
     "profile": profile,
     "state_dict": state_dict_shapes,
     "downgrade": downgrade_checkpoint,
+    "convert": convert_checkpoint,
 }
 _TEST_JOBS: dict[str, Job] = {
     "test.sleep": _test_sleep,

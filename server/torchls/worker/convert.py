@@ -1,0 +1,379 @@
+"""The torch side of "Convert checkpoint" (safetensors, extract, cast): load, convert, write a
+temporary file the server names, read it back and compare tensor by tensor. Runs in a one-shot
+worker process (worker/loop.py `--one-shot`), never in the language server.
+
+Loading is the downgrade's: `torch.load(weights_only=True)` memory-mapped, or a mapped
+safetensors file. Nothing the file names is imported. safetensors files are written here, tensor
+by tensor from the mapped input, so a conversion holds about one tensor's copy at a time (the
+plain `save_file` script builds every tensor's bytes first); the safetensors package, when the
+user's interpreter has it, reads the result back for the comparison.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from torchls.checkpoint.dtypes import SAFETENSORS_DTYPE
+from torchls.checkpoint.structure import subscript
+from torchls.worker.downgrade import (
+    _compare,
+    _load_sources,
+    _pause_for_tests,
+    _read_safetensors,
+    _same_bytes,
+)
+from torchls.worker.jobs import JobContext, JobError, Params
+
+Emit = Callable[[str, float | None], None]
+_SAFETENSORS_CODE = {name: code for code, name in SAFETENSORS_DTYPE.items()}
+CAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# BatchNorm's statistics: kept in fp32 when asked (their variance underflows in half precision).
+NORM_STATS = ("running_mean", "running_var")
+
+
+def convert(context: JobContext, params: Params) -> dict[str, Any]:
+    """params: {"kind": "safetensors" | "extract" | "cast", "outputs": [{"source": path,
+    "format": "torch" | "safetensors", "temps": [path, ...]}], "key": reader path of the state
+    dict ("" the root), ...}. `temps` holds one file, or (safetensors with a shard size) as many
+    as the server planned at most; the result says which were written."""
+    import torch
+
+    say: Emit = context.emit or (lambda message, percentage: None)
+    kind = str(params["kind"])
+    outputs = list(params.get("outputs") or [])
+    results = []
+    for index, output in enumerate(outputs):
+        share = 100.0 / max(1, len(outputs))
+        base = index * share
+        source = str(output["source"])
+        name = Path(source).name
+        say(f"loading {name}", base)
+        loaded = _load_sources([source], str(output.get("format", "torch")))
+        key = str(params.get("key") or "")
+        state = _select(loaded, key)
+        say(f"writing {name}", base + share * 0.2)
+        if kind == "safetensors":
+            result = _to_safetensors(state, output, int(params.get("max_shard_bytes") or 0))
+        elif kind == "extract":
+            result = _extract(loaded, state, key, output, str(params.get("strip_prefix") or ""))
+        elif kind == "cast":
+            result = _cast(loaded, state, output, params)
+        else:
+            raise JobError("error", f"unknown conversion {kind!r}")
+        _pause_for_tests()
+        say(f"verifying {name}", base + share * 0.7)
+        result["source"] = source
+        results.append(result)
+        del loaded, state
+    say("done", 100.0)
+    return {"outputs": results, "torch": str(torch.__version__)}
+
+
+def _select(root: Any, path: str) -> Any:
+    """The object at the reader's path (`['state_dict']`), found by walking the loaded object
+    with the reader's own naming so both sides agree on every key's spelling."""
+    if not path:
+        return root
+    stack: list[tuple[Any, str]] = [(root, "")]
+    while stack:
+        value, where = stack.pop()
+        items: Iterator[tuple[Any, Any]]
+        if isinstance(value, dict):
+            items = iter(value.items())
+        elif isinstance(value, (list, tuple)):
+            items = enumerate(value)
+        else:
+            continue
+        for key, item in items:
+            at = subscript(where, key)
+            if at == path:
+                return item
+            if path.startswith(at):
+                stack.append((item, at))
+    raise JobError("error", f"the checkpoint has nothing at {path}")
+
+
+def _plain(tensor: Any) -> Any:
+    import torch
+
+    plain = tensor.detach()
+    if type(plain) is not torch.Tensor:
+        plain = plain.as_subclass(torch.Tensor)
+    if plain.is_conj():
+        plain = plain.resolve_conj()
+    if plain.is_neg():
+        plain = plain.resolve_neg()
+    return plain
+
+
+def _tensors_of(state: Any) -> dict[str, Any]:
+    import torch
+
+    if not isinstance(state, dict):
+        raise JobError("error", "the chosen object is not a mapping of names to tensors")
+    found = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise JobError("error", f"{key!r} is not a named tensor; choose a state dict")
+        found[key] = _plain(value)
+    return found
+
+
+# -- safetensors ---------------------------------------------------------------------------
+
+
+def _to_safetensors(state: Any, output: dict[str, Any], max_shard_bytes: int) -> dict[str, Any]:
+    """Like safetensors' own converter: a tensor that is the very same data as one already kept
+    (tied weights, an alias) is dropped and named in `__metadata__` (dropped -> kept); other
+    views of one storage are written as their own contiguous copies."""
+    import torch
+
+    tensors = _tensors_of(state)
+    kept: dict[str, Any] = {}
+    dropped: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, tensor in tensors.items():
+        code = _SAFETENSORS_CODE.get(str(tensor.dtype).removeprefix("torch."))
+        if code is None or tensor.layout != torch.strided or tensor.is_quantized:
+            raise JobError(
+                "unsupported-dtypes",
+                f"{name} is a {str(tensor.dtype).removeprefix('torch.')} "
+                f"{'tensor' if tensor.layout == torch.strided else str(tensor.layout)} tensor, "
+                "which safetensors cannot hold",
+            )
+        if tensor.device.type == "meta":
+            raise JobError("error", f"{name} is on the meta device: it has no values to write")
+        if tensor.numel():
+            alias = (
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tuple(tensor.shape),
+                tuple(tensor.stride()),
+                tensor.dtype,
+            )
+            if alias in seen:
+                dropped[name] = seen[alias]
+                continue
+            seen[alias] = name
+        kept[name] = tensor
+    temps = [str(t) for t in output["temps"]]
+    shards = _shards(kept, max_shard_bytes) if max_shard_bytes else [list(kept)]
+    if len(shards) > len(temps):
+        raise JobError("error", "the shards the server planned do not fit the tensors")
+    metadata = {"format": "pt", **dropped}
+    files: list[dict[str, Any]] = []
+    for names, temp in zip(shards, temps, strict=False):
+        # Every shard carries the dropped names (each loads by itself), the index maps them once.
+        _write_safetensors(temp, {n: kept[n] for n in names}, metadata)
+        files.append({"temp": temp, "names": names, "bytes": Path(temp).stat().st_size})
+    for shard in files:
+        written = _read_back_safetensors(str(shard["temp"]))
+        if sorted(written) != sorted(shard["names"]):
+            raise JobError("verify", f"{Path(shard['temp']).name} lists other tensors than written")
+        for name, tensor in written.items():
+            if tensor.dtype != kept[name].dtype or tuple(tensor.shape) != tuple(kept[name].shape):
+                raise JobError("verify", f"{name}: the written dtype or shape differs")
+            if not _same_bytes(kept[name], tensor):
+                raise JobError("verify", f"{name}: the written values differ from the original")
+    return {
+        "files": files,
+        "tensors": len(kept),
+        "dropped": dropped,
+        "bytes": sum(Path(str(f["temp"])).stat().st_size for f in files),
+        "total_size": sum(t.numel() * t.element_size() for t in kept.values()),
+    }
+
+
+def _shards(tensors: dict[str, Any], limit: int) -> list[list[str]]:
+    """Names in file order, a new shard whenever the next tensor would pass the limit (a tensor
+    larger than the limit gets a shard of its own, as transformers does)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _write_safetensors(path: str, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_CODE[str(tensor.dtype).removeprefix("torch.")],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    try:
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(blob)))
+            handle.write(blob)
+            for tensor in tensors.values():
+                if not tensor.numel():
+                    continue
+                # One tensor's contiguous copy at most (none for the usual contiguous weights),
+                # handed to write() without another copy into a bytes object.
+                data = tensor.contiguous()
+                nbytes = data.numel() * data.element_size()
+                handle.write((ctypes.c_char * nbytes).from_address(data.data_ptr()))
+                del data
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: str, exc: OSError) -> JobError:
+    why = (exc.strerror or type(exc).__name__).lower()
+    return JobError("error", f"cannot write in {Path(path).parent} ({why}): choose another output")
+
+
+def _read_back_safetensors(path: str) -> dict[str, Any]:
+    """With the safetensors package when the interpreter has it (an independent reader), else
+    with the downgrade's mapped reader."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        return _read_safetensors(path)
+    found = {}
+    with safe_open(path, framework="pt") as handle:
+        for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            found[name] = handle.get_tensor(name)
+    return found
+
+
+# -- extract and cast (torch.save) ---------------------------------------------------------
+
+
+def _save(obj: Any, temp: str) -> int:
+    import torch
+
+    try:
+        with open(temp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _write_error(temp, exc) from None
+    return Path(temp).stat().st_size
+
+
+def _reload(temp: str) -> Any:
+    import torch
+
+    return torch.load(temp, weights_only=True, map_location="cpu", mmap=True)
+
+
+def _extract(
+    loaded: Any, state: Any, key: str, output: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    tensors = _tensors_of(state)
+    if prefix:
+        if not any(name.startswith(prefix) for name in tensors):
+            raise JobError("no-prefix", f"no key of the state dict starts with {prefix!r}")
+        tensors = {name.removeprefix(prefix): tensor for name, tensor in tensors.items()}
+    temp = str(output["temps"][0])
+    size = _save(tensors, temp)
+    written = _reload(temp)
+    problem = _compare(tensors, written, "", set())
+    if problem:
+        raise JobError("verify", f"the extracted file differs from the original: {problem}")
+    left = [subscript("", k) for k in loaded if subscript("", k) != key] if key else []
+    return {
+        "files": [{"temp": temp, "bytes": size}],
+        "tensors": len(tensors),
+        "bytes": size,
+        "dropped_entries": left,
+    }
+
+
+def _cast(loaded: Any, state: Any, output: dict[str, Any], params: Params) -> dict[str, Any]:
+    """The chosen state dict's floating tensors in the new dtype; integer and boolean tensors,
+    and everything outside the state dict (optimizer state), as they were."""
+    import torch
+
+    target = getattr(torch, CAST_DTYPES[str(params["dtype"])])
+    keep_norm = bool(params.get("keep_norm_fp32"))
+    tensors = _tensors_of(state)
+    before = sum(t.numel() * t.element_size() for t in tensors.values())
+    cast: dict[str, Any] = {}
+    memo: dict[int, Any] = {}  # a tied tensor is cast once and stays tied
+    changed = 0
+    for name, tensor in tensors.items():
+        skip = keep_norm and name.endswith(NORM_STATS)
+        if not tensor.is_floating_point() or tensor.dtype == target or skip:
+            cast[name] = tensor
+            continue
+        if id(state[name]) not in memo:
+            new = tensor.to(target)
+            # Exact: a finite value that becomes infinite does not fit the new dtype.
+            overflow = torch.isinf(new) & torch.isfinite(tensor)
+            if bool(overflow.any()):
+                worst = float(tensor[overflow].abs().max())
+                raise JobError(
+                    "overflow",
+                    f"{name} has values (up to {worst:.6g}) beyond the largest "
+                    f"{CAST_DTYPES[str(params['dtype'])]} ({float(torch.finfo(target).max):.6g})",
+                )
+            memo[id(state[name])] = new
+            changed += 1
+        cast[name] = memo[id(state[name])]
+    after = sum(t.numel() * t.element_size() for t in cast.values())
+    temps = [str(t) for t in output["temps"]]
+    if output.get("format") == "safetensors":
+        result = _to_safetensors(cast, {"temps": temps[:1]}, 0)
+        result.update(cast_tensors=changed, before=before, after=after)
+        return result
+    if state is loaded:
+        new_root: Any = cast
+    else:
+        new_root = _replace(loaded, state, cast)
+    size = _save(new_root, temps[0])
+    written = _reload(temps[0])
+    problem = _compare(new_root, written, "", set())
+    if problem:
+        raise JobError("verify", f"the cast file differs from what was cast: {problem}")
+    for name, tensor in cast.items():
+        # Each cast tensor is the original rounded once, bit for bit.
+        if not _same_bytes(tensors[name].to(tensor.dtype), tensor):
+            raise JobError("verify", f"{name}: the cast values are not the original's")
+    return {
+        "files": [{"temp": temps[0], "bytes": size}],
+        "tensors": len(cast),
+        "bytes": size,
+        "cast_tensors": changed,
+        "before": before,
+        "after": after,
+    }
+
+
+def _replace(root: Any, old: Any, new: Any) -> Any:
+    """`root` rebuilt with `old` (found by identity) replaced by `new`; the rest shared."""
+    if root is old:
+        return new
+    if isinstance(root, dict):
+        rebuilt = {k: _replace(v, old, new) for k, v in root.items()}
+        if type(root) is not dict:
+            copy = type(root)()
+            copy.update(rebuilt)
+            return copy
+        return rebuilt
+    if isinstance(root, list):
+        return [_replace(v, old, new) for v in root]
+    if type(root) is tuple:
+        return tuple(_replace(v, old, new) for v in root)
+    return root
