@@ -1,0 +1,87 @@
+"""What a conversion refuses, and that a refusal runs nothing and leaves nothing: hostile
+pickles, globals weights_only refuses, existing outputs, a write that fails half-way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tests.convert.helpers import cli, run
+from tests.downgrade.helpers import fingerprint
+
+
+class _Boom:
+    """Unpickling it runs a shell command that leaves a sentinel file."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+class Config:
+    """A custom class: weights_only=True refuses it."""
+
+    def __init__(self) -> None:
+        self.depth = 3
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "extract", "cast"])
+async def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(
+    tmp_path: Path, kind: str
+) -> None:
+    sentinel = tmp_path / "ran"
+    source = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "x": _Boom(sentinel)}, source)
+    outcome = await run(source, kind, dtype="fp16")
+    assert not outcome.ok and outcome.reason == "refused-globals"
+    assert "run code" in outcome.message and any("system" in g for g in outcome.globals)
+    assert not sentinel.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
+
+
+async def test_a_custom_class_is_refused_naming_it(tmp_path: Path) -> None:
+    source = tmp_path / "c.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "config": Config()}, source)
+    outcome = await run(source, "safetensors")
+    assert not outcome.ok and outcome.reason == "refused-globals"
+    assert outcome.globals == [f"{__name__}.Config"] and "Config" in outcome.message
+
+
+async def test_an_existing_output_is_replaced_only_when_asked(tmp_path: Path) -> None:
+    source = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, source)
+    out = tmp_path / "w.safetensors"
+    out.write_text("mine")
+    refused = cli("safetensors", str(source))
+    assert refused.returncode == 1 and "--force" in refused.stderr and out.read_text() == "mine"
+    assert len(refused.stderr.strip().splitlines()) == 1
+    forced = cli("safetensors", str(source), "--force")
+    assert forced.returncode == 0 and out.read_bytes()[:1] != b"m"
+    assert cli("safetensors", str(tmp_path / "missing.pt")).returncode == 2
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    unreadable = cli("safetensors", str(tmp_path / "notes.pt"))
+    assert unreadable.returncode == 2 and len(unreadable.stderr.strip().splitlines()) == 1
+    assert cli("safetensors").returncode == 2
+    assert cli("cast", str(source)).returncode == 2  # --dtype is required
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
+@pytest.mark.parametrize("kind", ["safetensors", "extract", "cast"])
+async def test_a_write_that_fails_half_way_leaves_no_partial_file(
+    tmp_path: Path, kind: str
+) -> None:
+    """A full disk, simulated by a file size limit on the worker: nothing may remain."""
+    source = tmp_path / "big.ckpt"
+    torch.save({"state_dict": {"w": torch.randn(256, 256)}, "step": 1}, source)
+    before = fingerprint(source)
+    limited = ("prlimit", "--fsize=65536", sys.executable)
+    outcome = await run(source, kind, dtype="fp16", command=limited)
+    assert not outcome.ok and "\n" not in outcome.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt"]
+    assert fingerprint(source) == before
