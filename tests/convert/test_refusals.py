@@ -3,9 +3,11 @@ pickles, globals weights_only refuses, existing outputs, a write that fails half
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,36 @@ async def test_a_write_that_fails_half_way_leaves_no_partial_file(
     assert not outcome.ok and "\n" not in outcome.message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt"]
     assert fingerprint(source) == before
+
+
+@pytest.mark.parametrize("shard", [0, 100_000])
+async def test_cancelling_mid_write_removes_the_partial_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shard: int
+) -> None:
+    """The editor's Cancel: the worker is held once its temporary file is written (the
+    downgrade's test pause), then the task is cancelled; a file or a folder of shards."""
+    monkeypatch.setenv("TORCHLS_WORKER_TEST_JOBS", "1")
+    monkeypatch.setenv("TORCHLS_TEST_DOWNGRADE_PAUSE", "60")
+    source = tmp_path / "big.pt"
+    torch.save({f"layer{i}.weight": torch.randn(128, 128) for i in range(4)}, source)
+    before = fingerprint(source)
+    progress: list[tuple[str, float | None]] = []
+    task = asyncio.ensure_future(
+        run(source, "safetensors", max_shard_bytes=shard, progress=progress)
+    )
+    deadline = time.monotonic() + 60
+    while not any(_written(p) for p in tmp_path.iterdir() if ".tmp-" in p.name):
+        assert time.monotonic() < deadline, "the worker never wrote its temporary output"
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
+    assert fingerprint(source) == before
+    assert any(m.startswith("writing") for m, _ in progress)
+
+
+def _written(temp: Path) -> bool:
+    if temp.is_dir():
+        return any(p.stat().st_size for p in temp.iterdir())
+    return temp.stat().st_size > 0
