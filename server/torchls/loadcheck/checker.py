@@ -36,7 +36,7 @@ from torchls.loadcheck.analysis import (
     pretrained_file_finding,
     pretrained_takes_file,
 )
-from torchls.source.loads import LoadSite, find_load_sites
+from torchls.source.loads import LoadSite, find_load_sites, saved_construction
 from torchls.source.models import FileModels, ModelTarget
 from torchls.source.project import ModuleFile
 from torchls.worker import protocol
@@ -297,7 +297,7 @@ def _with_saved_values(
     ast.copy_location(saved, site.loader_call)
     saved.end_lineno = site.loader_call.end_lineno
     saved.end_col_offset = site.loader_call.end_col_offset
-    target = models.construction_target(site.construction, {site.loader_call: saved})
+    target = saved_construction(models, site.construction, site.loader_call, saved)
     if target is None or len(target.problems) >= len(site.model.problems):
         return None
     target.wrapper_prefix = site.model.wrapper_prefix

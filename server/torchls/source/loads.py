@@ -23,11 +23,11 @@ from torchls.source.models import (
     FileModels,
     ModelTarget,
     PlacedTarget,
-    _binding,
     _function_scope,
     _scope_walk,
     _single_target,
 )
+from torchls.source.reaching import values_at, values_before_line
 from torchls.source.syspath import path_value
 from torchls.source.text import Span
 
@@ -184,9 +184,134 @@ def _construction(models: FileModels, call: ast.Call) -> ModelTarget | None:
         models._loads_targets = cache  # type: ignore[attr-defined]
     entry = cache.get(id(call))
     if entry is None or entry[0] is not call:
-        entry = (call, models.construction_target(call) or models.factory_target(call))
+        target = models.construction_target(call)
+        if target is not None and target.problems:
+            target = _fewer_problems(target, _inlined_target(models, call, {}))
+        entry = (call, target or models.factory_target(call))
         cache[id(call)] = entry
     return copy.copy(entry[1]) if entry[1] is not None else None
+
+
+def saved_construction(
+    models: FileModels, call: ast.Call, loader: ast.Call, saved: ast.expr
+) -> ModelTarget | None:
+    """The construction `call` read again with `saved` (a literal of the checkpoint's plain
+    values) standing in for what the `loader` torch.load call returns."""
+    target = models.construction_target(call, {loader: saved})
+    if target is None or target.problems:
+        target = _fewer_problems(target, _inlined_target(models, call, {id(loader): saved}))
+    return target
+
+
+def _fewer_problems(first: ModelTarget | None, second: ModelTarget | None) -> ModelTarget | None:
+    if first is None or second is None:
+        return first or second
+    return second if len(second.problems) < len(first.problems) else first
+
+
+def _inlined_target(
+    models: FileModels, call: ast.Call, substitutes: dict[int, ast.expr]
+) -> ModelTarget | None:
+    """The construction with its arguments' names replaced by the values certain on the path
+    to it (`gptconf = GPTConfig(**model_args)` under `if init_from == 'resume':`, with
+    `model_args` edited key by key from the checkpoint); None when that changes nothing."""
+    inliner = _Inliner(models, substitutes)
+    args = [inliner.inline(arg, 0) for arg in call.args]
+    keywords = [ast.keyword(k.arg, inliner.inline(k.value, 0)) for k in call.keywords]
+    if not inliner.changed:
+        return None
+    fresh = ast.Call(func=call.func, args=args, keywords=keywords)
+    ast.copy_location(fresh, call)
+    fresh.end_lineno, fresh.end_col_offset = call.end_lineno, call.end_col_offset
+    parent = models.parents.get(call)
+    if parent is not None:
+        models.parents[fresh] = parent
+    try:
+        return models.construction_target(fresh)
+    except RecursionError:
+        return None
+
+
+class _Inliner:
+    """Names replaced by their one value on the path, dict edits applied, constant
+    subscripts of dict literals taken: `GPTConfig(**model_args)` -> `GPTConfig(**{...})`."""
+
+    def __init__(self, models: FileModels, substitutes: dict[int, ast.expr]) -> None:
+        self.models = models
+        self.substitutes = substitutes
+        self.changed = False
+
+    def inline(self, node: ast.expr, depth: int) -> ast.expr:
+        if id(node) in self.substitutes:
+            self.changed = True
+            return self.substitutes[id(node)]
+        if depth > _MAX_STEPS:
+            return node
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            return self._name(node, depth)
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            value = self.inline(node.value, depth + 1)
+            key = node.slice
+            if isinstance(value, ast.Dict) and isinstance(key, ast.Constant):
+                for k, v in zip(value.keys, value.values, strict=True):
+                    if isinstance(k, ast.Constant) and k.value == key.value:
+                        return v
+            if value is node.value:
+                return node
+            return ast.copy_location(ast.Subscript(value, key, ast.Load()), node)
+        if isinstance(node, ast.Call):
+            args = [self.inline(a, depth + 1) for a in node.args]
+            keywords = [ast.keyword(k.arg, self.inline(k.value, depth + 1)) for k in node.keywords]
+            if all(a is b for a, b in zip(args, node.args, strict=True)) and all(
+                a.value is b.value for a, b in zip(keywords, node.keywords, strict=True)
+            ):
+                return node
+            return ast.copy_location(ast.Call(node.func, args, keywords), node)
+        if isinstance(node, ast.Starred):
+            inner = self.inline(node.value, depth + 1)
+            return node if inner is node.value else ast.copy_location(ast.Starred(inner), node)
+        if isinstance(node, ast.Dict):
+            values = [self.inline(v, depth + 1) for v in node.values]
+            keys = [self.inline(k, depth + 1) if k is not None else None for k in node.keys]
+            return ast.copy_location(ast.Dict(keys, values), node)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            elts = [self.inline(e, depth + 1) for e in node.elts]
+            return ast.copy_location(type(node)(elts, ast.Load()), node)
+        return node
+
+    def _name(self, node: ast.Name, depth: int) -> ast.expr:
+        values = values_at(self.models, node.id, node)
+        if values is None or len(values) != 1 or values[0].edits is None:
+            return node
+        binding = values[0]
+        value = self.inline(binding.value, depth + 1)
+        if binding.edits:
+            merged = _as_dict(value)
+            if merged is None:
+                return node
+            for key, edit in binding.edits:
+                merged[key] = self.inline(edit, depth + 1)
+            value = ast.Dict([ast.Constant(k) for k in merged], list(merged.values()))
+            ast.copy_location(value, node)
+        self.changed = True
+        return value
+
+
+def _as_dict(node: ast.expr) -> dict[str, ast.expr] | None:
+    """`{"a": 1}` or `dict(a=1)` as its entries (keys all plain strings), else None."""
+    if isinstance(node, ast.Dict):
+        keys = [k.value if isinstance(k, ast.Constant) else None for k in node.keys]
+        if all(isinstance(k, str) for k in keys):
+            return {str(k): v for k, v in zip(keys, node.values, strict=True)}
+        return None
+    if (
+        isinstance(node, ast.Call)
+        and _is_name(node.func, "dict")
+        and not node.args
+        and all(k.arg for k in node.keywords)
+    ):
+        return {str(k.arg): k.value for k in node.keywords}
+    return None
 
 
 def _unparse(node: ast.AST, limit: int = 60) -> str:
@@ -247,14 +372,14 @@ def _site(models: FileModels, call: ast.Call) -> LoadSite | None:
             site.strict = None
     last = [*call.args, *(k.value for k in call.keywords)]
     site.call_end = _end(models, last[-1])
-    site.model, site.construction = _model_of(models, receiver, call)
+    site.model, site.construction, site.model_unknown = _model_of(models, receiver, call)
     if isinstance(site.model, PlacedTarget) and site.model.refusal:
         site.model_unknown = site.model.refusal
         site.model, site.construction = None, None
     site.model_text = models.segment(receiver) or ""
     root = receiver.value if isinstance(receiver, ast.Attribute) else receiver
     if site.model is not None and isinstance(root, ast.Name):
-        bound = _bound_value(models, root.id, call.lineno, call)
+        bound = _value_of(models, root) or site.construction
         changed = _mutated(models, root.id, getattr(bound, "lineno", 0), call.lineno, call, True)
         if changed is not None:
             site.model_changed = (
@@ -277,7 +402,7 @@ def _from_pretrained(models: FileModels, call: ast.Call) -> LoadSite | None:
         return None
     config = _keyword_value(call, "config")
     if config is not None:
-        lookup = models._scoped_lookup(_function_scope(models, call))
+        lookup = _lookup(models, call)
         site.pretrained_config = "path" if _path_text(models, config, lookup) else "object"
     owner = call.func.value if isinstance(call.func, ast.Attribute) else call.func
     site.auto_class = (dotted_name(owner) or "").rsplit(".", 1)[-1].startswith("Auto")
@@ -381,24 +506,29 @@ def _end(models: FileModels, node: ast.AST) -> Span:
 def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSite) -> None:
     """Walk back from the argument to the load call: names, subscripts and key rewrites. Where
     the walk stops short of a file, `site.unchecked` says why."""
-    lookup = models._scoped_lookup(_function_scope(models, at))
     steps: list[Step] = []
     for _ in range(_MAX_STEPS):
         if isinstance(node, ast.Name):
             use_line = getattr(node, "lineno", 1 << 30)
-            found = lookup(node.id, use_line)
+            found = _value_of(models, node)
             if found is None:
                 site.unchecked = (
                     f"`{node.id}` cannot be followed back to a file (a parameter, a loop "
                     "variable, or assigned in a branch or in more than one way)"
                 )
                 return
-            changed = _mutated(models, node.id, getattr(found, "lineno", 0), use_line, at, False)
+            loops = _prefix_loops(models, node.id, getattr(found, "lineno", 0), use_line, at)
+            ignored = {id(inner) for _, _, loop in loops for inner in ast.walk(loop)}
+            changed = _mutated(
+                models, node.id, getattr(found, "lineno", 0), use_line, at, False, ignored
+            )
             if changed is not None:
                 site.keys_unknown = (
                     f"`{node.id}` is changed in place on line {changed} before it is loaded"
                 )
-            steps[:0] = _prefix_consumed(models, node.id, found, use_line, at)
+            consumed = _prefix_consumed(models, node.id, found, use_line, at)
+            consumed += [(line, step) for line, step, _ in loops]
+            steps[:0] = [step for _, step in sorted(consumed, key=lambda pair: pair[0])]
             node = found
             continue
         if isinstance(node, ast.Subscript):
@@ -443,7 +573,7 @@ def _follow_source(models: FileModels, at: ast.AST, node: ast.expr, site: LoadSi
 def _read_loader(
     models: FileModels, call: ast.Call, path: ast.expr, site: LoadSite, loader: str
 ) -> None:
-    lookup = models._scoped_lookup(_function_scope(models, call))
+    lookup = _lookup(models, call)
     site.loader = loader
     site.loader_call = call if loader == "torch.load" else None
     site.loader_span = models._span(call)
@@ -524,7 +654,13 @@ _MODEL_READERS = {"print", "len", "isinstance", "type", "id", "repr", "str", "ha
 
 
 def _mutated(
-    models: FileModels, name: str, after: int, before: int, at: ast.AST, model: bool
+    models: FileModels,
+    name: str,
+    after: int,
+    before: int,
+    at: ast.AST,
+    model: bool,
+    ignored: set[int] | frozenset[int] = frozenset(),
 ) -> int | None:
     """The first line between `after` and `before`, in the scope of `at`, that may change what
     `name` holds: `sd[k] = ...`, `sd.pop(k)`, `model.fc = nn.Linear(...)`, `setattr(model, ..)`,
@@ -539,7 +675,7 @@ def _mutated(
             continue
         for node in _scope_walk(statement):
             line = getattr(node, "lineno", 0)
-            if not after <= line < before or node is at:
+            if not after <= line < before or node is at or id(node) in ignored:
                 continue
             if _changes(models, node, name, model):
                 return line
@@ -575,11 +711,11 @@ def _changes(models: FileModels, node: ast.AST, name: str, model: bool) -> bool:
 
 def _prefix_consumed(
     models: FileModels, name: str, value: ast.expr, use_line: int, at: ast.AST
-) -> list[Step]:
+) -> list[tuple[int, Step]]:
     """`consume_prefix_in_state_dict_if_present(name, "module.")` between binding and use."""
     bound_line = getattr(value, "lineno", 0)
     scope = _function_scope(models, at)
-    steps = []
+    steps: list[tuple[int, Step]] = []
     consumers = [call for dotted in _CONSUME_PREFIX for call in models.calls_to(dotted)]
     for call in sorted(consumers, key=lambda call: (call.lineno, call.col_offset)):
         if not (bound_line <= call.lineno < use_line) or _function_scope(models, call) is not scope:
@@ -588,7 +724,7 @@ def _prefix_consumed(
             continue
         prefix = call.args[1]
         if call.args[0].id == name and _string(prefix) is not None:
-            steps.append(Step("strip", str(_string(prefix))))
+            steps.append((call.lineno, Step("strip", str(_string(prefix)))))
     return steps
 
 
@@ -872,70 +1008,92 @@ WRAPPERS = {
 
 def _model_of(
     models: FileModels, receiver: ast.expr, call: ast.Call
-) -> tuple[ModelTarget | None, ast.Call | None]:
-    """The construction the receiver was built by (`model = Net(...)` in the same scope) and
-    its call, through `.to(...)`-style chains and wrappers: after `model =
-    nn.DataParallel(model)` the model's keys start with `module.`, which the target's
-    `wrapper_prefix` says."""
+) -> tuple[ModelTarget | None, ast.Call | None, str | None]:
+    """The construction the receiver was built by (`model = Net(...)` in the same scope, or on
+    the path to the load) and its call, through `.to(...)`-style chains and wrappers: after
+    `model = nn.DataParallel(model)` the model's keys start with `module.`, which the target's
+    `wrapper_prefix` says. The third item says why the model is not one torchls can tell."""
     found = _construction_of(models, receiver, call)
-    return (found[0], found[1]) if found is not None else (None, None)
+    if isinstance(found, str):
+        return None, None, found
+    return (found[0], found[1], None) if found is not None else (None, None, None)
 
 
 def _construction_of(
     models: FileModels, receiver: ast.expr, call: ast.Call
-) -> tuple[ModelTarget, ast.Call] | None:
+) -> tuple[ModelTarget, ast.Call] | str | None:
     attribute = ""
     if isinstance(receiver, ast.Attribute) and receiver.attr in {"module", "_orig_mod"}:
         attribute = receiver.attr + "."  # model.module.load_state_dict: the wrapped model
         receiver = receiver.value
-    prefix = ""
-    at: ast.AST = call
-    value: ast.expr | None = None
+    start: ast.expr | None
     if isinstance(receiver, ast.Attribute):
-        value = _member_value(models, receiver, call)  # self.model, built in __init__
-        if value is None:
-            return None
-        at = value
-        name, line = "", value.lineno
+        start = _member_value(models, receiver, call)  # self.model, built in __init__
     elif isinstance(receiver, ast.Name):
-        name, line = receiver.id, call.lineno
+        start = receiver
     else:
         return None
-    for _ in range(_MAX_STEPS):
-        if name:
-            value = _bound_value(models, name, line, at)
-        while (
-            isinstance(value, ast.Call)
-            and isinstance(value.func, ast.Attribute)
-            and isinstance(value.func.value, ast.Call)
-            and value.func.attr in CHAIN_METHODS
-        ):
-            value = value.func.value
-        if not isinstance(value, ast.Call):
+    built = _built_by(models, start, 0) if start is not None else None
+    if not built:
+        return None
+    written = models.segment(receiver) or "the model"
+    if len({id(construction) for construction, _ in built}) > 1:
+        lines = sorted({construction.lineno for construction, _ in built})
+        return (
+            f"`{written}` is built in {len(built)} ways (lines "
+            f"{', '.join(map(str, lines))}), depending on the path the script takes"
+        )
+    if len({prefix for _, prefix in built}) > 1:
+        shown = " or ".join(f"`{prefix}`" if prefix else "none" for _, prefix in built)
+        return (
+            f"`{written}` is wrapped on some paths only, so its keys' prefix ({shown}) depends "
+            "on the path the script takes"
+        )
+    value, prefix = built[0]
+    target = _construction(models, value)
+    if target is None:
+        return None
+    if attribute:
+        if not prefix.startswith(attribute):
             return None
-        wrapper = WRAPPERS.get(models.imports.resolve(value.func) or "")
-        if wrapper is None:
-            target = _construction(models, value)
-            if target is None:
-                return None
-            if attribute:
-                if not prefix.startswith(attribute):
-                    return None
-                prefix = prefix[len(attribute) :]
-            target.wrapper_prefix = prefix
-            return target, value
-        prefix += wrapper
-        inner = value.args[0] if value.args else None
-        if isinstance(inner, ast.Call):
-            target = _construction(models, inner)
-            if target is None or (attribute and not prefix.startswith(attribute)):
-                return None
-            target.wrapper_prefix = prefix[len(attribute) :]
-            return target, inner
-        if not isinstance(inner, ast.Name):
+        prefix = prefix[len(attribute) :]
+    target.wrapper_prefix = prefix
+    return target, value
+
+
+def _built_by(models: FileModels, node: ast.expr, depth: int) -> list[tuple[ast.Call, str]] | None:
+    """Each construction (and wrapper prefix) a model expression may come from: `model` after
+    `model = Net()`, `if cuda: model = model.cuda()`, `model = nn.DataParallel(model)`."""
+    if depth > _MAX_STEPS:
+        return None
+    if isinstance(node, ast.Name):
+        plain = models._scoped_lookup(_function_scope(models, node))(
+            node.id, getattr(node, "lineno", 1 << 30)
+        )
+        values = [plain] if plain is not None else None
+        if values is None:
+            reaching = values_at(models, node.id, node)
+            values = [binding.value for binding in reaching] if reaching else None
+        if not values:
             return None
-        name, line = inner.id, value.lineno
-    return None
+        found: list[tuple[ast.Call, str]] = []
+        for value in values:
+            more = _built_by(models, value, depth + 1)
+            if more is None:
+                return None
+            found += [pair for pair in more if pair not in found]
+        return found
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr in CHAIN_METHODS:
+        return _built_by(models, func.value, depth + 1)  # Net().to(device), model.cuda()
+    wrapper = WRAPPERS.get(models.imports.resolve(func) or "")
+    if wrapper is None:
+        return [(node, "")]
+    inner = node.args[0] if node.args else None
+    wrapped = _built_by(models, inner, depth + 1) if inner is not None else None
+    return [(call, wrapper + prefix) for call, prefix in wrapped] if wrapped else None
 
 
 def _member_value(models: FileModels, receiver: ast.Attribute, call: ast.Call) -> ast.expr | None:
@@ -984,12 +1142,133 @@ def _member_value(models: FileModels, receiver: ast.Attribute, call: ast.Call) -
     return found[0] if len(found) == 1 else None
 
 
-def _bound_value(models: FileModels, name: str, line: int, at: ast.AST) -> ast.expr | None:
+def _lookup(models: FileModels, at: ast.AST) -> Any:
+    """The import model's lookup for the scope of `at` and, where it cannot tell, the value
+    certain on the path to `at`: `ckpt_path = ...` and its use in the same `if` branch."""
+    plain = models._scoped_lookup(_function_scope(models, at))
+
+    def lookup(name: str, before_line: int) -> ast.expr | None:
+        found: ast.expr | None = plain(name, before_line)
+        if found is not None:
+            return found
+        values = values_before_line(models, name, before_line, at)
+        return values[0].value if values is not None and len(values) == 1 else None
+
+    return lookup
+
+
+def _value_of(models: FileModels, name: ast.Name) -> ast.expr | None:
+    """The one value `name` has where it is used, or None."""
+    found: ast.expr | None = models._scoped_lookup(_function_scope(models, name))(
+        name.id, getattr(name, "lineno", 1 << 30)
+    )
+    if found is not None:
+        return found
+    values = values_at(models, name.id, name)
+    return values[0].value if values is not None and len(values) == 1 else None
+
+
+def _prefix_loops(
+    models: FileModels, name: str, after: int, before: int, at: ast.AST
+) -> list[tuple[int, Step, ast.For]]:
+    """The loops that strip a prefix from the keys in place, between binding and use, in a
+    block the use is in (not in a branch beside it)::
+
+        for k, v in list(sd.items()):
+            if k.startswith(prefix):
+                sd[k[len(prefix):]] = sd.pop(k)
+    """
     scope = _function_scope(models, at)
-    statements = scope.body if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
-    if statements is None and models.tree is not None:
-        statements = models.tree.body
-    bound, value = _binding(statements or [], name, line, models.bindings)
-    if not bound and scope is not None and models.tree is not None:
-        bound, value = _binding(models.tree.body, name, line, models.bindings)
-    return value
+    body = scope.body if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    if body is None and models.tree is not None:
+        body = models.tree.body
+    around: set[int] = set()
+    node: ast.AST | None = at
+    while node is not None:
+        around.add(id(node))
+        node = models.parents.get(node)
+    found: list[tuple[int, Step, ast.For]] = []
+    lookup = _lookup(models, at)
+    for statement in body or []:
+        if (statement.end_lineno or statement.lineno) < after or statement.lineno >= before:
+            continue
+        for loop in _scope_walk(statement):
+            if (
+                isinstance(loop, ast.For)
+                and after <= loop.lineno < before
+                and id(models.parents.get(loop)) in around | {id(scope or models.tree)}
+            ):
+                step = _prefix_loop(loop, name, lookup)
+                if step is not None:
+                    found.append((loop.lineno, step, loop))
+    return found
+
+
+def _prefix_loop(loop: ast.For, name: str, lookup: Any) -> Step | None:
+    # for k, v in list(sd.items()) / for k in list(sd.keys()) / for k in list(sd)
+    iterated = loop.iter
+    if not (
+        isinstance(iterated, ast.Call)
+        and _is_name(iterated.func, "list")
+        and len(iterated.args) == 1
+        and not loop.orelse
+        and len(loop.body) == 1
+    ):
+        return None
+    inner = iterated.args[0]
+    if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and not inner.args:
+        if inner.func.attr not in {"items", "keys"}:
+            return None
+        inner = inner.func.value
+    target = loop.target
+    if isinstance(target, ast.Tuple) and len(target.elts) == 2:
+        target = target.elts[0]
+    if not (_is_name(inner, name) and isinstance(target, ast.Name)):
+        return None
+    k = target.id
+    statement = loop.body[0]
+    guard: str | None = None
+    if isinstance(statement, ast.If) and not statement.orelse and len(statement.body) == 1:
+        test = _constant_names(statement.test, lookup)
+        tested = _method_on(test, k, "startswith")
+        if tested is None or len(tested.args) != 1 or _string(tested.args[0]) is None:
+            return None
+        guard = _string(tested.args[0])
+        statement = statement.body[0]
+    # sd[<new key of k>] = sd.pop(k)
+    if not (
+        isinstance(statement, ast.Assign)
+        and len(statement.targets) == 1
+        and isinstance(statement.targets[0], ast.Subscript)
+        and _is_name(statement.targets[0].value, name)
+    ):
+        return None
+    popped = _method_on(statement.value, name, "pop")
+    if popped is None or len(popped.args) != 1 or not _is_name(popped.args[0], k):
+        return None
+    step = _key_expression(_constant_names(statement.targets[0].slice, lookup), k)
+    if step is None or step.kind == "same":
+        return None
+    if guard is None:
+        return step if step.kind in {"add", "cut"} else None
+    if step.kind == "cut" and step.value == len(guard):
+        return Step("strip", guard)
+    if step.kind == "strip" and step.value == guard:
+        return step
+    if step.kind == "replace" and step.value == (guard, ""):
+        return None  # replaces every occurrence, not only the prefix: not followed
+    return None
+
+
+def _constant_names(node: ast.expr, lookup: Any) -> ast.expr:
+    """`node` with names bound to string literals replaced by them (`unwanted_prefix`)."""
+
+    class Replace(ast.NodeTransformer):
+        def visit_Name(self, name: ast.Name) -> ast.expr:
+            found = lookup(name.id, getattr(name, "lineno", 1 << 30))
+            if isinstance(found, ast.Constant) and isinstance(found.value, str):
+                return ast.copy_location(ast.Constant(found.value), name)
+            return name
+
+    result: ast.expr = Replace().visit(copy.deepcopy(node))
+    return result
