@@ -192,20 +192,14 @@ async def _check_all(
     worker = WorkerClient(settings)
     environment = Environment()
     try:
-        if build:
-            probe = await worker.run("environment")
-            torch = probe.value.get("libraries", {}).get("torch", {}) if probe.ok else {}
-            environment = Environment(torch.get("version"), torch.get("cuda"))
-        environment = replace(environment, old_torch_pin=torch_pin(settings.workspace or "."))
-        checker = LoadChecker(
-            read_isolated_async,
-            lambda params: worker.run("state_dict", params),
-            lambda: environment,
-            lambda: build,
-        )
+        # The worker's environment probe imports torch (seconds): it runs while the files
+        # are read, and is waited for only before the first load is checked.
+        probe = asyncio.ensure_future(worker.run("environment")) if build else None
         project = Project(str(workspace))
         results: list[FileResult] = []
+        loading: list[tuple[FileResult, FileModels]] = []
         for path in files:
+            await asyncio.sleep(0)  # let the worker start meanwhile
             result = FileResult(path)
             results.append(result)
             module = project.module_file(str(path.resolve()))
@@ -217,12 +211,29 @@ async def _check_all(
             if models.tree is None:
                 result.skipped = _syntax_error(module.text, str(path))
                 continue
-            result.reports = await checker.check(models, str(workspace))
-            result.fixes = [checker.fixes(models, report) for report in result.reports]
             try:
                 result.lint = kfold_lint(models)
             except (RecursionError, ValueError):
                 result.lint = []
+            # Every loader torchls checks is a name with "load" in it (load_state_dict,
+            # torch.load, from_pretrained's import, load_from_checkpoint, load_model):
+            # a file without the word has no load site.
+            if "load" in module.text or "from_pretrained" in module.text:
+                loading.append((result, models))
+        if probe is not None and loading:
+            done = await probe
+            torch = done.value.get("libraries", {}).get("torch", {}) if done.ok else {}
+            environment = Environment(torch.get("version"), torch.get("cuda"))
+        environment = replace(environment, old_torch_pin=torch_pin(settings.workspace or "."))
+        checker = LoadChecker(
+            read_isolated_async,
+            lambda params: worker.run("state_dict", params),
+            lambda: environment,
+            lambda: build,
+        )
+        for result, models in loading:
+            result.reports = await checker.check(models, str(workspace))
+            result.fixes = [checker.fixes(models, report) for report in result.reports]
         return results
     finally:
         await worker.stop()
