@@ -1,7 +1,7 @@
-"""`torchls convert safetensors|extract|cast PATH [-o OUT] [--force]`: the conversions in a
-terminal. One line (or `--format json`, the object the LSP command returns); exit 0 when the
-verified output is in place, 1 when refused or failed (nothing written), 2 on usage or read
-errors. Ctrl+C stops the worker and removes the temporary files."""
+"""`torchls convert safetensors|extract|cast|consolidate PATH [-o OUT] [--force]`: the
+conversions in a terminal. One line (or `--format json`, the object the LSP command
+returns); exit 0 when the verified output is in place, 1 when refused or failed (nothing
+written), 2 on usage or read errors. Ctrl+C stops the worker and removes the temporary files."""
 
 from __future__ import annotations
 
@@ -76,6 +76,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the weights of a training checkpoint as a plain state dict (no optimizer)",
     )
     ex.add_argument("--strip-prefix", default="", metavar="P", help="remove P (module.) from keys")
+    co = kinds.add_parser(
+        "consolidate",
+        parents=[common],
+        help="shards (an *.index.json or its folder) into one file, or one file into shards",
+    )
+    co.add_argument(
+        "--max-shard-size",
+        type=size_argument,
+        default=0,
+        metavar="SIZE",
+        help="cut one file into shards of at most SIZE (5GB) with an index",
+    )
     ca = kinds.add_parser(
         "cast", parents=[common], help="floating tensors of the state dict to another dtype"
     )

@@ -41,9 +41,15 @@ from torchls.downgrade.run import (
     _remove,
     _run_worker,
 )
-from torchls.downgrade.targets import MAX_INDEX_BYTES, TargetError, _check_path, is_model_folder
+from torchls.downgrade.targets import (
+    MAX_INDEX_BYTES,
+    TargetError,
+    _check_path,
+    _index_shards,
+    is_model_folder,
+)
 
-KINDS = ("safetensors", "extract", "cast")
+KINDS = ("safetensors", "extract", "cast", "consolidate")
 CAST_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 INDEX = "model.safetensors.index.json"
 _BIN = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
@@ -107,13 +113,14 @@ class Outcome:
 
 @dataclass
 class _Job:
-    """One weight file to convert: its source, format and the temporary name(s) to write."""
+    """One weight file to write: its source(s), format and its final name."""
 
     source: Path
     format: str  # torch | safetensors (what the reader found)
     name: str  # the final name inside a folder output, or the output file's name
     key: str = ""
     tensors: int = 0  # in the chosen state dict, as the reader counts them
+    shards: tuple[Path, ...] = ()  # consolidate: the shards merged into this one file
 
 
 @dataclass
@@ -124,6 +131,9 @@ class _Plan:
     jobs: list[_Job]
     copies: list[Path] = field(default_factory=list)
     index: bool = False  # a folder output gets model.safetensors.index.json
+    shard_stem: str = "model"  # shards: model-00001-of-00002.safetensors, and their index
+    shard_ext: str = ".safetensors"
+    index_name: str = INDEX
 
 
 def default_output(source: Path, options: Options, sharded: bool = False) -> Path:
@@ -198,6 +208,8 @@ async def convert(
 
 
 async def _plan(source: Path, options: Options, read: Any) -> _Plan:
+    if options.kind == "consolidate":
+        return await _plan_consolidate(source, options, read)
     if source.is_dir():
         if options.kind != "safetensors" or not is_model_folder(source):
             raise TargetError(
@@ -253,6 +265,67 @@ async def _plan_folder(folder: Path, options: Options, read: Any) -> _Plan:
     skip = {*bins, *_CONVENTIONAL, "model.safetensors", INDEX, ".git"}
     copies = [folder / n for n in names if n not in skip and ".tmp-" not in n]
     return _Plan(folder, output, True, jobs, copies, index=len(bins) > 1)
+
+
+async def _plan_consolidate(source: Path, options: Options, read: Any) -> _Plan:
+    """An index (or the folder holding one) -> one file beside it; one file with a shard size
+    -> a folder of shards and their index."""
+    index = source
+    if source.is_dir():
+        found = sorted(source.glob("*.index.json"))
+        if len(found) != 1:
+            raise _Refused(
+                "no-index",
+                f"{source.name} has {len(found)} shard indexes"
+                + (f" ({', '.join(p.name for p in found)}): name one" if found else ""),
+            )
+        index = found[0]
+    if index.name.endswith(".index.json"):
+        if options.max_shard_bytes:
+            raise _Refused("error", "--max-shard-size cuts one file into shards, not an index")
+        shards = [index.parent / name for name in _index_shards(index)]
+        formats = set()
+        for shard in shards:
+            summary = await read(shard)
+            _preflight(shard, summary)
+            formats.add("safetensors" if summary.get("format") == "safetensors" else "torch")
+        if len(formats) != 1:
+            raise _Refused("error", f"{index.name} mixes safetensors and torch shards")
+        fmt = formats.pop()
+        name = "model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"
+        if not index.name.startswith(("model.", "pytorch_model.")):
+            name = index.name.removesuffix(".index.json")
+            name += "" if name.endswith((".safetensors", ".bin", ".pt")) else ".pt"
+        output = options.output or index.with_name(name)
+        if options.output is not None and output.is_dir():
+            output = output / name
+        _check_place(index, output, False)
+        job = _Job(shards[0], fmt, output.name, "", 0, tuple(shards))
+        return _Plan(index, output, False, [job])
+    if not options.max_shard_bytes:
+        raise _Refused(
+            "already",
+            f"{source.name} is one file already; --max-shard-size SIZE cuts it into shards",
+        )
+    summary = await read(source)
+    _preflight(source, summary)
+    if "" not in {c["path"] for c in summary.get("candidates") or []}:
+        raise _Refused(
+            "no-state-dict",
+            f"{source.name} is not a plain state dict: extract the weights first (convert extract)",
+        )
+    fmt = "safetensors" if summary.get("format") == "safetensors" else "torch"
+    stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+    output = options.output or source.with_name(f"{stem}-shards")
+    _check_place(source, output, True)
+    count = len(summary.get("tensors") or [])
+    job = _Job(source, fmt, output.name, "", count)
+    if fmt == "safetensors":
+        return _Plan(source, output, True, [job], index=True)
+    return _Plan(
+        source, output, True, [job], index=True, shard_stem="pytorch_model", shard_ext=".bin",
+        index_name="pytorch_model.bin.index.json",
+    )  # fmt: skip
 
 
 def _preflight(path: Path, summary: dict[str, Any]) -> None:
@@ -330,7 +403,10 @@ def _check_place(source: Path, output: Path, folder: bool) -> None:
         )
     if not folder and out.is_dir():
         raise TargetError("error", f"{out} is a folder; choose another output")
-    ours = out.is_dir() and ((out / INDEX).exists() or (out / "model.safetensors").exists())
+    ours = out.is_dir() and any(
+        (out / name).exists()
+        for name in (INDEX, "model.safetensors", "pytorch_model.bin.index.json")
+    )
     if folder and out.exists() and not ours:
         # Replacing it (when asked) removes it: only ever an earlier output of this command.
         raise TargetError(
@@ -358,7 +434,8 @@ async def _convert(
             temp = plan.output.with_name(f".{plan.output.name}.tmp-{tag}")
             temps.append(temp)
             names = [str(temp)]
-        outputs.append({"source": str(job.source), "format": job.format, "temps": names})
+        sources = [str(s) for s in job.shards or (job.source,)]
+        outputs.append({"sources": sources, "format": job.format, "temps": names})
     params = {
         "kind": options.kind,
         "outputs": outputs,
@@ -403,7 +480,9 @@ async def _convert(
         what += f", {len(dropped)} shared dropped"
     if options.kind == "cast":
         what += f"; state dict {report.size(before)} -> {report.size(after)}"
-    verb = {"safetensors": "Converted", "extract": "Extracted", "cast": "Cast"}[options.kind]
+    verb = {"safetensors": "Converted", "extract": "Extracted", "cast": "Cast"}.get(
+        options.kind, "Consolidated" if not plan.folder else "Sharded"
+    )
     message = (
         f"{verb} {plan.input.name} -> {plan.output.name} ({what}; verified: torch "
         f"{result.get('torch')} and torchls read it back, every tensor equal)"
@@ -430,7 +509,10 @@ def _name_files(plan: _Plan, staging: Path, written: list[dict[str, Any]]) -> No
     total = 0
     if len(plan.jobs) == 1 and plan.index:
         files = written[0]["files"]
-        finals = [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))]
+        finals = [
+            f"{plan.shard_stem}-{i + 1:05d}-of-{len(files):05d}{plan.shard_ext}"
+            for i in range(len(files))
+        ]
         pairs = list(zip(files, finals, strict=True))
     else:
         pairs = [(w["files"][0], job.name) for w, job in zip(written, plan.jobs, strict=True)]
@@ -445,7 +527,7 @@ def _name_files(plan: _Plan, staging: Path, written: list[dict[str, Any]]) -> No
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
         if len(text) > MAX_INDEX_BYTES:
             raise _Refused("error", "the shard index would be too large")
-        (staging / INDEX).write_text(text, encoding="utf-8")
+        (staging / plan.index_name).write_text(text, encoding="utf-8")
 
 
 def _check_written(
@@ -453,14 +535,14 @@ def _check_written(
 ) -> None:
     """torchls's own reader must agree with the worker: the format, the tensors, no global that
     weights_only refuses."""
-    expected = "safetensors" if "names" in written else "torch-zip"
+    expected = written["format"]
     if summary.get("format") != expected:
         raise _Refused("verify", f"the written file reads as {summary.get('format')}")
     verdict = summary.get("weights_only") or {}
     if not verdict.get("accepted", True):
         raise _Refused("verify", f"the written file: {verdict.get('reason')}")
     if "names" in written:
-        seen = sorted(t["key"] for t in summary.get("tensors") or [])
+        seen = sorted(t["key"] for t in summary.get("tensors") or [] if not t["container"])
         if seen != sorted(written["names"]):
             raise _Refused(
                 "verify",

@@ -51,10 +51,11 @@ def convert(context: JobContext, params: Params) -> dict[str, Any]:
     for index, output in enumerate(outputs):
         share = 100.0 / max(1, len(outputs))
         base = index * share
-        source = str(output["source"])
-        name = Path(source).name
+        sources = [str(s) for s in output.get("sources") or [output["source"]]]
+        source = sources[0]
+        name = Path(source).name if len(sources) == 1 else f"{len(sources)} shards"
         say(f"loading {name}", base)
-        loaded = _load_sources([source], str(output.get("format", "torch")))
+        loaded = _load_all(sources, str(output.get("format", "torch")))
         key = str(params.get("key") or "")
         state = _select(loaded, key)
         say(f"writing {name}", base + share * 0.2)
@@ -64,6 +65,8 @@ def convert(context: JobContext, params: Params) -> dict[str, Any]:
             result = _extract(loaded, state, key, output, str(params.get("strip_prefix") or ""))
         elif kind == "cast":
             result = _cast(loaded, state, output, params)
+        elif kind == "consolidate":
+            result = _split(state, output, int(params.get("max_shard_bytes") or 0))
         else:
             raise JobError("error", f"unknown conversion {kind!r}")
         _pause_for_tests()
@@ -73,6 +76,22 @@ def convert(context: JobContext, params: Params) -> dict[str, Any]:
         del loaded, state
     say("done", 100.0)
     return {"outputs": results, "torch": str(torch.__version__)}
+
+
+def _load_all(sources: list[str], form: str) -> Any:
+    """One file as it is; the shards of one state dict merged (a name in two shards refused)."""
+    if len(sources) == 1 or form == "safetensors":
+        return _load_sources(sources, form)
+    merged: dict[str, Any] = {}
+    for source in sources:
+        part = _load_sources([source], form)
+        if not isinstance(part, dict):
+            raise JobError("error", f"{Path(source).name} is not a state dict shard")
+        for key, value in part.items():
+            if key in merged:
+                raise JobError("error", f"{Path(source).name} repeats the key {key!r}")
+            merged[key] = value
+    return merged
 
 
 def _select(root: Any, path: str) -> Any:
@@ -171,7 +190,8 @@ def _to_safetensors(state: Any, output: dict[str, Any], max_shard_bytes: int) ->
     for names, temp in zip(shards, temps, strict=False):
         # Every shard carries the dropped names (each loads by itself), the index maps them once.
         _write_safetensors(temp, {n: kept[n] for n in names}, metadata)
-        files.append({"temp": temp, "names": names, "bytes": Path(temp).stat().st_size})
+        size = Path(temp).stat().st_size
+        files.append({"temp": temp, "names": names, "bytes": size, "format": "safetensors"})
     for shard in files:
         written = _read_back_safetensors(str(shard["temp"]))
         if sorted(written) != sorted(shard["names"]):
@@ -294,10 +314,36 @@ def _extract(
         raise JobError("verify", f"the extracted file differs from the original: {problem}")
     left = [subscript("", k) for k in loaded if subscript("", k) != key] if key else []
     return {
-        "files": [{"temp": temp, "bytes": size}],
+        "files": [{"temp": temp, "bytes": size, "format": "torch-zip", "names": list(tensors)}],
         "tensors": len(tensors),
         "bytes": size,
         "dropped_entries": left,
+    }
+
+
+def _split(state: Any, output: dict[str, Any], max_shard_bytes: int) -> dict[str, Any]:
+    """Shards merged into one file (no limit), or one file cut into shards, in the format it
+    was in; each file written is read back and compared with the tensors it should hold."""
+    if output.get("format") == "safetensors":
+        return _to_safetensors(state, output, max_shard_bytes)
+    tensors = _tensors_of(state)
+    shards = _shards(tensors, max_shard_bytes) if max_shard_bytes else [list(tensors)]
+    temps = [str(t) for t in output["temps"]]
+    if len(shards) > len(temps):
+        raise JobError("error", "the shards the server planned do not fit the tensors")
+    files: list[dict[str, Any]] = []
+    for names, temp in zip(shards, temps, strict=False):
+        part = {name: tensors[name] for name in names}
+        size = _save(part, temp)
+        problem = _compare(part, _reload(temp), "", set())
+        if problem:
+            raise JobError("verify", f"the written file differs from the original: {problem}")
+        files.append({"temp": temp, "names": names, "bytes": size, "format": "torch-zip"})
+    return {
+        "files": files,
+        "tensors": len(tensors),
+        "bytes": sum(int(f["bytes"]) for f in files),
+        "total_size": sum(t.numel() * t.element_size() for t in tensors.values()),
     }
 
 
@@ -352,7 +398,7 @@ def _cast(loaded: Any, state: Any, output: dict[str, Any], params: Params) -> di
         if not _same_bytes(tensors[name].to(tensor.dtype), tensor):
             raise JobError("verify", f"{name}: the cast values are not the original's")
     return {
-        "files": [{"temp": temps[0], "bytes": size}],
+        "files": [{"temp": temps[0], "bytes": size, "format": "torch-zip"}],
         "tensors": len(cast),
         "bytes": size,
         "cast_tensors": changed,
