@@ -577,16 +577,22 @@ def resolve(ref):
 class Unreadable(Exception):
     pass
 
-# Names the typed arguments use that the module does not bind (`VanillaVAE(3, 128)` for a
-# wrapper that imports only the base class): what `from <its package> import Name` gives, else
-# the one class of that name defined in the repository, imported by its dotted path.
+# The names of typed arguments, as eval's locals: the module's own first (eval looks here before
+# its globals), then builtins; a name the module does not bind (`VanillaVAE(3, 128)` for a
+# wrapper that imports only the base class) is what `from <its package> import Name` gives,
+# else the one class of that name defined in the repository, imported by its dotted path.
 class Elsewhere(dict):
 
-    def __init__(self, module, repo):
+    def __init__(self, namespace, module, repo):
         super().__init__()
-        self.module, self.repo = module, repo
+        self.namespace, self.module, self.repo = namespace, module, repo
 
     def __missing__(self, name):
+        if name in self.namespace:
+            return self.namespace[name]
+        import builtins
+        if hasattr(builtins, name):
+            return getattr(builtins, name)
         parts = self.module.split(".")[:-1]
         for cut in range(len(parts), 0, -1):
             try:
@@ -662,7 +668,7 @@ for case in job["classes"]:
         with torch.device(device):
             if case.get("args_text") is not None:
                 model = eval(case["name"] + case["args_text"], dict(vars(module)),
-                             Elsewhere(job["module"], job["repo"]))
+                             Elsewhere(vars(module), job["module"], job["repo"]))
             else:
                 model = cls(*[value_of(a) for a in case["args"]],
                             **{k: value_of(x) for k, x in case["kwargs"].items()})

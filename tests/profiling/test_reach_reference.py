@@ -28,7 +28,13 @@ def _verify_script() -> str:
     return text.split('VERIFY = r"""', 1)[1].split('"""', 1)[0]
 
 
-def _reference(tmp_path: Path, name: str, shapes: list[list[int]]) -> dict[str, Any]:
+def _reference(
+    tmp_path: Path,
+    name: str,
+    shapes: list[list[int]],
+    module: str = "fused",
+    args_text: str | None = None,
+) -> dict[str, Any]:
     """What the bench's checking process answers for one class of the fixture."""
     script = tmp_path / "verify.py"
     script.write_text(_verify_script())
@@ -39,10 +45,12 @@ def _reference(tmp_path: Path, name: str, shapes: list[list[int]]) -> dict[str, 
         "args": [],
         "kwargs": {},
     }
+    if args_text is not None:
+        case["args_text"] = args_text  # the --args a user typed
     job = {
         "repo": str(HERE),
         "file": str(HERE / "fused.py"),
-        "module": "fused",
+        "module": module,
         "sys_path": str(HERE),
         "timeout": 120,
         "classes": [case],
@@ -92,3 +100,13 @@ def test_attention_that_picks_the_fused_kernel_is_counted(runner: Runner, tmp_pa
     shape = [1, 4, 64, 32]
     assert _reference(tmp_path, "PickyAttention", [shape, shape, shape])["flops"] == by_hand
     assert _torchls_flops(runner, "PickyAttention", [tuple(shape)] * 3) == by_hand
+
+
+def test_typed_arguments_are_read_as_the_module_reads_them(tmp_path: Path) -> None:
+    # kit/variant.py's own Head (7 outputs), not the package's Head (2 outputs)
+    answer = _reference(tmp_path, "Head", [[1, 4]], module="kit.variant", args_text="(4,)")
+    assert answer["params"] == 4 * 7 + 7
+    assert answer["flops"] == 2 * 4 * 7
+    # a name the module does not import: the package's export
+    answer = _reference(tmp_path, "Wrapper", [[1, 3]], module="kit.variant", args_text="(Part(3),)")
+    assert answer["params"] == 3 * 3 + 3

@@ -1479,6 +1479,7 @@ _NOT_WORKSPACE_FOLDERS = {
     "dist",
 }
 _MAX_SCANNED_FILES = 5000
+_MAX_LISTED_ENTRIES = 200_000
 
 
 def workspace_classes(project: Project, name: str) -> list[tuple[ModuleFile, int]]:
@@ -1494,8 +1495,11 @@ def workspace_classes(project: Project, name: str) -> list[tuple[ModuleFile, int
     if project.root is None or not name.isidentifier():
         return found
     pattern = re.compile(rf"^class\s+{re.escape(name)}\b", re.MULTILINE)
-    scanned = 0
+    scanned = listed = 0
     for folder, folders, files in os.walk(project.root):
+        listed += len(files) + len(folders)
+        if listed > _MAX_LISTED_ENTRIES:  # a folder of data (a million images) is no code
+            return found
         folders[:] = sorted(
             f
             for f in folders
