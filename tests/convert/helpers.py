@@ -27,9 +27,9 @@ async def run(
     return await convert(source, Options(kind=kind, **options), environment, report)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "server"))
     return subprocess.run(
         [sys.executable, "-m", "torchls", "convert", *args],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=120, cwd=cwd,
     )  # fmt: skip

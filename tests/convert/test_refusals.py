@@ -33,14 +33,14 @@ class Config:
         self.depth = 3
 
 
-@pytest.mark.parametrize("kind", ["safetensors", "extract", "cast"])
+@pytest.mark.parametrize("kind", ["safetensors", "extract", "cast", "consolidate", "weights-only"])
 async def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(
     tmp_path: Path, kind: str
 ) -> None:
     sentinel = tmp_path / "ran"
     source = tmp_path / "evil.pt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "x": _Boom(sentinel)}, source)
-    outcome = await run(source, kind, dtype="fp16")
+    outcome = await run(source, kind, dtype="fp16", max_shard_bytes=1000 * (kind == "consolidate"))
     assert not outcome.ok and outcome.reason == "refused-globals"
     assert "run code" in outcome.message and any("system" in g for g in outcome.globals)
     assert not sentinel.exists()

@@ -1,4 +1,4 @@
-"""`torchls convert safetensors|extract|cast|consolidate PATH [-o OUT] [--force]`: the
+"""`torchls convert safetensors|extract|cast|consolidate|weights-only PATH [-o OUT] [--force]`: the
 conversions in a terminal. One line (or `--format json`, the object the LSP command
 returns); exit 0 when the verified output is in place, 1 when refused or failed (nothing
 written), 2 on usage or read errors. Ctrl+C stops the worker and removes the temporary files."""
@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="cut one file into shards of at most SIZE (5GB) with an index",
     )
+    kinds.add_parser(
+        "weights-only",
+        parents=[common],
+        help="re-save so torch.load(weights_only=True) loads it: Namespace, numpy, paths and "
+        "enums become plain data (listed); code is refused",
+    )
     ca = kinds.add_parser(
         "cast", parents=[common], help="floating tensors of the state dict to another dtype"
     )
@@ -153,6 +159,8 @@ def _print(outcome: Outcome, form: str) -> None:
             print(f"  shared: {dropped} -> {kept} (stored once; listed in __metadata__)")
         for entry in outcome.removed:
             print(f"  left out: {entry}")
+        for entry in outcome.replaced:
+            print(f"  replaced {entry}")
         return
     hint = {
         "exists": " (--force replaces it)",

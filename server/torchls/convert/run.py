@@ -49,7 +49,7 @@ from torchls.downgrade.targets import (
     is_model_folder,
 )
 
-KINDS = ("safetensors", "extract", "cast", "consolidate")
+KINDS = ("safetensors", "extract", "cast", "consolidate", "weights-only")
 CAST_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 INDEX = "model.safetensors.index.json"
 _BIN = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
@@ -80,6 +80,7 @@ class Outcome:
     seconds: float = 0.0
     dropped: dict[str, str] = field(default_factory=dict)  # safetensors: dropped -> kept
     removed: list[str] = field(default_factory=list)  # extract: entries left out
+    replaced: list[str] = field(default_factory=list)  # weights-only: what became plain data
     candidates: list[str] = field(default_factory=list)
     globals: list[str] = field(default_factory=list)
     before: int = 0  # cast: the state dict's bytes before and after
@@ -99,6 +100,7 @@ class Outcome:
                 seconds=round(self.seconds, 3),
                 dropped=self.dropped,
                 removed=self.removed,
+                replaced=self.replaced,
                 torch=self.torch,
             )
             if self.before:
@@ -146,6 +148,8 @@ def default_output(source: Path, options: Options, sharded: bool = False) -> Pat
         return source.with_name(f"{stem}-safetensors" if sharded else f"{stem}.safetensors")
     if options.kind == "extract":
         return source.with_name(f"{stem}.weights.pt")
+    if options.kind == "weights-only":
+        return source.with_name(f"{stem}.clean{source.suffix or '.pt'}")
     return source.with_name(f"{stem}.{options.dtype}{source.suffix or '.pt'}")
 
 
@@ -219,6 +223,8 @@ async def _plan(source: Path, options: Options, read: Any) -> _Plan:
             )
         return await _plan_folder(source, options, read)
     summary = await read(source)
+    if options.kind == "weights-only":
+        return _plan_weights_only(source, options, summary)
     _preflight(source, summary)
     fmt = "safetensors" if summary.get("format") == "safetensors" else "torch"
     if options.kind == "safetensors" and fmt == "safetensors":
@@ -328,7 +334,22 @@ async def _plan_consolidate(source: Path, options: Options, read: Any) -> _Plan:
     )  # fmt: skip
 
 
-def _preflight(path: Path, summary: dict[str, Any]) -> None:
+def _plan_weights_only(source: Path, options: Options, summary: dict[str, Any]) -> _Plan:
+    """Only a file torchls's reader has read through, naming no global that runs code, reaches
+    the worker's weights_only=False load (which imports nothing beyond torch's allowlist and
+    plain-data types even then)."""
+    _preflight(source, summary, refused_ok=True)
+    verdict = summary.get("weights_only") or {}
+    if verdict.get("accepted"):
+        raise _Refused("already", f"{source.name} already loads with torch.load(weights_only=True)")
+    output = options.output or default_output(source, options)
+    if options.output is not None and output.is_dir():
+        output = output / default_output(source, options).name
+    _check_place(source, output, False)
+    return _Plan(source, output, False, [_Job(source, "torch", output.name)])
+
+
+def _preflight(path: Path, summary: dict[str, Any], refused_ok: bool = False) -> None:
     fmt = summary.get("format")
     if fmt not in {"torch-zip", "torch-legacy", "safetensors"}:
         raise _Refused(
@@ -347,7 +368,7 @@ def _preflight(path: Path, summary: dict[str, Any]) -> None:
     if verdict.get("unsupported_opcodes"):
         raise _Refused("refused-globals", f"{path.name}: {verdict.get('reason')}")
     refused = list(verdict.get("refused_globals") or [])
-    if refused:
+    if refused and not refused_ok:
         raise _Refused(
             "refused-globals",
             f"{path.name} needs globals that torch.load(weights_only=True) does not allow: "
@@ -473,6 +494,7 @@ async def _convert(
     tensors = sum(int(w["tensors"]) for w in written)
     size = sum(int(w["bytes"]) for w in written)
     removed = [e for w in written for e in w.get("dropped_entries") or []]
+    replaced = [e for w in written for e in w.get("replaced") or []]
     before = sum(int(w.get("before") or 0) for w in written)
     after = sum(int(w.get("after") or 0) for w in written)
     what = f"{tensors} tensors, {report.size(size)}"
@@ -480,9 +502,17 @@ async def _convert(
         what += f", {len(dropped)} shared dropped"
     if options.kind == "cast":
         what += f"; state dict {report.size(before)} -> {report.size(after)}"
-    verb = {"safetensors": "Converted", "extract": "Extracted", "cast": "Cast"}.get(
-        options.kind, "Consolidated" if not plan.folder else "Sharded"
-    )
+    if options.kind == "weights-only":
+        what += (
+            f", {len(replaced)} replaced by plain data; loaded with weights_only=False only "
+            "after torchls's reader found no code-running global"
+        )
+    verb = {
+        "safetensors": "Converted",
+        "extract": "Extracted",
+        "cast": "Cast",
+        "weights-only": "Cleaned",
+    }.get(options.kind, "Consolidated" if not plan.folder else "Sharded")
     message = (
         f"{verb} {plan.input.name} -> {plan.output.name} ({what}; verified: torch "
         f"{result.get('torch')} and torchls read it back, every tensor equal)"
@@ -497,6 +527,7 @@ async def _convert(
         bytes=size,
         dropped=dropped,
         removed=removed,
+        replaced=replaced,
         before=before,
         after=after,
         torch=result.get("torch"),

@@ -55,6 +55,10 @@ def convert(context: JobContext, params: Params) -> dict[str, Any]:
         source = sources[0]
         name = Path(source).name if len(sources) == 1 else f"{len(sources)} shards"
         say(f"loading {name}", base)
+        if kind == "weights-only":
+            # It does not load with weights_only=True: that is what this conversion mends.
+            results.append(_weights_only(source, output) | {"source": source})
+            continue
         loaded = _load_all(sources, str(output.get("format", "torch")))
         key = str(params.get("key") or "")
         state = _select(loaded, key)
@@ -423,3 +427,242 @@ def _replace(root: Any, old: Any, new: Any) -> Any:
     if type(root) is tuple:
         return tuple(_replace(v, old, new) for v in root)
     return root
+
+
+# -- weights-only: plain data in place of the objects weights_only=True refuses --------------
+
+# Globals imported for real when loading: plain-data types from the standard library and numpy
+# (importing them runs no code from the file or the user's project). Everything else the file
+# names that torch's weights_only allowlist does not hold is replaced, while unpickling, by an
+# inert stand-in that records how it was built, so no module of the user is ever imported.
+_PLAIN_GLOBALS = {
+    "argparse.Namespace", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
+    "pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
+    "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
+    "numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+}  # fmt: skip
+
+
+class _StandIn:
+    """What a refused global becomes: never its real class or function."""
+
+    _torchls_name = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        made = object.__new__(cls)
+        made.__dict__.update(_torchls_args=args, _torchls_called=False, _torchls_state=None)
+        return made
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["_torchls_called"] = True  # built by a call (REDUCE), not NEWOBJ
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_torchls_state"] = state
+
+
+def _plain_pickle_module() -> Any:
+    import _compat_pickle
+    import importlib
+    import pickle
+    import types
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = _get_allowed_globals()
+    stand_ins: dict[str, type] = {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+            full = f"{module}.{name}"
+            if full in allowed:
+                return allowed[full]
+            numpy_dtype = module == "numpy.dtypes" and name.endswith("DType")
+            if full in _PLAIN_GLOBALS or numpy_dtype:
+                value: Any = importlib.import_module(module)
+                for part in name.split("."):
+                    value = getattr(value, part)
+                return value
+            if full not in stand_ins:
+                stand_ins[full] = type(name, (_StandIn,), {"_torchls_name": full})
+            return stand_ins[full]
+
+    module = types.ModuleType("torchls_plain_pickle")
+    module.__dict__.update(
+        Unpickler=Unpickler,
+        load=lambda handle, **kwargs: Unpickler(handle, **kwargs).load(),
+        __name__="torchls_plain_pickle",
+    )
+    return module
+
+
+def _weights_only(source: str, output: dict[str, Any]) -> dict[str, Any]:
+    """Load with weights_only=False through an unpickler that imports only torch's allowlist and
+    plain-data types (the server ran this only after torchls's reader found no code-running
+    global), replace plain data by what weights_only=True loads, refuse code, save, reload with
+    weights_only=True and compare."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.load(
+                source, weights_only=False, map_location="cpu", pickle_module=_plain_pickle_module()
+            )
+    except MemoryError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise JobError("error", f"cannot read {Path(source).name}: {first}") from None
+    replaced: list[str] = []
+    code: list[str] = []
+    clean = _clean(loaded, "", replaced, code, {})
+    if code:
+        names = sorted(set(code))
+        raise JobError(
+            "code",
+            f"{Path(source).name} holds objects that are code, not data: {', '.join(names[:5])}"
+            + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            + "; they cannot be replaced by plain values",
+            {"globals": [n.split(" ", 1)[0] for n in names]},
+        )
+    temp = str(output["temps"][0])
+    size = _save(clean, temp)
+    try:
+        written = _reload(temp)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise JobError(
+            "verify", f"the cleaned file still needs weights_only=False: {first}"
+        ) from None
+    problem = _compare(clean, written, "", set())
+    if problem:
+        raise JobError("verify", f"the cleaned file differs from what was cleaned: {problem}")
+    tensors: list[Any] = []
+    _count_tensors(written, tensors)
+    return {
+        "files": [{"temp": temp, "bytes": size, "format": "torch-zip"}],
+        "tensors": len(tensors),
+        "bytes": size,
+        "replaced": replaced,
+    }
+
+
+def _count_tensors(value: Any, found: list[Any]) -> None:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _count_tensors(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _count_tensors(item, found)
+
+
+_PRIMITIVES = (str, int, float, bool, bytes, type(None))
+
+
+def _clean(
+    value: Any, where: str, replaced: list[str], code: list[str], memo: dict[int, Any]
+) -> Any:
+    """`value` with every object weights_only=True refuses replaced by plain data (said in
+    `replaced`), or named in `code` when it is code."""
+    import argparse
+    import pathlib
+
+    import torch
+
+    label = where or "the root"
+    # Exact types: numpy.float64 is a float subclass, and must become a plain float.
+    if isinstance(value, torch.Tensor) or type(value) in _PRIMITIVES:
+        return value
+    if id(value) in memo:
+        return memo[id(value)]
+    result: Any
+    if isinstance(value, type) and issubclass(value, _StandIn):
+        code.append(f"{value._torchls_name} (a function or class, at {label})")
+        return value
+    if isinstance(value, _StandIn):
+        record = value.__dict__
+        args, state = record["_torchls_args"], record["_torchls_state"]
+        called = record["_torchls_called"]
+        name = value._torchls_name
+        enum_like = (
+            called and state is None and len(args) == 1 and isinstance(args[0], _PRIMITIVES)
+            and name.rpartition(".")[2][:1].isupper()
+        )  # fmt: skip
+        if not enum_like:
+            code.append(f"{name} (an object of a custom class, at {label})")
+            return value
+        replaced.append(f"{label}: {name}({args[0]!r}) -> {args[0]!r} (an enum member's value)")
+        return args[0]
+    if isinstance(value, argparse.Namespace):
+        replaced.append(f"{label}: argparse.Namespace -> dict")
+        result = {}
+        memo[id(value)] = result
+        for key, item in vars(value).items():
+            result[key] = _clean(item, f"{where}[{key!r}]", replaced, code, memo)
+        return result
+    if isinstance(value, pathlib.PurePath):
+        replaced.append(f"{label}: {type(value).__name__} -> str")
+        return str(value)
+    kind = type(value).__module__.split(".", 1)[0]
+    if kind == "numpy":
+        return _from_numpy(value, label, replaced, code)
+    if isinstance(value, dict):
+        result = type(value)() if type(value) in (dict, _ordered_dict()) else {}
+        memo[id(value)] = result
+        for key, item in value.items():
+            new_key = _clean(key, f"{where}.keys()", replaced, code, memo)
+            result[new_key] = _clean(item, f"{where}[{key!r}]", replaced, code, memo)
+        return result
+    if isinstance(value, list):
+        result = []
+        memo[id(value)] = result
+        result.extend(
+            _clean(item, f"{where}[{n}]", replaced, code, memo) for n, item in enumerate(value)
+        )
+        return result
+    if type(value) in (tuple, set, frozenset):
+        items = [
+            _clean(item, f"{where}[{n}]", replaced, code, memo) for n, item in enumerate(value)
+        ]
+        return type(value)(items)
+    return value  # torch's allowlist (torch.Size, dtypes, OrderedDict...): loads as it is
+
+
+def _ordered_dict() -> type:
+    import collections
+
+    return collections.OrderedDict
+
+
+def _from_numpy(value: Any, label: str, replaced: list[str], code: list[str]) -> Any:
+    import numpy
+    import torch
+
+    name = f"numpy.{type(value).__name__}"
+    if isinstance(value, numpy.ndarray):
+        if value.dtype.kind not in "biufc":
+            code.append(f"{name} of {value.dtype} (not numbers, at {label})")
+            return value
+        replaced.append(f"{label}: {name} {value.dtype} {list(value.shape)} -> tensor")
+        return torch.from_numpy(numpy.ascontiguousarray(value).copy())
+    if isinstance(value, numpy.generic):
+        plain = value.item()
+        replaced.append(f"{label}: {name} -> {type(plain).__name__}")
+        return plain
+    if isinstance(value, numpy.dtype):
+        replaced.append(f"{label}: numpy dtype -> str")
+        return str(value)
+    code.append(f"{name} (at {label})")
+    return value
