@@ -25,7 +25,6 @@ from torchls.worker.downgrade import (
     _compare,
     _load_sources,
     _pause_for_tests,
-    _read_safetensors,
     _same_bytes,
 )
 from torchls.worker.jobs import JobContext, JobError, Params
@@ -197,14 +196,19 @@ def _to_safetensors(state: Any, output: dict[str, Any], max_shard_bytes: int) ->
         size = Path(temp).stat().st_size
         files.append({"temp": temp, "names": names, "bytes": size, "format": "safetensors"})
     for shard in files:
-        written = _read_back_safetensors(str(shard["temp"]))
-        if sorted(written) != sorted(shard["names"]):
-            raise JobError("verify", f"{Path(shard['temp']).name} lists other tensors than written")
-        for name, tensor in written.items():
+        names_read: list[str] = []
+        # One tensor read back at a time: a second copy of the whole file is never held.
+        for name, tensor in _read_back_safetensors(str(shard["temp"])):
+            names_read.append(name)
+            if name not in kept:
+                raise JobError("verify", f"{name}: written but not asked for")
             if tensor.dtype != kept[name].dtype or tuple(tensor.shape) != tuple(kept[name].shape):
                 raise JobError("verify", f"{name}: the written dtype or shape differs")
             if not _same_bytes(kept[name], tensor):
                 raise JobError("verify", f"{name}: the written values differ from the original")
+            del tensor
+        if sorted(names_read) != sorted(shard["names"]):
+            raise JobError("verify", f"{Path(shard['temp']).name} lists other tensors than written")
     return {
         "files": files,
         "tensors": len(kept),
@@ -266,18 +270,45 @@ def _write_error(path: str, exc: OSError) -> JobError:
     return JobError("error", f"cannot write in {Path(path).parent} ({why}): choose another output")
 
 
-def _read_back_safetensors(path: str) -> dict[str, Any]:
-    """With the safetensors package when the interpreter has it (an independent reader), else
-    with the downgrade's mapped reader."""
+def _read_back_safetensors(path: str) -> Iterator[tuple[str, Any]]:
+    """The written file's tensors one at a time, each read into its own buffer (a mapping
+    would keep every page read in the process's memory, doubling its peak on a big file); the
+    safetensors package, when the interpreter has it, must list the same names, dtypes and
+    shapes (an independent reader of the header)."""
+    import torch
+
+    listed = _safetensors_listing(path)
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        start = 8 + length
+        header.pop("__metadata__", None)
+        if listed is not None and set(listed) != set(header):
+            raise JobError("verify", f"safetensors lists other tensors in {Path(path).name}")
+        for name, entry in header.items():
+            if listed is not None and listed[name] != (entry["dtype"], list(entry["shape"])):
+                raise JobError("verify", f"{name}: safetensors reads another dtype or shape")
+            dtype = getattr(torch, SAFETENSORS_DTYPE[entry["dtype"]])
+            begin, end = (int(n) for n in entry["data_offsets"])
+            buffer = bytearray(end - begin)
+            handle.seek(start + begin)
+            if handle.readinto(buffer) != len(buffer):
+                raise JobError("verify", f"{name}: the written file is cut short")
+            flat = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield name, flat.reshape(entry["shape"])
+
+
+def _safetensors_listing(path: str) -> dict[str, tuple[str, list[int]]] | None:
     try:
         from safetensors import safe_open
     except ImportError:
-        return _read_safetensors(path)
-    found = {}
+        return None
+    listing = {}
     with safe_open(path, framework="pt") as handle:
         for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            found[name] = handle.get_tensor(name)
-    return found
+            part = handle.get_slice(name)
+            listing[name] = (str(part.get_dtype()), list(part.get_shape()))
+    return listing
 
 
 # -- extract and cast (torch.save) ---------------------------------------------------------
@@ -370,9 +401,12 @@ def _cast(loaded: Any, state: Any, output: dict[str, Any], params: Params) -> di
             continue
         if id(state[name]) not in memo:
             new = tensor.to(target)
-            # Exact: a finite value that becomes infinite does not fit the new dtype.
-            overflow = torch.isinf(new) & torch.isfinite(tensor)
-            if bool(overflow.any()):
+            # Exact: a finite value that becomes infinite does not fit the new dtype (the mask
+            # only when the cast made an infinity at all, which is rare).
+            overflow = None
+            if bool(torch.isinf(new).any()):
+                overflow = torch.isinf(new) & torch.isfinite(tensor)
+            if overflow is not None and bool(overflow.any()):
                 worst = float(tensor[overflow].abs().max())
                 raise JobError(
                     "overflow",
@@ -394,13 +428,10 @@ def _cast(loaded: Any, state: Any, output: dict[str, Any], params: Params) -> di
         new_root = _replace(loaded, state, cast)
     size = _save(new_root, temps[0])
     written = _reload(temps[0])
+    # Bit for bit what torch's cast made; everything not cast is the input's own tensor.
     problem = _compare(new_root, written, "", set())
     if problem:
         raise JobError("verify", f"the cast file differs from what was cast: {problem}")
-    for name, tensor in cast.items():
-        # Each cast tensor is the original rounded once, bit for bit.
-        if not _same_bytes(tensors[name].to(tensor.dtype), tensor):
-            raise JobError("verify", f"{name}: the cast values are not the original's")
     return {
         "files": [{"temp": temps[0], "bytes": size, "format": "torch-zip"}],
         "tensors": len(cast),
