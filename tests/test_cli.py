@@ -27,7 +27,7 @@ def test_version() -> None:
     assert result.stdout.strip() == f"torchls {__version__}"
 
 
-COMMANDS = ["serve", "doctor", "inspect", "diff", "profile", "check", "downgrade"]
+COMMANDS = ["serve", "doctor", "inspect", "diff", "profile", "check", "downgrade", "convert"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
