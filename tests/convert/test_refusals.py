@@ -3,6 +3,7 @@ pickles, globals weights_only refuses, existing outputs, a write that fails half
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -74,16 +75,21 @@ async def test_an_existing_output_is_replaced_only_when_asked(tmp_path: Path) ->
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
-@pytest.mark.parametrize("kind", ["safetensors", "extract", "cast"])
+@pytest.mark.parametrize(
+    ("kind", "shard"), [("safetensors", 0), ("safetensors", 70_000), ("extract", 0), ("cast", 0)]
+)
 async def test_a_write_that_fails_half_way_leaves_no_partial_file(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: str, shard: int
 ) -> None:
-    """A full disk, simulated by a file size limit on the worker: nothing may remain."""
+    """A full disk, simulated by a file size limit on the worker: nothing may remain (a file,
+    or a folder of shards whose first shards were written)."""
     source = tmp_path / "big.ckpt"
-    torch.save({"state_dict": {"w": torch.randn(256, 256)}, "step": 1}, source)
+    state = {f"w{i}": torch.randn(128, 128) for i in range(7)}  # 64 KiB each: shards that fit
+    state["last"] = torch.randn(256, 256)  # 256 KiB: past the limit
+    torch.save({"state_dict": state, "step": 1}, source)
     before = fingerprint(source)
-    limited = ("prlimit", "--fsize=65536", sys.executable)
-    outcome = await run(source, kind, dtype="fp16", command=limited)
+    limited = ("prlimit", "--fsize=100000", sys.executable)
+    outcome = await run(source, kind, dtype="fp16", command=limited, max_shard_bytes=shard)
     assert not outcome.ok and "\n" not in outcome.message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt"]
     assert fingerprint(source) == before
@@ -120,3 +126,17 @@ def _written(temp: Path) -> bool:
     if temp.is_dir():
         return any(p.stat().st_size for p in temp.iterdir())
     return temp.stat().st_size > 0
+
+
+def test_shard_sizes_read_as_transformers_writes_them() -> None:
+    from torchls.convert.command import size_argument
+
+    assert size_argument("5GB") == 5 * 10**9
+    assert size_argument("500MiB") == 500 * 2**20
+    assert size_argument("1.5kb") == 1500
+    assert size_argument("4096") == 4096
+    for bad in ("", "5 GX", "-1GB", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            size_argument(bad)
+    usage = cli("safetensors", "x.pt", "--max-shard-size", "lots")
+    assert usage.returncode == 2 and "is not a size" in usage.stderr
