@@ -499,8 +499,16 @@ def _plain_pickle_module() -> Any:
     import pickle
     import types
 
-    from torch._weights_only_unpickler import _get_allowed_globals
+    import torch
 
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:
+        raise JobError(
+            "error",
+            f"torch {torch.__version__} does not expose the weights_only allowlist this "
+            "conversion imports from (torch >= 2.4 does)",
+        ) from None
     allowed = _get_allowed_globals()
     stand_ins: dict[str, type] = {}
 
