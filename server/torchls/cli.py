@@ -110,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert",
-        help="convert a checkpoint (safetensors, extract, cast), verified, beside the original",
+        help="convert a checkpoint (safetensors, extract, cast, consolidate, weights-only), "
+        "verified, beside the original",
         description="Convert a checkpoint without running its code: to safetensors, the weights "
-        "of a training checkpoint, or another dtype. Written beside the original, read back and "
-        "compared tensor by tensor. Exit codes: 0 written and verified, 1 refused or failed "
-        "(nothing written), 2 usage or read error.",
+        "of a training checkpoint, another dtype, shards merged or cut, or a file "
+        "torch.load(weights_only=True) refuses made plain. Written beside the original, read "
+        "back and compared tensor by tensor. Exit codes: 0 written and verified, 1 refused or "
+        "failed (nothing written), 2 usage or read error.",
     )
     from torchls.convert.command import add_arguments as add_convert_arguments
 
