@@ -29,10 +29,21 @@ class UNetish(nn.Module):
         super().__init__()
         self.down = nn.Conv2d(3, 8, 3, padding=1)
         self.up = nn.Conv2d(8, n_classes, 1)
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Linear(4, 4) for _ in range(30)])
 """
 SAVE = {
     "mask_values": (
         "net = UNetish()\nstate = net.state_dict()\nstate['mask_values'] = [0, 1]\n"
+        "torch.save(state, 'checkpoint_epoch5.pth')\n"
+    ),
+    # 60 tensors: the list comes after the first 40 keys the checkpoint's tree lists
+    "mask_values_late": (
+        "net = Deep()\nstate = net.state_dict()\nstate['mask_values'] = [0, 1]\n"
         "torch.save(state, 'checkpoint_epoch5.pth')\n"
     ),
     "training": (
@@ -46,6 +57,11 @@ SAVE = {
 SCRIPT = {
     "mask_values": (
         "import torch\nfrom model import UNetish\n\nnet = UNetish(n_classes=2)\n"
+        "state_dict = torch.load('checkpoint_epoch5.pth', map_location='cpu')\n"
+        "net.load_state_dict(state_dict)\nprint('loaded')\n"
+    ),
+    "mask_values_late": (
+        "import torch\nfrom model import Deep\n\nnet = Deep()\n"
         "state_dict = torch.load('checkpoint_epoch5.pth', map_location='cpu')\n"
         "net.load_state_dict(state_dict)\nprint('loaded')\n"
     ),
@@ -65,6 +81,10 @@ EXPECTED = {
         "`mask_values` is not a tensor (a list, saved beside the weights)",
         "Drop the non-tensor entry `mask_values`",
     ),
+    "mask_values_late": (
+        "`mask_values` is not a tensor (a list, saved beside the weights)",
+        "Drop the non-tensor entry `mask_values`",
+    ),
     "training": (
         "is a training checkpoint (model, optimizer, model_args, iter_num, best_val_loss)",
         'Load the nested ["model"]',
@@ -78,7 +98,7 @@ EXPECTED = {
 
 def _layout(tmp_path: Path, case: str) -> Path:
     (tmp_path / "model.py").write_text(MODEL)
-    saver = "import torch\nfrom model import UNetish\n" + SAVE[case]
+    saver = "import torch\nfrom model import Deep, UNetish\n" + SAVE[case]
     if case == "file_object":
         saver += SAVE["training"]
     subprocess.run([sys.executable, "-c", saver], cwd=tmp_path, check=True, timeout=300)
@@ -90,7 +110,7 @@ def _layout(tmp_path: Path, case: str) -> Path:
 _run = _run_script  # the user's script, really run
 
 
-@pytest.mark.parametrize("case", ["mask_values", "training", "file_object"])
+@pytest.mark.parametrize("case", ["mask_values", "mask_values_late", "training", "file_object"])
 def test_the_cli_finds_it_and_its_fix_makes_the_script_run(tmp_path: Path, case: str) -> None:
     script = _layout(tmp_path, case)
     before = _run(script)

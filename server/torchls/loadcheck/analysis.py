@@ -8,6 +8,7 @@ verification all call `analyse`.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,7 +128,14 @@ class Checkpoint:
                 metadata=bool(node.get("metadata")),
                 values=dict(node.get("values") or {}),
             )
-            stack.extend(node.get("children", []))
+            children = list(node.get("children", []))
+            for child in children:
+                # The tree lists a node's first 40 keys only: a list saved after 268 tensors
+                # (`mask_values`) is still one of its keys, known from its own node.
+                key = _child_key(path, str(child.get("path", "")))
+                if key is not None and key not in containers[path].keys:
+                    containers[path].keys.append(key)
+            stack.extend(children)
         for tensor in summary.get("tensors", []):
             container = containers.setdefault(tensor["container"], Container(type="dict"))
             container.tensors[tensor["key"]] = tuple(tensor["shape"])
@@ -494,6 +502,17 @@ def _split_steps(steps: list[Step]) -> tuple[str, list[Step] | None]:
         else:
             rest.append(step)
     return path, rest
+
+
+def _child_key(parent: str, child: str) -> str | None:
+    """`mask_values` from the paths `` and `['mask_values']`; None if not a string key."""
+    if not child.startswith(parent) or not child.endswith("]"):
+        return None
+    try:
+        key = ast.literal_eval(child[len(parent) + 1 : -1])
+    except (ValueError, SyntaxError, RecursionError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 def _loaded_keys(container: Container) -> dict[str, Shape]:
