@@ -132,6 +132,8 @@ async def test_a_hugging_face_folder_is_converted_whole(tmp_path: Path) -> None:
         json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
     )
     (folder / "README.md").write_text("notes")
+    resharded = await run(folder, "safetensors", max_shard_bytes=10**9)
+    assert not resharded.ok and "keeps its shards" in resharded.message
     outcome = await run(folder, "safetensors")
     assert outcome.ok, outcome.message
     out = tmp_path / "tiny-safetensors"

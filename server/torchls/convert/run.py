@@ -251,6 +251,13 @@ async def _plan(source: Path, options: Options, read: Any) -> _Plan:
 
 
 async def _plan_folder(folder: Path, options: Options, read: Any) -> _Plan:
+    if options.max_shard_bytes:
+        # Each pytorch_model*.bin becomes one model*.safetensors: the folder keeps its sharding.
+        raise _Refused(
+            "error",
+            "a model folder keeps its shards; --max-shard-size applies to one file "
+            "(convert consolidate re-shards the result)",
+        )
     names = sorted(p.name for p in folder.iterdir())
     bins = [n for n in names if _BIN.match(n)]
     if not bins:
