@@ -523,7 +523,7 @@ def plant(
     job["reference"] = str(reference)
     built = run_job(job, scratch, args.timeout)
     if "keys" not in built:
-        result.not_planted = "the repository's code could not build it: " + str(
+        result.not_planted = "the repository code could not build it: " + str(
             built.get("unexecuted") or built.get("error")
         )
         return result

@@ -631,6 +631,8 @@ def value_of(v):
         for key, x in (v.get("setattr") or {}).items():  # config.n_layer = 12 after the call
             setattr(made, key, value_of(x))
         return made
+    if "unknown" in v:  # the server could not read it statically, and says why
+        raise Unreadable(f"an argument torchls cannot read: {v.get('why') or v['unknown']}")
     raise Unreadable(f"a value torchls reads as {sorted(v)}")
 
 def tensor(spec, device):
