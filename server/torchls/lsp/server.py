@@ -19,6 +19,7 @@ from pygls.uris import to_fs_path
 from torchls import __version__, boundary, status
 from torchls.config import InitOptions, parse_init_options
 from torchls.lsp import checkpoints
+from torchls.lsp.convert import CMD_CONVERT, ConvertCommand
 from torchls.lsp.downgrade import CMD_DOWNGRADE, DowngradeCommand
 from torchls.lsp.kfold_actions import KFoldActions
 from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
@@ -58,6 +59,7 @@ class TorchLanguageServer(RobustLanguageServer):
         self.load_checks = LoadChecks(self)
         self.kfold = KFoldActions(self)
         self.downgrade = DowngradeCommand(self)
+        self.convert = ConvertCommand(self)
         self.checkpoints = checkpoints.Checkpoints(self)
 
     # -- set-up --------------------------------------------------------------------------------
@@ -363,6 +365,10 @@ def create_server() -> TorchLanguageServer:
     @server.command(CMD_DOWNGRADE)
     async def downgrade_checkpoint(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
         return await ls.downgrade.run(args)
+
+    @server.command(CMD_CONVERT)
+    async def convert_checkpoint(ls: TorchLanguageServer, *args: Any) -> dict[str, Any]:
+        return await ls.convert.run(args)
 
     if test_jobs_enabled():
 

@@ -1,0 +1,202 @@
+"""The `torchls.convertCheckpoint` command: protocol glue around convert/run.py.
+
+`workspace/executeCommand` with arguments `[uri, options]`, `options.kind` one of
+safetensors | extract | cast | consolidate | weights-only, and optionally `key` (the state dict
+to convert, as a `several-state-dicts` refusal's `candidates` name it), `dtype` (cast),
+`stripPrefix` (extract), `maxShardSize` (bytes or "5GB"), `output`, `overwrite`, `interactive`,
+`notify`. Like the downgrade: a cancellable server-initiated progress, the one question a
+refusal allows ("Replace it" for an existing output) unless `interactive` is false, a message
+at the end unless `notify` is false, and the result is `Outcome.as_json()`. Choosing among
+several state dicts is left to the client (the candidates are in the answer): an editor shows
+them as a list, which a message's buttons are not fit for.
+
+Cancelling (the progress' Cancel button, answered with reason "cancelled", or `$/cancelRequest`)
+kills the worker and removes the temporary files before the answer is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+
+from torchls.convert.command import size_argument
+from torchls.convert.run import CAST_NAMES, KINDS, Options, Outcome, convert
+from torchls.downgrade.run import Environment
+from torchls.lsp.downgrade import _path
+
+if TYPE_CHECKING:
+    from torchls.lsp.server import TorchLanguageServer
+
+log = logging.getLogger(__name__)
+
+CMD_CONVERT = "torchls.convertCheckpoint"
+REPLACE, CANCEL = "Replace it", "Cancel"
+_VERBS = {
+    "safetensors": "Converting {} to safetensors",
+    "extract": "Extracting the weights of {}",
+    "cast": "Casting {} to {}",
+    "consolidate": "Consolidating {}",
+    "weights-only": "Making {} weights_only-clean",
+}
+
+
+class ConvertCommand:
+    def __init__(self, server: TorchLanguageServer) -> None:
+        self.server = server
+
+    async def run(self, arguments: tuple[Any, ...]) -> dict[str, Any]:
+        raw = arguments[0] if arguments else None
+        given = arguments[1] if len(arguments) > 1 and isinstance(arguments[1], dict) else {}
+        source = _path(raw)
+        if source is None:
+            message = f"{CMD_CONVERT} needs a checkpoint's file URI as its first argument"
+            return self._finish(Outcome(False, "error", message, Path(str(raw or ""))), given)
+        try:
+            options = _options(given)
+        except ValueError as exc:
+            return self._finish(Outcome(False, "error", str(exc), source), given)
+        interactive = given.get("interactive", True) is not False
+        while True:
+            outcome = await self._attempt(source, options)
+            if not interactive or outcome.ok or outcome.reason != "exists":
+                break
+            if await self._question(outcome.message) != REPLACE:
+                break
+            options = replace(options, overwrite=True)
+        return self._finish(outcome, given)
+
+    async def _attempt(self, source: Path, options: Options) -> Outcome:
+        server = self.server
+        settings = server.options
+        environment = Environment(
+            command=settings.worker_command(),
+            workspace=server.workspace_root,
+            trusted=settings.user_code_allowed,
+            memory_limit_mb=settings.worker.memory_limit_mb,
+            timeout_seconds=settings.worker.timeout_seconds,
+        )
+        title = _VERBS[options.kind].format(source.name, options.dtype)
+        token = await self._progress_token(title)
+        work = asyncio.ensure_future(
+            convert(source, options, environment, lambda m, p: self._report(token, m, p))
+        )
+        pressed: list[bool] = []  # the progress' Cancel button, as opposed to $/cancelRequest
+        if token is not None:
+            cancel = server.work_done_progress.tokens.get(token)
+            if cancel is not None:
+                loop = asyncio.get_running_loop()
+
+                def on_cancel(future: concurrent.futures.Future[Any]) -> None:
+                    if future.cancelled():
+                        pressed.append(True)
+                        loop.call_soon_threadsafe(work.cancel)
+
+                cancel.add_done_callback(on_cancel)
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            # Either way the worker must be dead and the temporaries gone before anyone is told.
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            if not pressed:
+                raise  # $/cancelRequest: pygls answers RequestCancelled
+            return Outcome(
+                False, "cancelled", f"Cancelled: {source.name} was not converted", source
+            )
+        finally:
+            if token is not None:
+                server.work_done_progress.end(token, types.WorkDoneProgressEnd())
+                server.work_done_progress.tokens.pop(token, None)
+        if outcome.reason == "timeout":
+            outcome.message += " (the torchls.worker.timeoutSeconds setting changes the limit)"
+        return outcome
+
+    async def _progress_token(self, title: str) -> str | None:
+        server = self.server
+        capabilities = server.client_capabilities
+        window = capabilities.window if capabilities else None
+        if not (window and window.work_done_progress):
+            return None
+        token = f"torchls-convert-{uuid.uuid4().hex}"
+        try:
+            await server.work_done_progress.create_async(token)
+        except Exception as exc:  # a client may refuse; the command still runs
+            log.info("no progress for the conversion: %s", exc)
+            return None
+        server.work_done_progress.begin(
+            token, types.WorkDoneProgressBegin(title=title, cancellable=True, percentage=0)
+        )
+        return token
+
+    def _report(self, token: str | None, message: str, percentage: float | None) -> None:
+        if token is None:
+            return
+        value = types.WorkDoneProgressReport(
+            message=message, percentage=None if percentage is None else int(percentage)
+        )
+        self.server.work_done_progress.report(token, value)
+
+    async def _question(self, message: str) -> str | None:
+        try:
+            chosen = await self.server.window_show_message_request_async(
+                types.ShowMessageRequestParams(
+                    type=types.MessageType.Warning,
+                    message=message,
+                    actions=[types.MessageActionItem(REPLACE), types.MessageActionItem(CANCEL)],
+                )
+            )
+        except Exception as exc:  # a client without showMessageRequest: no answer is no
+            log.info("the conversion's question was not answered: %s", exc)
+            return None
+        return chosen.title if chosen else None
+
+    def _finish(self, outcome: Outcome, given: dict[str, Any]) -> dict[str, Any]:
+        if given.get("notify", True) is not False and outcome.reason != "cancelled":
+            kind = types.MessageType.Info if outcome.ok else types.MessageType.Error
+            self.server.window_show_message(
+                types.ShowMessageParams(type=kind, message=outcome.message)
+            )
+        log.info("convert %s: %s", outcome.input, outcome.message)
+        return outcome.as_json()
+
+
+def _options(given: dict[str, Any]) -> Options:
+    """The options the client sent; ValueError (one line) for values that cannot be meant."""
+    kind = given.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"options.kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    output = _path(given.get("output")) if given.get("output") else None
+    if given.get("output") and output is None:
+        raise ValueError("options.output must be a file URI or an absolute path")
+    dtype = given.get("dtype", "bf16")
+    if dtype not in CAST_NAMES:
+        raise ValueError(f"options.dtype must be one of {', '.join(CAST_NAMES)}, not {dtype!r}")
+    key, prefix, shard = given.get("key"), given.get("stripPrefix"), given.get("maxShardSize")
+    if key is not None and not isinstance(key, str):
+        raise ValueError("options.key must be a string, as a refusal's candidates name it")
+    if prefix is not None and not isinstance(prefix, str):
+        raise ValueError("options.stripPrefix must be a string such as 'module.'")
+    try:
+        shard_bytes = size_argument(str(shard)) if shard not in (None, "", 0) else 0
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"options.maxShardSize: {exc}") from None
+    return Options(
+        kind=kind,
+        output=output,
+        overwrite=given.get("overwrite") is True,
+        key=key or None,
+        max_shard_bytes=shard_bytes,
+        strip_prefix=prefix or "",
+        dtype=dtype,
+        keep_norm_fp32=given.get("keepNormFp32") is True,
+    )
