@@ -10,6 +10,7 @@ import {
   TransportKind,
 } from 'vscode-languageclient/node';
 import { COMMAND_OPEN_VIEWER, registerCheckpointViewer } from './checkpointViewer';
+import { registerConvert } from './convert';
 import { executeCommandMiddleware, registerDowngrade } from './downgrade';
 import { Interpreter, onDidChangePythonInterpreter, probeVersion, readCommandSetting, resolveInterpreter } from './python';
 import { ServerStatus, StatusItem } from './status';
@@ -157,6 +158,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       client: currentClient,
       showLog: () => log.show(),
       restart: () => restart('the Restart button of a downgrade'),
+      log,
+    }),
+    registerConvert({
+      client: currentClient,
+      showLog: () => log.show(),
+      restart: () => restart('the Restart button of a conversion'),
       log,
     }),
     registerCheckpointViewer({ client: currentClient, log }, context.extensionUri),
