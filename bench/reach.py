@@ -33,11 +33,18 @@ special-cased here):
                the same products and is; likewise oneDNN is off there, whose fused LSTM/GRU
                kernel FlopCounterMode counts as 0 FLOPs (an LSTM's gate products are then
                counted as the matrix products they are).
+               Where importing the real module would run script code (a top-level statement
+               other than imports, definitions, plain assignments without I/O-looking calls
+               and an `if __name__ == "__main__":` block, in that module or in a workspace
+               module it imports), that module is executed instead as torchls's skeleton of
+               it (source/skeleton.py: imports, definitions, the assignments they read and
+               argparse with the script's defaults; never the training loop), as torchls's
+               worker does; only the class's definition comes from torchls that way, the
+               building and the counting are the same as above. Such classes' check_detail
+               begins "class defined from torchls's skeleton of the script".
   not verifiable
-               importing the real module would run script code (a top-level statement other
-               than imports, definitions, plain assignments without I/O-looking calls and an
-               `if __name__ == "__main__":` block, in that module or in a workspace module it
-               imports), or torchls's arguments cannot be rebuilt outside its worker. The
+               torch itself cannot build or run the class as torchls did (the reason is
+               kept), or torchls's arguments cannot be rebuilt outside its worker. The
                verifying process also refuses, through an audit hook, any file write,
                directory creation, network connection or subprocess: the bench never runs a
                repository's training script.
@@ -76,6 +83,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -97,6 +105,7 @@ sys.path.insert(0, str(SERVER))
 
 from torchls.source.models import FileModels
 from torchls.source.project import ModuleFile, Project
+from torchls.source.skeleton import skeleton
 
 DEFAULT_CORPUS = BENCH / "reach_corpus.json"
 PYTHON = [sys.executable]  # the interpreter of the user's code (--python)
@@ -471,9 +480,9 @@ def _imported_modules(module: ModuleFile) -> list[str]:
     return [name.strip(".") for name in names if name.strip(".")]
 
 
-def import_is_safe(project: Project, found: Found) -> str | None:
-    """Why importing the class's module (and the workspace modules that import runs) would
-    run script code, or None when it only defines things."""
+def _import_closure(project: Project, found: Found) -> Iterator[tuple[str, ModuleFile]]:
+    """The workspace modules importing the class's module runs (it first), with their names;
+    installed libraries are not followed."""
     parts = found.module.split(".")
     # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
     todo = [".".join(parts[:i]) for i in range(1, len(parts))] + [found.module]
@@ -487,16 +496,41 @@ def import_is_safe(project: Project, found: Found) -> str | None:
         module = project.find_module(name, start)
         if module is None:
             continue  # not the workspace's: an installed library
+        yield name, module
+        for dotted in _imported_modules(module):
+            pieces = dotted.split(".")
+            todo += [".".join(pieces[:i]) for i in range(1, len(pieces) + 1)]
+
+
+def import_is_safe(project: Project, found: Found) -> str | None:
+    """Why importing the class's module (and the workspace modules that import runs) would
+    run script code, or None when it only defines things."""
+    for name, module in _import_closure(project, found):
         tree = module.tree()
         if tree is None:
             return f"{name}: not valid Python"
         why = script_code(tree.body)
         if why:
             return f"{Path(module.path).name} {why}"
-        for dotted in _imported_modules(module):
-            pieces = dotted.split(".")
-            todo += [".".join(pieces[:i]) for i in range(1, len(pieces) + 1)]
     return None
+
+
+VIA_SKELETON = "class defined from torchls's skeleton of the script (importing it runs script code)"
+
+
+def skeleton_plan(project: Project, found: Found) -> dict[str, list[int]]:
+    """For each module of the import closure whose import would run script code, by path: the
+    top-level statements (indexes into its body) torchls's skeleton of it keeps, which the
+    checking process executes in place of the file, as torchls's worker does. Only the class's
+    definition comes through torchls this way: building and counting stay torch's."""
+    plan: dict[str, list[int]] = {}
+    for _name, module in _import_closure(project, found):
+        tree = ast.parse(module.text, filename=module.path)
+        if script_code(tree.body) is None:
+            continue  # imported as it is, as for any module that only defines things
+        kept = {id(statement) for statement in skeleton(tree)[0].body}
+        plan[module.path] = [i for i, stmt in enumerate(tree.body) if id(stmt) in kept]
+    return plan
 
 
 # -- checking the counts with torch itself -------------------------------------------------------
@@ -550,6 +584,39 @@ for folder in (job["repo"], job["sys_path"]):
     if folder not in sys.path:
         sys.path.insert(0, folder)
 sys.addaudithook(refuse)
+
+# A module whose import would run script code is executed as torchls's skeleton of it (the
+# top-level statements the bench lists, by index into the file's body): its definitions, the
+# state they read and argparse with the script's defaults, never its training loop.
+import ast
+import importlib.abc
+import importlib.machinery
+
+SKELETONS = {os.path.realpath(path): kept for path, kept in job.get("skeletons", {}).items()}
+
+class Skeletons(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+
+    def find_spec(self, fullname, path, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        origin = getattr(spec, "origin", None)
+        if not origin or os.path.realpath(origin) not in SKELETONS:
+            return None
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        path = module.__file__
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read(), filename=path)
+        body = [tree.body[index] for index in SKELETONS[os.path.realpath(path)]]
+        code = compile(ast.Module(body=body, type_ignores=[]), path, "exec")
+        exec(code, module.__dict__)  # sys.argv is [the file]: argparse gives its defaults
+
+if SKELETONS:
+    sys.meta_path.insert(0, Skeletons())
 
 def alarm(signum, frame):
     raise TimeoutError("timed out")
@@ -700,9 +767,14 @@ for case in job["classes"]:
 
 
 def verify(
-    repo: Path, found: list[Found], results: list[ClassResult], timeout: float
+    repo: Path,
+    found: list[Found],
+    results: list[ClassResult],
+    timeout: float,
+    skeletons: dict[str, list[int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Torch's own counts for the profiled classes of one module, by class name."""
+    """Torch's own counts for the profiled classes of one module, by class name; the modules
+    of `skeletons` (see skeleton_plan) are executed as torchls's skeletons of them."""
     first = found[0]
     cases = []
     for item, result in zip(found, results, strict=True):
@@ -724,6 +796,7 @@ def verify(
         "sys_path": first.sys_path,
         "timeout": timeout,
         "classes": cases,
+        "skeletons": skeletons or {},
     }
     with tempfile.TemporaryDirectory(prefix="torchls-reach-") as scratch:
         script = Path(scratch) / "verify.py"
@@ -819,21 +892,34 @@ def measure(
         list(pool.map(one, range(len(found))))
 
     by_module: dict[str, list[int]] = defaultdict(list)
+    scripts: dict[str, str] = {}  # by file: why importing it runs script code
     for index, result in enumerate(results):
         if result.outcome == "failed":
             continue
         why = import_is_safe(project, found[index])
         if why:
-            result.check = "not verifiable"
-            result.check_detail = f"importing it runs script code: {why}"
-            continue
+            scripts[str(found[index].file)] = why
         # By file: many scripts' folders hold a top-level `models.py`, each its own module.
         by_module[str(found[index].file)].append(index)
 
     def check(indexes: list[int]) -> None:
-        answers = verify(repo, [found[i] for i in indexes], [results[i] for i in indexes], 300)
+        why = scripts.get(str(found[indexes[0]].file))
+        plan = None
+        if why:
+            try:
+                plan = skeleton_plan(project, found[indexes[0]])
+            except (OSError, SyntaxError, ValueError, RecursionError) as exc:
+                detail = f"importing it runs script code: {why}; no skeleton of it: {exc!r}"
+                for i in indexes:
+                    results[i].check, results[i].check_detail = "not verifiable", detail
+                return
+        answers = verify(
+            repo, [found[i] for i in indexes], [results[i] for i in indexes], 300, plan
+        )
         for i in indexes:
             judge(results[i], answers[found[i].name])
+            if why:  # say how the reference got the class, with the reason
+                results[i].check_detail = f"{VIA_SKELETON}: {why}; {results[i].check_detail}"
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(check, by_module.values()))

@@ -6,6 +6,7 @@ against the products counted by hand, and against torchls's own count."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -36,8 +37,6 @@ def _reference(
     args_text: str | None = None,
 ) -> dict[str, Any]:
     """What the bench's checking process answers for one class of the fixture."""
-    script = tmp_path / "verify.py"
-    script.write_text(_verify_script())
     case = {
         "name": name,
         "inputs": {"tensors": [{"shape": shape, "dtype": "float32"} for shape in shapes]},
@@ -55,6 +54,15 @@ def _reference(
         "timeout": 120,
         "classes": [case],
     }
+    done = _run_reference(tmp_path, job)
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in answer, answer
+    return answer
+
+
+def _run_reference(tmp_path: Path, job: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "verify.py"
+    script.write_text(_verify_script())
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("PYTHONPATH", None)
     done = subprocess.run(
@@ -68,9 +76,7 @@ def _reference(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in answer, answer
-    return answer
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +116,50 @@ def test_typed_arguments_are_read_as_the_module_reads_them(tmp_path: Path) -> No
     # a name the module does not import: the package's export
     answer = _reference(tmp_path, "Wrapper", [[1, 3]], module="kit.variant", args_text="(Part(3),)")
     assert answer["params"] == 3 * 3 + 3
+
+
+def _bench_reach() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_reach", ROOT / "bench" / "reach.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_class_of_a_training_script_is_checked_without_running_it(
+    runner: Runner, tmp_path: Path
+) -> None:
+    reach = _bench_reach()
+    repo = HERE / "gan"
+    found, project = reach.model_classes(repo)
+    critic = next(f for f in found if f.name == "Critic")
+    # importing gan/critic.py would create a folder and train: not importable as it is
+    assert reach.import_is_safe(project, critic)
+    job = {
+        "repo": str(repo),
+        "file": str(critic.file),
+        "module": critic.module,
+        "sys_path": critic.sys_path,
+        "timeout": 120,
+        "classes": [
+            {
+                "name": "Critic",
+                "inputs": {"tensors": [{"shape": [1, 2, 8, 8], "dtype": "float32"}]},
+                "meta": False,
+                "args": [],
+                "kwargs": {},
+            }
+        ],
+        "skeletons": reach.skeleton_plan(project, critic),
+    }
+    done = _run_reference(tmp_path, job)
+    assert "the training loop ran" not in done.stdout + done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    # the script's defaults: 2 channels of 8x8, pooled to 4x4, scored by one Linear
+    assert answer.get("params") == 2 * 4 * 4 + 1, answer
+    assert answer.get("flops") == 2 * (2 * 4 * 4), answer
+    spec = InputSpec(tensors=(TensorSpec((1, 2, 8, 8)),), source="the test")
+    result = runner.ok(repo / "critic.py", "Critic", input_override=spec)
+    assert (result["parameters"]["total"], result["flops"]) == (answer["params"], answer["flops"])
+    assert not (repo / "samples").exists()
