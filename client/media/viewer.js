@@ -139,7 +139,10 @@
     compare.addEventListener('click', () => vscode.postMessage({ type: 'compare' }));
     const refresh = el('button', { className: 'secondary', text: 'Refresh', attrs: { id: 'refresh', type: 'button' } });
     refresh.addEventListener('click', () => vscode.postMessage({ type: 'refresh' }));
-    actions.append(compare, refresh);
+    // The conversions of this file (safetensors, extract, cast...), chosen in the editor's quick pick.
+    const convert = el('button', { className: 'secondary', text: 'Convert…', attrs: { id: 'convert', type: 'button' } });
+    convert.addEventListener('click', () => vscode.postMessage({ type: 'convert' }));
+    actions.append(compare, convert, refresh);
     title.append(actions);
     section.append(title);
 

@@ -9,6 +9,8 @@ import { LanguageClient } from 'vscode-languageclient/node';
 
 export const VIEW_TYPE = 'torchls.checkpointViewer';
 export const COMMAND_OPEN_VIEWER = 'torchls.openCheckpointViewer';
+/** convert.ts's: which conversion to run on the file, then that conversion. */
+const COMMAND_CONVERT_PICK = 'torchls.convertPick';
 export const COMMAND_COMPARE_CHECKPOINTS = 'torchls.compareCheckpoints';
 const REQUEST_DIFF = 'torchls/diff';
 const REQUEST_INSPECT = 'torchls/inspect';
@@ -149,6 +151,9 @@ class ViewerSession implements vscode.Disposable {
         break;
       case 'compare':
         await this.compare();
+        break;
+      case 'convert':
+        await vscode.commands.executeCommand(COMMAND_CONVERT_PICK, this.uri);
         break;
       default:
         break;

@@ -215,6 +215,23 @@ async function run(server: ServerAccess, conversion: Conversion, clicked: unknow
   }
 }
 
+/** The viewer's Convert... button: the conversions in a quick pick, run on the viewed file. A
+ * plain string id (not imported from checkpointViewer.ts, which would import this module back). */
+const COMMAND_CONVERT_PICK = 'torchls.convertPick';
+
+async function pickConversion(server: ServerAccess, target: unknown): Promise<void> {
+  if (!(target instanceof vscode.Uri)) {
+    return;
+  }
+  const picked = await vscode.window.showQuickPick(
+    CONVERSIONS.map((conversion) => ({ label: conversion.title, conversion })),
+    { title: `TorchLS: Convert ${path.posix.basename(target.path)}`, placeHolder: 'What to write beside it (the original is not changed)' },
+  );
+  if (picked) {
+    await run(server, picked.conversion, target, [target]);
+  }
+}
+
 export function registerConvert(server: ServerAccess): vscode.Disposable {
   return vscode.Disposable.from(
     ...CONVERSIONS.map((conversion) =>
@@ -222,5 +239,6 @@ export function registerConvert(server: ServerAccess): vscode.Disposable {
         run(server, conversion, clicked, selected),
       ),
     ),
+    vscode.commands.registerCommand(COMMAND_CONVERT_PICK, (target?: unknown) => pickConversion(server, target)),
   );
 }

@@ -191,3 +191,26 @@ test('a file with two state dicts of one size: the one picked is converted', { t
     assert.deepEqual(written.w.values, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5], 'the ema weights, as picked');
   });
 });
+
+test('the viewer\'s Convert... button offers the conversions of the file it shows', { timeout: 300000 }, async () => {
+  await withFailureScreenshot(page, 'convert-from-viewer', async () => {
+    await closeAllEditors(page);
+    await explorerRow(page, 'small.pt').dblclick();
+    const frame = await viewerFrame('small.pt');
+    await frame.click('button#convert', { timeout: 120000 });
+    await page.locator('.quick-input-widget', { hasText: 'Convert small.pt' }).waitFor({ timeout: 30000 });
+    await page.screenshot({ path: screenshotPath('convert-viewer-pick') });
+    await pick('Extract weights');
+    // A plain state dict has nothing to extract: the refusal is one line, and nothing is written.
+    const refusal = page.locator('.notifications-toasts .notification-list-item', { hasText: 'nothing to extract' });
+    await refusal.first().waitFor({ timeout: 120000 });
+    assert.equal(existsSync(path.join(workspace, 'small.weights.pt')), false);
+
+    await frame.click('button#convert');
+    await pick('Convert checkpoint to safetensors');
+    const notification = page.locator('.notifications-toasts .notification-list-item', { hasText: 'small.safetensors' });
+    await notification.first().waitFor({ timeout: 120000 });
+    const original = describe(path.join(workspace, 'small.pt'));
+    assert.deepEqual(describe(path.join(workspace, 'small.safetensors')), original);
+  });
+});
