@@ -148,7 +148,7 @@ def test_real_vscode_smoke(vsix: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "# fail 0" in result.stdout
-    assert "# pass 22" in result.stdout, result.stdout[-4000:]
+    assert "# pass 23" in result.stdout, result.stdout[-4000:]
     expected = [
         "status-bar",  # torch 2.13.0 in the status bar
         "output-log",  # the torchls output channel with the server's status line

@@ -35,6 +35,7 @@ interface ConvertOptions {
   kind: Kind;
   key?: string;
   dtype?: string;
+  stripPrefix?: string;
   interactive?: boolean;
   notify?: boolean;
 }
@@ -110,6 +111,22 @@ async function chooseDtype(): Promise<string | undefined> {
     { title: 'TorchLS: Cast checkpoint', placeHolder: 'The dtype of the floating-point tensors (integer tensors stay as they are)' },
   );
   return picked?.label;
+}
+
+const KEEP_NAMES = 'Keep the names as they are';
+
+/** Extract's prefix to strip: '' to keep the names, undefined when dismissed. */
+async function choosePrefix(): Promise<string | undefined> {
+  const picked = await vscode.window.showQuickPick(
+    [
+      { label: KEEP_NAMES },
+      { label: 'module.', description: 'DataParallel / DistributedDataParallel' },
+      { label: '_orig_mod.', description: 'torch.compile' },
+      { label: 'model.', description: 'a Lightning module\'s attribute' },
+    ],
+    { title: 'TorchLS: Extract weights', placeHolder: 'A prefix to strip from every name (optimizer, scheduler and RNG state are left out)' },
+  );
+  return picked && (picked.label === KEEP_NAMES ? '' : picked.label);
 }
 
 async function readyClient(server: ServerAccess): Promise<LanguageClient | undefined> {
@@ -204,6 +221,12 @@ async function run(server: ServerAccess, conversion: Conversion, clicked: unknow
   if (conversion.kind === 'cast') {
     options.dtype = await chooseDtype();
     if (!options.dtype) {
+      return;
+    }
+  }
+  if (conversion.kind === 'extract') {
+    options.stripPrefix = await choosePrefix();
+    if (options.stripPrefix === undefined) {
       return;
     }
   }

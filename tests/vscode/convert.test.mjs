@@ -28,6 +28,10 @@ torch.save(state, os.path.join(sys.argv[1], "pytorch_model.bin"))
 torch.save({"model": {"w": torch.zeros(6)}, "ema": {"w": torch.full((6,), 0.5)}},
            os.path.join(sys.argv[1], "averaged.pt"))
 torch.save({"w": torch.randn(5, 5), "steps": torch.tensor(9)}, os.path.join(sys.argv[1], "small.pt"))
+# A training checkpoint of a DataParallel model: weights under "module.", the optimizer beside them.
+torch.save({"epoch": 3, "state_dict": {"module.fc.weight": torch.randn(4, 4), "module.fc.bias": torch.randn(4)},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}},
+           os.path.join(sys.argv[1], "run.ckpt"))
 print(json.dumps({"tensors": len(state), "elements": sum(t.numel() for t in state.values())}))
 `;
 
@@ -192,6 +196,20 @@ test('a file with two state dicts of one size: the one picked is converted', { t
   });
 });
 
+test('Extract weights asks for a prefix to strip and writes the plain state dict', { timeout: 300000 }, async () => {
+  await withFailureScreenshot(page, 'convert-extract', async () => {
+    await closeAllEditors(page);
+    await explorerRow(page, 'run.ckpt').click({ button: 'right' });
+    await chooseMenuItem(page, 'Extract weights');
+    await pick('module.');
+
+    const notification = page.locator('.notifications-toasts .notification-list-item', { hasText: 'run.weights.pt' });
+    await notification.first().waitFor({ timeout: 120000 });
+    const weights = describe(path.join(workspace, 'run.weights.pt'));
+    assert.deepEqual(Object.keys(weights).sort(), ['fc.bias', 'fc.weight']);
+  });
+});
+
 test('the viewer\'s Convert... button offers the conversions of the file it shows', { timeout: 300000 }, async () => {
   await withFailureScreenshot(page, 'convert-from-viewer', async () => {
     await closeAllEditors(page);
@@ -201,6 +219,7 @@ test('the viewer\'s Convert... button offers the conversions of the file it show
     await page.locator('.quick-input-widget', { hasText: 'Convert small.pt' }).waitFor({ timeout: 30000 });
     await page.screenshot({ path: screenshotPath('convert-viewer-pick') });
     await pick('Extract weights');
+    await pick('Keep the names');
     // A plain state dict has nothing to extract: the refusal is one line, and nothing is written.
     const refusal = page.locator('.notifications-toasts .notification-list-item', { hasText: 'nothing to extract' });
     await refusal.first().waitFor({ timeout: 120000 });
