@@ -14,8 +14,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torchls.compare import compare
+from torchls.convert.run import Options, default_output
 from torchls.loadcheck.analysis import (
     NOT_A_TENSOR,
     Checkpoint,
@@ -50,6 +52,7 @@ class Fix:
     # False: it makes the load work by trusting the file (weights_only=False); `torchls check
     # --fix` never applies such a fix.
     safe: bool = True
+    trusted_globals: bool = False  # safe_globals([...]): the file's classes, named
 
 
 @dataclass
@@ -107,6 +110,7 @@ def propose(
         title = ", ".join(candidate.titles)
         fix = Fix(title[:1].upper() + title[1:], diff(text, candidate.text), codes)
         fix.safe = not (candidate.risky or candidate.trusting)
+        fix.trusted_globals = candidate.trusting
         clean = not any(f.severity in {"error", "warning"} for f in result.findings)
         if clean and not candidate.risky and not any(f.preferred for f in offered):
             fix.preferred = True
@@ -153,42 +157,148 @@ def _loader_fixes(
 def _safe_globals_fix(
     site: LoadSite, outcome: Outcome, checkpoint: Checkpoint | None, text: str
 ) -> _Candidate | None:
-    """`model = torch.load("model.pt")` refused by weights_only: the statement wrapped in
-    `with torch.serialization.safe_globals([...]):` naming exactly the globals the file needs,
-    through the file's own imports. Only where each one can be named that way."""
+    """A torch.load refused by weights_only (alone, or feeding `load_state_dict`): its statement
+    wrapped in `with torch.serialization.safe_globals([...]):` naming exactly the globals the
+    file needs, through the file's imports or a qualified import added above. Only where each
+    global is a class (a function such as os.system, or numpy's scalar rebuilder whose dtype
+    classes the reader cannot see, is never allowed this way) and none runs code."""
     if (
-        site.kind != "torch_load"
-        or site.statement_lines is None
+        site.loader != "torch.load"
+        or site.loader_call is None
         or checkpoint is None
         or not outcome.has("weights-only")
         or "torch" not in site.imports.values()
     ):
         return None
     verdict = checkpoint.weights_only or {}
-    if verdict.get("unsupported_opcodes"):
+    if verdict.get("unsupported_opcodes") or verdict.get("dangerous_globals"):
         return None
     needed = [str(name) for name in verdict.get("refused_globals") or []]
-    torch_name = next(name for name, dotted in site.imports.items() if dotted == "torch")
-    named = [_named_by_imports(global_name, site.imports, torch_name) for global_name in needed]
-    if not needed or any(name is None for name in named):
+    if not needed or not all(_is_class_name(name) for name in needed):
         return None
-    first, last = site.statement_lines
     lines = text.splitlines(keepends=True)
+    found = _statement_and_imports(text, site)
+    if found is None:
+        return None
+    (first, last), after_imports = found
     if last >= len(lines):
         return None
+    torch_name = next(name for name, dotted in site.imports.items() if dotted == "torch")
+    named: list[str] = []
+    added: list[str] = []
+    for global_name in needed:
+        name = _named_by_imports(global_name, site.imports, torch_name)
+        if name is None:
+            module = global_name.rpartition(".")[0]
+            if not module or not all(part.isidentifier() for part in module.split(".")):
+                return None
+            if module not in added:
+                added.append(module)
+            name = global_name
+        named.append(name)
     indent = lines[first][: len(lines[first]) - len(lines[first].lstrip(" \t"))]
     ending = line_ending(text)
-    listed = ", ".join(name for name in named if name is not None)
-    head = f"{indent}with {torch_name}.serialization.safe_globals([{listed}]):{ending}"
+    head = f"{indent}with {torch_name}.serialization.safe_globals([{', '.join(named)}]):{ending}"
     body = "".join(f"    {line}" if line.strip() else line for line in lines[first : last + 1])
-    edit = Edit(Span(first, 0, last + 1, 0), head + body)
-    if last + 1 == len(lines) and not lines[last].endswith(("\n", "\r")):
-        edit = Edit(Span(first, 0, last, len(lines[last])), head + body)
-    title = f"allow the file's {len(needed)} global{'s' if len(needed) != 1 else ''}: " + (
+    if not body.endswith(("\n", "\r")):
+        body += ending
+    imports = "".join(f"import {module}{ending}" for module in added)
+    new_lines = list(lines)
+    new_lines[first : last + 1] = [head + body]
+    if imports:
+        if after_imports > 0 and not new_lines[after_imports - 1].endswith(("\n", "\r")):
+            new_lines[after_imports - 1] += ending
+        new_lines.insert(after_imports, imports)
+    # The added imports and the `with` line move the load down; inside the block, right too.
+    start_line, start_char = site.span.start_line, site.span.start_char
+    shift = len(added) + (1 if start_line >= first else 0)
+    moved = (start_line + shift, start_char + 4 if first <= start_line <= last else start_char)
+    count = len(needed)
+    title = f"allow the file's {count} global{'s' if count != 1 else ''}: " + (
         "torch.serialization.safe_globals([...]) around the load (only for a file you trust)"
     )
-    at = (site.span.start_line + 1, site.span.start_char + 4)
-    return _Candidate([title], apply_edits(text, [edit]), trusting=True, at=at)
+    return _Candidate([title], "".join(new_lines), trusting=True, at=moved)
+
+
+# What `torchls convert weights-only` turns into plain data (worker/convert.py imports these for
+# real, and nothing else the file names): a file refused only for these can be made clean.
+_PLAIN_DATA = {
+    "argparse.Namespace", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
+    "pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
+    "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
+    "numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+}  # fmt: skip
+
+
+def cleanable(checkpoint: Checkpoint | None) -> bool:
+    """Whether the weights-only conversion can succeed on this file: weights_only refuses it
+    only for plain-data globals it replaces, and nothing in it runs code."""
+    verdict = (checkpoint.weights_only if checkpoint is not None else None) or {}
+    refused = [str(name) for name in verdict.get("refused_globals") or []]
+    if not refused or verdict.get("dangerous_globals") or verdict.get("unsupported_opcodes"):
+        return False
+    return all(
+        name in _PLAIN_DATA or (name.startswith("numpy.dtypes.") and name.endswith("DType"))
+        for name in refused
+    )
+
+
+def clean_name(checkpoint: Path) -> str:
+    """The weights-only conversion's file name for `checkpoint` (`ckpt.pt` -> `ckpt.clean.pt`)."""
+    return default_output(checkpoint, Options(kind="weights-only")).name
+
+
+# numpy's pickles rebuild scalars and arrays through these functions, and name their dtype
+# classes (numpy.dtypes.Float64DType) only inside the dtype's arguments: allowing the names the
+# reader lists would not make the load work.
+_NOT_CLASSES = {"numpy.dtype"}
+
+
+def _is_class_name(dotted: str) -> bool:
+    """Whether a refused global names a class by Python's naming convention (`Namespace`,
+    `UNetish`), as opposed to a function (`os.system`, `numpy.core.multiarray.scalar`)."""
+    last = dotted.rpartition(".")[2]
+    return dotted not in _NOT_CLASSES and last[:1].isupper()
+
+
+def _statement_and_imports(text: str, site: LoadSite) -> tuple[tuple[int, int], int] | None:
+    """The 0-based first and last line of the simple statement holding the site's torch.load
+    call, and the line after the file's leading imports (where an added import goes)."""
+    if site.statement_lines is not None and site.kind == "torch_load":
+        lines: tuple[int, int] | None = site.statement_lines
+    else:
+        lines = None
+    try:
+        module = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    loader = site.loader_call
+    if lines is None and loader is not None:
+        for node in ast.walk(module):
+            if not isinstance(node, (ast.Assign, ast.AnnAssign, ast.Expr, ast.Return)):
+                continue
+            end = node.end_lineno or node.lineno
+            inside = node.lineno <= loader.lineno and (loader.end_lineno or loader.lineno) <= end
+            if inside and any(
+                isinstance(inner, ast.Call)
+                and inner.lineno == loader.lineno
+                and inner.col_offset == loader.col_offset
+                for inner in ast.walk(node)
+            ):
+                lines = (node.lineno - 1, end - 1)
+                break
+    if lines is None:
+        return None
+    after = 0
+    body = module.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        after = body[0].end_lineno or 0  # below the module's docstring
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno - 1 < lines[0]:
+            after = max(after, node.end_lineno or node.lineno)
+    return lines, after
 
 
 def _named_by_imports(dotted: str, imports: dict[str, str], torch_name: str) -> str | None:

@@ -4,11 +4,13 @@
 safetensors | extract | cast | consolidate | weights-only, and optionally `key` (the state dict
 to convert, as a `several-state-dicts` refusal's `candidates` name it), `dtype` (cast),
 `stripPrefix` (extract), `maxShardSize` (bytes or "5GB"), `output`, `overwrite`, `interactive`,
-`notify`. Like the downgrade: a cancellable server-initiated progress, the one question a
-refusal allows ("Replace it" for an existing output) unless `interactive` is false, a message
-at the end unless `notify` is false, and the result is `Outcome.as_json()`. Choosing among
-several state dicts is left to the client (the candidates are in the answer): an editor shows
-them as a list, which a message's buttons are not fit for.
+`notify`, and `pointAt` (`{"uri": document, "range": the path's string literal}`: once the
+file is written, that literal is edited to name it, through `workspace/applyEdit`; the
+weights_only quick fix uses it). Like the downgrade: a cancellable server-initiated progress,
+the one question a refusal allows ("Replace it" for an existing output) unless `interactive`
+is false, a message at the end unless `notify` is false, and the result is
+`Outcome.as_json()`. Choosing among several state dicts is left to the client (the candidates
+are in the answer): an editor shows them as a list, which a message's buttons are not fit for.
 
 Cancelling (the progress' Cancel button, answered with reason "cancelled", or `$/cancelRequest`)
 kills the worker and removes the temporary files before the answer is sent.
@@ -72,7 +74,53 @@ class ConvertCommand:
             if await self._question(outcome.message) != REPLACE:
                 break
             options = replace(options, overwrite=True)
+        if outcome.ok and outcome.output is not None and isinstance(given.get("pointAt"), dict):
+            await self._point_at(given["pointAt"], source, outcome.output)
         return self._finish(outcome, given)
+
+    async def _point_at(self, where: dict[str, Any], source: Path, output: Path) -> None:
+        """The document's path literal, which names `source`, edited to name `output` (written
+        beside it, so as relative as the literal was); nothing when the text moved meanwhile."""
+        uri, where_range = where.get("uri"), where.get("range")
+        if not isinstance(uri, str) or not isinstance(where_range, dict):
+            return
+        try:
+            document = self.server.workspace.get_text_document(uri)
+            start, end = where_range["start"], where_range["end"]
+            line = document.lines[int(start["line"])]
+            if int(start["line"]) != int(end["line"]) or not line.isascii():
+                return  # then the UTF-16 columns are str indexes
+            literal = line[int(start["character"]) : int(end["character"])]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return
+        quote = literal[:1]
+        if quote not in {"'", '"'} or not literal.endswith(quote) or source.name not in literal:
+            return
+        if output.parent.resolve() != source.parent.resolve():
+            return
+        head, _, tail = literal.rpartition(source.name)
+        edit = types.TextEdit(
+            range=types.Range(
+                start=types.Position(line=int(start["line"]), character=int(start["character"])),
+                end=types.Position(line=int(end["line"]), character=int(end["character"])),
+            ),
+            new_text=head + output.name + tail,
+        )
+        change = types.TextDocumentEdit(
+            text_document=types.OptionalVersionedTextDocumentIdentifier(
+                uri=uri, version=document.version
+            ),
+            edits=[edit],
+        )
+        label = f"Load {output.name}"
+        try:
+            await self.server.workspace_apply_edit_async(
+                types.ApplyWorkspaceEditParams(
+                    edit=types.WorkspaceEdit(document_changes=[change]), label=label
+                )
+            )
+        except Exception as exc:  # a client without applyEdit: the file is written all the same
+            log.info("the load was not pointed at %s: %s", output.name, exc)
 
     async def _attempt(self, source: Path, options: Options) -> Outcome:
         server = self.server

@@ -25,7 +25,8 @@ from torchls.kfold.lint import LintFinding
 from torchls.kfold.lint import lint as kfold_lint
 from torchls.loadcheck.analysis import ERROR, INFORMATION, WARNING, Environment, Finding
 from torchls.loadcheck.checker import LoadChecker, SiteReport
-from torchls.loadcheck.fixes import Edit, Fix
+from torchls.loadcheck.fixes import Edit, Fix, clean_name, cleanable
+from torchls.lsp.convert import CMD_CONVERT
 from torchls.lsp.downgrade import CMD_DOWNGRADE
 from torchls.source.models import FileModels
 from torchls.source.pins import torch_pin
@@ -248,11 +249,18 @@ class LoadChecks:
                 continue
             diagnostics = [_diagnostic(uri, report, finding) for finding in findings]
             actions += _downgrade_actions(uri, version, text, report, diagnostics)
+            # Naming the file's classes first, then rewriting the file, weights_only=False last.
+            clean = _clean_action(uri, report, diagnostics)
             for fix in self._fixes_of(uri, index, models, report):
+                if clean is not None and not fix.trusted_globals:
+                    actions.append(clean)
+                    clean = None
                 fixed = [d for d in diagnostics if d.code in fix.fixes]
                 actions.append(
                     _quick_fix(uri, version, fix.title, [fix.edit], fixed, fix.preferred)
                 )
+            if clean is not None:
+                actions.append(clean)
         for item in self._lint.get(uri, []):
             if not _overlaps_span(item.finding.span, params.range):
                 continue
@@ -394,6 +402,40 @@ def _downgrade_actions(
             title = f"Load {legacy.name} instead (the legacy copy)"
             actions.append(_quick_fix(uri, version, title, [edit], matching, preferred=True))
     return actions
+
+
+def _clean_action(
+    uri: str, report: SiteReport, diagnostics: list[types.Diagnostic]
+) -> types.CodeAction | None:
+    """A torch.load weights_only refuses only for plain data (a Namespace, numpy values, paths):
+    write the weights_only-clean copy beside it (the conversion of `torchls convert
+    weights-only`), then point the path's string literal at that copy."""
+    matching = [d for d in diagnostics if d.code == "weights-only"]
+    span = report.site.path_span
+    if (
+        not matching
+        or not report.checkpoint_path
+        or span is None
+        or not cleanable(report.checkpoint)
+    ):
+        return None
+    checkpoint = Path(report.checkpoint_path).absolute()
+    title = f"torchls: Make this checkpoint weights_only-clean (writes {clean_name(checkpoint)})"
+    point_at = {"uri": uri, "range": _json_range(span)}
+    options = {"kind": "weights-only", "pointAt": point_at}
+    command = types.Command(
+        title=title, command=CMD_CONVERT, arguments=[checkpoint.as_uri(), options]
+    )
+    return types.CodeAction(
+        title=title, kind=types.CodeActionKind.QuickFix, diagnostics=matching, command=command
+    )
+
+
+def _json_range(span: Span) -> dict[str, dict[str, int]]:
+    return {
+        "start": {"line": span.start_line, "character": span.start_char},
+        "end": {"line": span.end_line, "character": span.end_char},
+    }
 
 
 def _quick_fix(

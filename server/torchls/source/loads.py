@@ -576,6 +576,7 @@ def _read_loader(
     lookup = _lookup(models, call)
     site.loader = loader
     site.loader_call = call if loader == "torch.load" else None
+    site.imports = dict(models.imports.names)  # for the safe_globals quick fix
     site.loader_span = models._span(call)
     site.loader_end = _end(models, [*call.args, *(k.value for k in call.keywords)][-1])
     site.path_span = models._span(path)
