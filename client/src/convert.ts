@@ -35,7 +35,9 @@ interface ConvertOptions {
   kind: Kind;
   key?: string;
   dtype?: string;
+  keepNormFp32?: boolean;
   stripPrefix?: string;
+  maxShardSize?: string;
   interactive?: boolean;
   notify?: boolean;
 }
@@ -101,16 +103,46 @@ async function chooseTargets(conversion: Conversion, clicked: unknown, selected:
   });
 }
 
-async function chooseDtype(): Promise<string | undefined> {
-  const picked = await vscode.window.showQuickPick(
+interface DtypeItem extends vscode.QuickPickItem {
+  dtype: string;
+  keepNormFp32: boolean;
+}
+
+const NORM_KEPT = 'BatchNorm running stats kept in fp32';
+
+/** Cast's dtype, and whether normalisation running stats stay fp32; undefined when dismissed. */
+async function chooseDtype(): Promise<DtypeItem | undefined> {
+  return vscode.window.showQuickPick<DtypeItem>(
     [
-      { label: 'bf16', description: 'bfloat16: the range of fp32, half the size' },
-      { label: 'fp16', description: 'float16: refused if a value overflows' },
-      { label: 'fp32', description: 'float32: back to full precision' },
+      { label: 'bf16', description: 'bfloat16: the range of fp32, half the size', dtype: 'bf16', keepNormFp32: false },
+      { label: 'bf16, norm stats kept', description: NORM_KEPT, dtype: 'bf16', keepNormFp32: true },
+      { label: 'fp16', description: 'float16: refused if a value overflows', dtype: 'fp16', keepNormFp32: false },
+      { label: 'fp16, norm stats kept', description: NORM_KEPT, dtype: 'fp16', keepNormFp32: true },
+      { label: 'fp32', description: 'float32: back to full precision', dtype: 'fp32', keepNormFp32: false },
     ],
     { title: 'TorchLS: Cast checkpoint', placeHolder: 'The dtype of the floating-point tensors (integer tensors stay as they are)' },
   );
+}
+
+/** Consolidate's reverse direction: the largest shard when one file is cut into shards. */
+async function chooseShardSize(): Promise<string | undefined> {
+  const picked = await vscode.window.showQuickPick(
+    ['1GB', '2GB', '5GB', '10GB'].map((label) => ({ label, description: label === '5GB' ? 'what Hugging Face uses' : undefined })),
+    { title: 'TorchLS: Cut a checkpoint into shards', placeHolder: 'The largest shard (an index file is written beside the shards)' },
+  );
   return picked?.label;
+}
+
+/** True for a single checkpoint file (not an index, not a folder): consolidate cuts it into shards. */
+async function isSingleFile(target: vscode.Uri): Promise<boolean> {
+  if (INDEX_FILE.test(target.path)) {
+    return false;
+  }
+  try {
+    return ((await vscode.workspace.fs.stat(target)).type & vscode.FileType.Directory) === 0;
+  } catch {
+    return false; // the server says what is wrong with it
+  }
 }
 
 const KEEP_NAMES = 'Keep the names as they are';
@@ -219,8 +251,16 @@ async function run(server: ServerAccess, conversion: Conversion, clicked: unknow
   // notify: false because the client shows the result itself, with the Open button.
   const options: ConvertOptions = { kind: conversion.kind, notify: false };
   if (conversion.kind === 'cast') {
-    options.dtype = await chooseDtype();
-    if (!options.dtype) {
+    const dtype = await chooseDtype();
+    if (!dtype) {
+      return;
+    }
+    options.dtype = dtype.dtype;
+    options.keepNormFp32 = dtype.keepNormFp32;
+  }
+  if (conversion.kind === 'consolidate' && targets.length === 1 && (await isSingleFile(targets[0]))) {
+    options.maxShardSize = await chooseShardSize();
+    if (!options.maxShardSize) {
       return;
     }
   }

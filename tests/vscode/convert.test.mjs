@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   chooseMenuItem, closeAllEditors, copyExamples, explorerRow, focusRow, openVSCode, python, removeCopy, screenshotPath, settled,
@@ -27,7 +27,8 @@ torch.save(state, os.path.join(sys.argv[1], "pytorch_model.bin"))
 # Two state dicts of one size: which one to convert is the user's choice.
 torch.save({"model": {"w": torch.zeros(6)}, "ema": {"w": torch.full((6,), 0.5)}},
            os.path.join(sys.argv[1], "averaged.pt"))
-torch.save({"w": torch.randn(5, 5), "steps": torch.tensor(9)}, os.path.join(sys.argv[1], "small.pt"))
+torch.save({"w": torch.randn(5, 5), "bn.running_mean": torch.randn(5), "steps": torch.tensor(9)},
+           os.path.join(sys.argv[1], "small.pt"))
 # A training checkpoint of a DataParallel model: weights under "module.", the optimizer beside them.
 torch.save({"epoch": 3, "state_dict": {"module.fc.weight": torch.randn(4, 4), "module.fc.bias": torch.randn(4)},
             "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}},
@@ -146,7 +147,7 @@ async function pick(text) {
   await page.keyboard.press('Enter');
 }
 
-test('the Explorer offers the conversions on checkpoints only; Cast asks for the dtype', { timeout: 300000 }, async () => {
+test('the Explorer offers the conversions on checkpoints only; Cast asks for the dtype and whether norm stats stay fp32', { timeout: 300000 }, async () => {
   await withFailureScreenshot(page, 'convert-cast', async () => {
     await closeAllEditors(page);
     const menuItems = page.locator('.context-view .monaco-menu .action-item .action-label');
@@ -165,7 +166,7 @@ test('the Explorer offers the conversions on checkpoints only; Cast asks for the
     for (const item of CONVERSIONS) assert.ok(onCheckpoint.includes(item), `${item} missing: ${onCheckpoint.join(' | ')}`);
     await page.screenshot({ path: screenshotPath('convert-explorer-menu') });
     await chooseMenuItem(page, 'Cast checkpoint to bf16/fp16/fp32');
-    await pick('fp16');
+    await pick('fp16, norm stats kept');
 
     const notification = page.locator('.notifications-toasts .notification-list-item', { hasText: 'small.fp16.pt' });
     await notification.first().waitFor({ timeout: 120000 });
@@ -173,8 +174,22 @@ test('the Explorer offers the conversions on checkpoints only; Cast asks for the
     const cast = describe(path.join(workspace, 'small.fp16.pt'));
     assert.equal(cast.w.dtype, 'torch.float16');
     assert.equal(cast.steps.dtype, 'torch.int64', 'integer tensors are left as they are');
+    assert.equal(cast['bn.running_mean'].dtype, 'torch.float32', 'running stats kept in fp32, as picked');
+    assert.deepEqual(cast['bn.running_mean'].values, original['bn.running_mean'].values);
     assert.deepEqual(cast.steps.values, original.steps.values);
     cast.w.values.forEach((v, i) => assert.ok(Math.abs(v - original.w.values[i]) <= 2e-3 * Math.max(1, Math.abs(v)), `w[${i}]`));
+
+    // Consolidate on one file goes the other way: it asks for the largest shard and cuts the file.
+    await explorerRow(page, 'small.pt').click({ button: 'right' });
+    await chooseMenuItem(page, 'Consolidate shards');
+    await pick('1GB');
+    const sharded = page.locator('.notifications-toasts .notification-list-item', { hasText: 'small-shards' });
+    await sharded.first().waitFor({ timeout: 120000 });
+    const shards = path.join(workspace, 'small-shards');
+    const indexes = readdirSync(shards).filter((name) => name.endsWith('.index.json'));
+    assert.equal(indexes.length, 1, `one index among ${readdirSync(shards).join(', ')}`);
+    const index = JSON.parse(readFileSync(path.join(shards, indexes[0]), 'utf8'));
+    assert.deepEqual(Object.keys(index.weight_map).sort(), Object.keys(original).sort());
   });
 });
 
