@@ -825,11 +825,17 @@
     });
   }
 
-  function render(result) {
+  function render(result, canReopen) {
     state.result = result;
     if (typeof result.error === 'string') {
       table = null;
       showStatus(result.error, 'error');
+      if (canReopen) {
+        // Not a checkpoint after all (a .bin is often something else): back to VS Code's editor.
+        const reopen = el('button', { className: 'secondary', text: 'Open in the text editor', attrs: { id: 'reopen-text', type: 'button' } });
+        reopen.addEventListener('click', () => vscode.postMessage({ type: 'reopenText' }));
+        app.append(reopen);
+      }
       return;
     }
     const report = result.report;
@@ -860,7 +866,7 @@
       const busy = document.getElementById('diff-values');
       if (busy) { busy.textContent = 'Comparing values…'; busy.setAttribute('disabled', 'true'); }
     } else if (message.type === 'report') {
-      render(message.result || { error: 'No answer from the torchls server.' });
+      render(message.result || { error: 'No answer from the torchls server.' }, message.canReopen === true);
     } else if (message.type === 'diff') {
       state.result = message.result;
       renderDiff(message.result || { error: 'No answer from the torchls server.' }, Boolean(message.values));

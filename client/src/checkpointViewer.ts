@@ -88,7 +88,7 @@ class ViewerSession implements vscode.Disposable {
     private readonly viewer: CheckpointViewer,
     private readonly uri: vscode.Uri,
     private readonly panel: vscode.WebviewPanel,
-    isFolder: boolean,
+    private readonly isFolder: boolean,
   ) {
     const webview = panel.webview;
     webview.options = { enableScripts: true, localResourceRoots: [viewer.media] };
@@ -127,7 +127,7 @@ class ViewerSession implements vscode.Disposable {
     this.post({ type: 'loading', refresh: changed });
     const result = await this.viewer.inspect(this.uri, changed);
     if (generation === this.generation) {
-      this.post({ type: 'report', result, uri: this.uri.toString(), refreshed: changed });
+      this.post({ type: 'report', result, uri: this.uri.toString(), refreshed: changed, canReopen: !this.isFolder });
     }
   }
 
@@ -154,6 +154,12 @@ class ViewerSession implements vscode.Disposable {
         break;
       case 'convert':
         await vscode.commands.executeCommand(COMMAND_CONVERT_PICK, this.uri);
+        break;
+      case 'reopenText':
+        // A file that is no checkpoint: VS Code's own editor, as "Reopen Editor With..." would.
+        if (!this.isFolder) {
+          await vscode.commands.executeCommand('vscode.openWith', this.uri, 'default');
+        }
         break;
       default:
         break;

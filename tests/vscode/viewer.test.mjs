@@ -51,6 +51,9 @@ class Payload:
         return (os.system, (f"touch {sentinel}",))
 
 torch.save({"weight": torch.zeros(3), "extra": Payload()}, os.path.join(workspace, "hostile.pt"))
+# A .bin that is no checkpoint at all (an executable's bytes): the viewer must let it go.
+with open(os.path.join(workspace, "firmware.bin"), "wb") as handle:
+    handle.write(b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 8)
 
 # A Hugging Face model folder saved in two shards, whose index names a third shard that is not there.
 from safetensors.torch import save_file
@@ -298,6 +301,15 @@ test('a pickle that runs a command when loaded runs nothing in the viewer and sh
     await page.screenshot({ path: screenshotPath('viewer-hostile-pickle') });
     assert.equal(existsSync(sentinel), false, 'the pickle ran its command');
     await closeAllEditors(page);
+
+    // A .bin that is not a checkpoint says so in one line, and one click gives it back to VS Code.
+    await openFile(page, 'firmware.bin');
+    const other = await viewerFrame('firmware.bin');
+    assert.match(await textOf(other, '.status.error'), /not a checkpoint format torchls knows/);
+    await other.click('#reopen-text');
+    await page.locator('.editor-container', { hasText: /not displayed in the text editor|Open Anyway/ }).first()
+      .waitFor({ timeout: 30000 });
+    await closeAllEditors(page);
   });
 });
 
@@ -344,12 +356,16 @@ test('a sharded Hugging Face model folder opens from the Explorer in one view wi
     // Themes: the page takes VS Code's colours (dark, then high contrast with its borders).
     const background = () => frame.evaluate(() => getComputedStyle(document.body).backgroundColor);
     const light = await background();
+    // Each theme is waited for by its own colour change: waiting for "not light" let the high
+    // contrast check read the dark theme's background still.
+    let previous = light;
     for (const [theme, shot] of [['Dark Modern', 'viewer-dark'], ['Dark High Contrast', 'viewer-high-contrast']]) {
       await runCommand(page, 'Preferences: Color Theme');
       await page.locator('.quick-input-widget input').fill(theme);
       await focusRow(page, '.quick-input-list .monaco-list-row', theme);
       await page.keyboard.press('Enter');
-      await frame.waitForFunction((before) => getComputedStyle(document.body).backgroundColor !== before, light, { timeout: 20000 });
+      await frame.waitForFunction((before) => getComputedStyle(document.body).backgroundColor !== before, previous, { timeout: 20000 });
+      previous = await background();
       await page.screenshot({ path: screenshotPath(shot) });
     }
     assert.equal(await background(), 'rgb(0, 0, 0)');
