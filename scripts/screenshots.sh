@@ -33,6 +33,7 @@ declare -A PICTURES=(
   [viewer-sharded]=viewer-sharded
   [viewer-high-contrast]=viewer-high-contrast
   [viewer-diff]=viewer-diff
+  [convert-notification]=convert
 )
 mkdir -p docs/images
 for shot in "${!PICTURES[@]}"; do
