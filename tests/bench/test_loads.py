@@ -79,11 +79,14 @@ def test_loads_counted_as_checked_that_nothing_checks_are_told_apart(tmp_path: P
         'plain.load_state_dict(torch.load("plain.pt"))\n'
     )
     _, sites = loads.sites_of(tmp_path, script)
+    # `net = net.cuda()` under an `if` is followed back to `TinyNet(hidden=8)` since issue 16: the
+    # bench once listed this load as counted checked with its keys never compared.
     assert [(site.line, loads.unseen(site)) for site in sites] == [
-        (6, "the model is not resolved: the keys are not compared"),
+        (6, ""),
         (9, ""),  # torchls says it cannot check it
         (11, ""),
     ]
-    assert loads.why_not_planted(sites[0]) == "torchls does not resolve the model it loads into"
+    assert sites[0].model is not None and sites[0].model.call_text() == "TinyNet(hidden=8)"
+    assert loads.why_not_planted(sites[0]) is None
     assert loads.why_not_planted(sites[1]) == "torchls does not check it"
     assert loads.why_not_planted(sites[2]) is None
