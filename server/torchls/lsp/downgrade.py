@@ -15,11 +15,7 @@ command). The job time limit (worker.timeoutSeconds) bounds a worker that hangs.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import logging
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +25,7 @@ from pygls.uris import to_fs_path
 
 from torchls.downgrade.run import Environment, Options, Outcome, downgrade
 from torchls.downgrade.targets import DEFAULT_SUFFIX
+from torchls.lsp.progress_work import run_with_progress
 
 if TYPE_CHECKING:
     from torchls.lsp.server import TorchLanguageServer
@@ -80,67 +77,18 @@ class DowngradeCommand:
             memory_limit_mb=settings.worker.memory_limit_mb,
             timeout_seconds=settings.worker.timeout_seconds,
         )
-        token = await self._progress_token(f"Downgrading {source.name}")
-        work = asyncio.ensure_future(
-            downgrade(source, options, environment, lambda m, p: self._report(token, m, p))
-        )
-        pressed: list[bool] = []  # the progress' Cancel button, as opposed to $/cancelRequest
-        if token is not None:
-            cancel = server.work_done_progress.tokens.get(token)
-            if cancel is not None:
-                loop = asyncio.get_running_loop()
-
-                def on_cancel(future: concurrent.futures.Future[Any]) -> None:
-                    if future.cancelled():
-                        pressed.append(True)
-                        loop.call_soon_threadsafe(work.cancel)
-
-                cancel.add_done_callback(on_cancel)
-        try:
-            outcome = await work
-        except asyncio.CancelledError:
-            # A cancelled request cancels `work` too, where this task waits on it; either way
-            # the work must have ended (worker killed, files removed) before anyone is told.
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            if not pressed:
-                raise  # $/cancelRequest: pygls answers RequestCancelled
-            return Outcome(
+        outcome = await run_with_progress(
+            server,
+            "downgrade",
+            f"Downgrading {source.name}",
+            lambda report: downgrade(source, options, environment, report),
+            lambda: Outcome(
                 False, "cancelled", f"Cancelled: {source.name} was not downgraded", source
-            )
-        finally:
-            if token is not None:
-                server.work_done_progress.end(token, types.WorkDoneProgressEnd())
-                server.work_done_progress.tokens.pop(token, None)
+            ),
+        )
         if outcome.reason == "timeout":
             outcome.message += " (the torchls.worker.timeoutSeconds setting changes the limit)"
         return outcome
-
-    async def _progress_token(self, title: str) -> str | None:
-        server = self.server
-        capabilities = server.client_capabilities
-        window = capabilities.window if capabilities else None
-        if not (window and window.work_done_progress):
-            return None
-        token = f"torchls-downgrade-{uuid.uuid4().hex}"
-        try:
-            await server.work_done_progress.create_async(token)
-        except Exception as exc:  # a client may refuse; the command still runs
-            log.info("no progress for the downgrade: %s", exc)
-            return None
-        server.work_done_progress.begin(
-            token, types.WorkDoneProgressBegin(title=title, cancellable=True, percentage=0)
-        )
-        return token
-
-    def _report(self, token: str | None, message: str, percentage: float | None) -> None:
-        if token is None:
-            return
-        value = types.WorkDoneProgressReport(
-            message=message, percentage=None if percentage is None else int(percentage)
-        )
-        self.server.work_done_progress.report(token, value)
 
     async def _ask(self, outcome: Outcome, options: Options) -> Options | None:
         """The question a refusal allows, and the options to try again with; None: stop."""
