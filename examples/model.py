@@ -22,7 +22,9 @@ class SmallConvNet(nn.Module):
         self.classifier = nn.Linear(width * 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        x = self.features(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
 
 
 class TabularMLP(nn.Module):

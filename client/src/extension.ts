@@ -12,6 +12,7 @@ import {
 import { COMMAND_OPEN_VIEWER, registerCheckpointViewer } from './checkpointViewer';
 import { registerConvert } from './convert';
 import { executeCommandMiddleware, registerDowngrade } from './downgrade';
+import { registerModelReport } from './modelReport';
 import { Interpreter, onDidChangePythonInterpreter, probeVersion, readCommandSetting, resolveInterpreter } from './python';
 import { ServerStatus, StatusItem } from './status';
 
@@ -87,6 +88,14 @@ async function startServer(): Promise<void> {
       worker: workerOptions(resource),
       defaultInputShapes: config.get<Record<string, string>>('defaultInputShapes', {}),
       maxFileSizeKB: config.get<number>('maxFileSizeKB', 512),
+      // Inlay shapes in forward(), parameter counts in __init__, the CodeLens above model
+      // classes, and the GPU the training-memory figures are measured against.
+      inlayHints: {
+        shapes: config.get<boolean>('inlayHints.shapes', true),
+        parameters: config.get<boolean>('inlayHints.parameters', false),
+      },
+      codeLens: config.get<boolean>('codeLens', true),
+      gpuMemoryGB: config.get<number>('gpuMemoryGB', 24),
     },
   };
 
@@ -167,6 +176,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       log,
     }),
     registerCheckpointViewer({ client: currentClient, log }, context.extensionUri),
+    registerModelReport({ client: currentClient, log }, context.extensionUri),
   );
   const pythonWatcher = await onDidChangePythonInterpreter(() => {
     if (readCommandSetting('interpreter').length === 0) {

@@ -74,7 +74,8 @@ test('hovering a model class and a construction shows parameters and MACs/FLOPs 
     await page.mouse.move(5, 5);
 
     // A construction whose input a `# torchls: input=` comment states (model.py's last lines).
-    await goToLine(page, 46);
+    const modelSource = readFileSync(path.join(workspace, 'model.py'), 'utf8').split('\n');
+    await goToLine(page, modelSource.findIndex((line) => line.includes('model = SmallConvNet(num_classes=10)')) + 1);
     const construction = await hoverWord(page, 'model = SmallConvNet(num_classes=10)', 'SmallConvNet', 'Parameters');
     assert.match(construction, /built as SmallConvNet\(num_classes=10\)/);
     assert.match(construction, /Parameters 20,234/);
