@@ -38,6 +38,14 @@ class InitOptions:
     # a file costs about 120 bytes of memory per byte of source, and parsing it about 1 s per
     # 1.5 MB, on every edit (bench/large_files.py measures both).
     max_file_size_kb: int = 512
+    # Issue 19: what is shown in the code itself. Shapes bound in forward() and parameter
+    # counts on `self.x = ...` lines in __init__ (inlay hints), the CodeLens above models, and
+    # the GPU the training-memory figures are measured against (its memory in GiB, as GPUs
+    # are sold: a "24 GB" card holds 24 GiB).
+    inlay_hints_shapes: bool = True
+    inlay_hints_parameters: bool = False
+    code_lens: bool = True
+    gpu_memory_gb: float = 24.0
 
     @property
     def user_code_allowed(self) -> bool:
@@ -78,6 +86,20 @@ def _read_number(
         )
         return default
     return float(value)
+
+
+def _read_switch(
+    raw: Mapping[str, Any], key: str, default: bool, warnings: list[str], prefix: str = ""
+) -> bool:
+    """A display switch: absent means its default, and so does a value that is not a boolean."""
+    value = raw.get(key, default)
+    if isinstance(value, bool):
+        return value
+    warnings.append(
+        f"initializationOptions.{prefix}{key} must be true or false, not {value!r}; "
+        f"using {str(default).lower()}"
+    )
+    return default
 
 
 def _read_interpreter(value: Any, warnings: list[str]) -> tuple[str, ...]:
@@ -150,7 +172,28 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
             )
         ),
     )
-    known = {"trusted", "allowUserCode", "worker", "defaultInputShapes", "maxFileSizeKB"}
+    hints_raw = raw.get("inlayHints", {})
+    if not isinstance(hints_raw, Mapping):
+        warnings.append(
+            'initializationOptions.inlayHints must be an object like {"shapes": true, '
+            '"parameters": false}; using defaults'
+        )
+        hints_raw = {}
+    for key in hints_raw:
+        if key not in ("shapes", "parameters"):
+            warnings.append(
+                f"initializationOptions.inlayHints.{key} is not a torchls option; ignored"
+            )
+    known = {
+        "trusted",
+        "allowUserCode",
+        "worker",
+        "defaultInputShapes",
+        "maxFileSizeKB",
+        "inlayHints",
+        "codeLens",
+        "gpuMemoryGB",
+    }
     for key in raw:
         if key not in known:
             warnings.append(f"initializationOptions.{key} is not a torchls option; ignored")
@@ -164,6 +207,16 @@ def parse_init_options(raw: Any) -> tuple[InitOptions, list[str]]:
                 _read_number(
                     raw, "maxFileSizeKB", InitOptions.max_file_size_kb, 1, 1 << 20, warnings, ""
                 )
+            ),
+            inlay_hints_shapes=_read_switch(
+                hints_raw, "shapes", InitOptions.inlay_hints_shapes, warnings, "inlayHints."
+            ),
+            inlay_hints_parameters=_read_switch(
+                hints_raw, "parameters", InitOptions.inlay_hints_parameters, warnings, "inlayHints."
+            ),
+            code_lens=_read_switch(raw, "codeLens", InitOptions.code_lens, warnings),
+            gpu_memory_gb=_read_number(
+                raw, "gpuMemoryGB", InitOptions.gpu_memory_gb, 0.001, 1 << 20, warnings, ""
             ),
         ),
         warnings,

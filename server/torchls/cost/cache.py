@@ -9,6 +9,7 @@ start) are not, so the next hover tries again.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,9 @@ from torchls.worker.client import JobResult
 
 # (job parameters, background) -> result; background jobs yield the worker to any other.
 Runner = Callable[[dict[str, Any], bool], Awaitable[JobResult]]
+# Told of every result as it arrives (inlay hints index it and ask the client to refresh).
+Listener = Callable[[PreparedProfile, JobResult], None]
+log = logging.getLogger(__name__)
 _NOT_CACHED = {
     protocol.ERROR_CRASH,
     protocol.ERROR_START,
@@ -37,6 +41,17 @@ class ProfileCache:
         self._results: OrderedDict[str, JobResult] = OrderedDict()
         self._latest: dict[str, tuple[str, JobResult]] = {}
         self._inflight: dict[str, asyncio.Future[JobResult]] = {}
+        self._listeners: list[Listener] = []
+        # Grows whenever what the cache holds changes: views computed from its results (inlay
+        # hints, lenses) are valid while it stays the same.
+        self.generation = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def peek_key(self, key: str) -> JobResult | None:
+        """The cached result under `key`, without touching its place in the LRU order."""
+        return self._results.get(key)
 
     def peek(self, prepared: PreparedProfile) -> JobResult | None:
         result = self._results.get(prepared.key)
@@ -79,8 +94,14 @@ class ProfileCache:
             self._results[prepared.key] = result
             while len(self._results) > self._max_entries:
                 self._results.popitem(last=False)
+            self.generation += 1
         if result.ok:
             self._latest[prepared.identity] = (prepared.key, result)
+        for listener in list(self._listeners):
+            try:
+                listener(prepared, result)
+            except Exception:  # a view's bug must not lose the result for the hover
+                log.exception("a profile cache listener failed")
         return result
 
     @property
@@ -90,3 +111,4 @@ class ProfileCache:
     def clear(self) -> None:
         self._results.clear()
         self._latest.clear()
+        self.generation += 1

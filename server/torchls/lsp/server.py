@@ -19,11 +19,15 @@ from pygls.uris import to_fs_path
 from torchls import __version__, boundary, status
 from torchls.config import InitOptions, parse_init_options
 from torchls.lsp import checkpoints
+from torchls.lsp.codelens import CodeLenses
 from torchls.lsp.convert import CMD_CONVERT, ConvertCommand
 from torchls.lsp.downgrade import CMD_DOWNGRADE, DowngradeCommand
+from torchls.lsp.encoded import Verbatim
+from torchls.lsp.inlay import InlayHints
 from torchls.lsp.kfold_actions import KFoldActions
 from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
 from torchls.lsp.model_cost import ModelCost
+from torchls.lsp.model_report import MODEL_REPORT, ModelReport
 from torchls.lsp.protocol import RobustLanguageServer
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
 from torchls.worker.protocol import test_jobs_enabled
@@ -56,6 +60,10 @@ class TorchLanguageServer(RobustLanguageServer):
         self._probing = 0  # environment probes running or queued
         self._tasks: set[asyncio.Task[Any]] = set()
         self.model_cost = ModelCost(self)
+        self.inlay_hints = InlayHints(self)
+        self.code_lenses = CodeLenses(self)
+        self.model_report = ModelReport(self)
+        self._watch_profiles()
         self.load_checks = LoadChecks(self)
         self.kfold = KFoldActions(self)
         self.downgrade = DowngradeCommand(self)
@@ -94,9 +102,16 @@ class TorchLanguageServer(RobustLanguageServer):
         self.spawn(old_worker.stop())
         self.load_checks.close()
         self.model_cost.close()
+        self.inlay_hints.close()
         self.model_cost = ModelCost(self)
+        self.inlay_hints = InlayHints(self)
+        self._watch_profiles()
         self.load_checks = LoadChecks(self)
         self._recent_exits.clear()
+
+    def _watch_profiles(self) -> None:
+        """Inlay hints index each profile result as it arrives (and ask for a refresh)."""
+        self.model_cost.cache.add_listener(self.inlay_hints.record)
 
     def spawn(self, coroutine: Any) -> None:
         """Run a coroutine in the background, keeping a reference so it is not collected."""
@@ -250,6 +265,48 @@ def create_server() -> TorchLanguageServer:
             log.exception("hover failed at %s", params.position)
             return None
 
+    @server.feature(types.TEXT_DOCUMENT_INLAY_HINT, types.InlayHintOptions(resolve_provider=True))
+    def inlay_hint(
+        ls: TorchLanguageServer, params: types.InlayHintParams
+    ) -> list[types.InlayHint] | None:
+        try:
+            return ls.inlay_hints.hints(params)
+        except Exception:  # an inlay hint request must never take the server down
+            log.exception("inlay hints failed for %s", params.text_document.uri)
+            return None
+
+    @server.feature(types.INLAY_HINT_RESOLVE)
+    def inlay_hint_resolve(ls: TorchLanguageServer, hint: types.InlayHint) -> types.InlayHint:
+        try:
+            return ls.inlay_hints.resolve(hint)
+        except Exception:
+            log.exception("resolving an inlay hint failed")
+            return hint
+
+    @server.feature(types.TEXT_DOCUMENT_CODE_LENS, types.CodeLensOptions(resolve_provider=True))
+    def code_lens(
+        ls: TorchLanguageServer, params: types.CodeLensParams
+    ) -> list[types.CodeLens] | None:
+        try:
+            return ls.code_lenses.lenses(params)
+        except Exception:
+            log.exception("code lenses failed for %s", params.text_document.uri)
+            return None
+
+    @server.feature(types.CODE_LENS_RESOLVE)
+    async def code_lens_resolve(ls: TorchLanguageServer, lens: types.CodeLens) -> types.CodeLens:
+        try:
+            return await ls.code_lenses.resolve(lens)
+        except Exception:
+            log.exception("resolving a code lens failed")
+            return lens
+
+    @server.feature(MODEL_REPORT)
+    async def model_report(ls: TorchLanguageServer, params: Any) -> Any:
+        answer = await ls.model_report.handle(params)
+        # the tree may hold thousands of rows: sent as it is, past the converter's walk
+        return Verbatim(answer) if getattr(ls.protocol, "_converter", None) else answer
+
     @server.feature(checkpoints.INSPECT)
     async def inspect_checkpoint(ls: TorchLanguageServer, params: Any) -> Any:
         return await ls.checkpoints.handle(checkpoints.INSPECT, params)
@@ -291,6 +348,7 @@ def create_server() -> TorchLanguageServer:
     def did_close(ls: TorchLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.load_checks.forget(params.text_document.uri)
         ls.model_cost.forget(params.text_document.uri)
+        ls.inlay_hints.forget(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def watched_files(ls: TorchLanguageServer, params: types.DidChangeWatchedFilesParams) -> None:
@@ -338,6 +396,7 @@ def create_server() -> TorchLanguageServer:
     async def shutdown(ls: TorchLanguageServer, params: None) -> None:
         ls.load_checks.close()
         ls.model_cost.close()
+        ls.inlay_hints.close()
         if ls.worker is not None:
             await ls.worker.stop()
 

@@ -1,0 +1,174 @@
+"""Inlay shapes through a real LSP session over stdio: the hints equal what a real CPU forward
+binds, an edit hides them until the model is profiled again, and the settings switch them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from tests.conftest import Session, lsp_session
+from tests.protocol.inline_fixture import (
+    MODEL_SOURCE,
+    parameter_counts,
+    real_forward_hints,
+    whole,
+)
+from torchls.cost.report import count
+
+
+def _open(session: Session, path: Path, text: str) -> str:
+    uri = path.as_uri()
+    session.client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(
+                uri=uri, language_id="python", version=1, text=text
+            )
+        )
+    )
+    return uri
+
+
+async def _hints(session: Session, uri: str, text: str) -> list[types.InlayHint]:
+    return await session.client.text_document_inlay_hint_async(whole(uri, text)) or []
+
+
+async def _wait_for_hints(
+    session: Session, uri: str, text: str, timeout: float = 120.0
+) -> list[types.InlayHint]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await _hints(session, uri, text)
+        if found:
+            return found
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"no inlay hints within {timeout} s")
+
+
+def _by_position(hints: list[types.InlayHint]) -> dict[tuple[int, int], str]:
+    found = {}
+    for hint in hints:
+        assert isinstance(hint.label, str)
+        found[(hint.position.line, hint.position.character)] = hint.label
+    return found
+
+
+async def test_inlay_shapes_equal_a_real_forward_and_hide_after_an_edit(tmp_path: Path) -> None:
+    path = tmp_path / "branchnet.py"
+    path.write_text(MODEL_SOURCE)
+    expected = real_forward_hints(path)
+    # the fixture's forwards bind tensors on these many lines (BranchNet's and Block's)
+    assert len(expected) >= 9
+    async with lsp_session(workspace=tmp_path) as session:
+        refreshes: list[Any] = []
+
+        @session.client.feature(types.WORKSPACE_INLAY_HINT_REFRESH)
+        def on_refresh(params: Any) -> None:
+            refreshes.append(params)
+
+        uri = _open(session, path, MODEL_SOURCE)
+        hints = await _wait_for_hints(session, uri, MODEL_SOURCE)
+        # once every model of the file has answered, the set is complete
+        await asyncio.sleep(1.0)
+        hints = await _hints(session, uri, MODEL_SOURCE)
+        assert _by_position(hints) == expected
+        assert all(hint.kind == types.InlayHintKind.Type for hint in hints)
+        assert refreshes, "the client was not asked to refresh when the profile arrived"
+
+        # the emoji line: the return hint's column counts UTF-16 units (two per emoji)
+        line_of_return = MODEL_SOURCE.split("\n").index(
+            '        return {"\U0001f525": logits}["\U0001f525"]'
+        )
+        returned = [h for h in hints if h.position.line == line_of_return]
+        assert len(returned) == 1 and returned[0].label == "→ (2, 5)"
+        assert (
+            returned[0].position.character
+            == len('        return {"\U0001f525": logits}["\U0001f525"]'.encode("utf-16-le")) // 2
+        )
+
+        # a range: only the hints inside it
+        block_forward = MODEL_SOURCE.split("\n").index("        y = self.act(self.conv(x))")
+        ranged = await session.client.text_document_inlay_hint_async(
+            types.InlayHintParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                range=types.Range(
+                    start=types.Position(line=block_forward, character=0),
+                    end=types.Position(line=block_forward + 1, character=200),
+                ),
+            )
+        )
+        assert ranged is not None
+        assert {h.position.line for h in ranged} == {block_forward, block_forward + 1}
+
+        # resolve: where the hint came from, in the tooltip
+        y_hint = next(h for h in ranged if h.position.line == block_forward)
+        resolved = await session.client.inlay_hint_resolve_async(y_hint)
+        assert isinstance(resolved.tooltip, types.MarkupContent)
+        tooltip = resolved.tooltip.value
+        assert "Block.forward" in tooltip
+        # Block is used twice in BranchNet: its line ran twice, seen from both profiles
+        assert "ran 2 times" in tooltip
+        assert "BranchNet (line" in tooltip
+        assert "`(2, 8, 16, 16)`" in tooltip
+
+        # an edit: the hints of the old text are never shown on the new one
+        edited = "# a comment line moves every line down\n" + MODEL_SOURCE
+        session.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+                content_changes=[types.TextDocumentContentChangeWholeDocument(text=edited)],
+            )
+        )
+        assert await _hints(session, uri, edited) == []
+        # left alone, the file is profiled again and its hints come back where they now are
+        again = await _wait_for_hints(session, uri, edited)
+        await asyncio.sleep(1.0)
+        again = await _hints(session, uri, edited)
+        shifted = {(line + 1, character): label for (line, character), label in expected.items()}
+        assert _by_position(again) == shifted
+
+
+async def test_settings_switch_shapes_off_and_parameter_counts_on(tmp_path: Path) -> None:
+    path = tmp_path / "branchnet.py"
+    path.write_text(MODEL_SOURCE)
+    counts = parameter_counts(path)
+    options = {"inlayHints": {"shapes": False, "parameters": True}, "codeLens": False}
+    async with lsp_session(options, workspace=tmp_path) as session:
+        uri = _open(session, path, MODEL_SOURCE)
+        hints = await _wait_for_hints(session, uri, MODEL_SOURCE)
+        await asyncio.sleep(1.0)
+        hints = await _hints(session, uri, MODEL_SOURCE)
+        # one hint per `self.x = ...` line of BranchNet.__init__, after the statement: the
+        # parameters of that submodule as torch counts them; no shapes
+        assert {h.position.line: h.label for h in hints} == {
+            line: f"{count(params)} params" for line, params in counts.items()
+        }
+        lines = MODEL_SOURCE.split("\n")
+        for hint in hints:
+            assert hint.position.character == len(lines[hint.position.line])
+        lenses = await session.client.text_document_code_lens_async(
+            types.CodeLensParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
+        assert not lenses
+
+
+async def test_everything_off_means_no_hints_and_no_lenses(tmp_path: Path) -> None:
+    path = tmp_path / "branchnet.py"
+    path.write_text(MODEL_SOURCE)
+    options = {"inlayHints": {"shapes": False, "parameters": False}, "codeLens": False}
+    async with lsp_session(options, workspace=tmp_path) as session:
+        uri = _open(session, path, MODEL_SOURCE)
+        # the model is profiled all the same (the hover needs it): wait for it
+        status = await session.command("torchls.status")
+        deadline = time.monotonic() + 120
+        while status["profiles_cached"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            status = await session.command("torchls.status")
+        assert status["profiles_cached"] >= 1
+        assert not await _hints(session, uri, MODEL_SOURCE)
+        lenses = await session.client.text_document_code_lens_async(
+            types.CodeLensParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
+        assert not lenses
