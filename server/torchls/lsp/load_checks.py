@@ -225,9 +225,29 @@ class LoadChecks:
             _diagnostic(uri, report, finding) for report in reports for finding in report.findings
         ]
         diagnostics += [_lint_diagnostic(item.finding) for item in self._lint.get(uri, [])]
+        # -- issue 19: shape-mismatch diagnostics (lsp/shape_checks.py) ride on this publish,
+        # since a second publish for the same document would replace this one.
+        shape_checks = getattr(self.server, "shape_checks", None)
+        if shape_checks is not None:
+            diagnostics += shape_checks.diagnostics(uri)
+        # -- end issue 19
         self.server.text_document_publish_diagnostics(
             types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
         )
+
+    def republish(self, uri: str) -> None:
+        """Publish the document's diagnostics again, as checked (issue 19: the shape checks
+        call this when theirs change). While a check of newer text is pending, it publishes."""
+        entry = self._reports.get(uri)
+        if entry is None:
+            if uri not in self._pending:
+                self._publish(uri, None, [])
+            return
+        version, text = entry[0], entry[1]
+        with contextlib.suppress(Exception):
+            if _changed(self.server, uri, version, text):
+                return
+        self._publish(uri, version, entry[3])
 
     # -- quick fixes -----------------------------------------------------------------------------
 

@@ -502,33 +502,37 @@ def literal_int(node: ast.expr) -> int | None:
     return None
 
 
-def literal_factors(node: ast.expr) -> list[int] | None:
-    """`64 * 5 * 5` -> [64, 5, 5]: the factors of a product of int literals, else None."""
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-        left, right = literal_factors(node.left), literal_factors(node.right)
-        if left is None or right is None:
-            return None
-        return left + right
-    value = literal_int(node) if isinstance(node, ast.Constant) else None
-    return None if value is None else [value]
-
-
-def rewritten(argument_text: str, received: int) -> str:
-    """The new text of a rewritable argument: `received` written the way the old one was when
-    that is unambiguous (`64 * 5 * 5` with 3136 -> `64 * 7 * 7`: channels kept, a square
-    spatial size), else the plain number."""
+def rewritten(argument_text: str, received: int, expected: int | None = None) -> str:
+    """The text an argument should have to give `received`, written the way the old one was
+    when that is unambiguous: a product ending in a square spatial size keeps its leading factor
+    (`64 * 5 * 5` -> `64 * 7 * 7`, `hidden * 5 * 5` that is 1600 -> `hidden * 7 * 7`, from the
+    value `expected` the old text has); else the plain number."""
     try:
         node = ast.parse(argument_text.strip(), mode="eval").body
     except SyntaxError:
         return str(received)
-    factors = literal_factors(node)
-    if factors and len(factors) == 3 and factors[1] == factors[2] and factors[0] > 0:
-        channels = factors[0]
-        if received % channels == 0:
-            side = _square_root(received // channels)
-            if side is not None:
-                return f"{channels} * {side} * {side}"
-    return str(received)
+    if not (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Mult)
+        and isinstance(node.left, ast.BinOp)
+        and isinstance(node.left.op, ast.Mult)
+    ):
+        return str(received)
+    side, other, head = literal_int(node.right), literal_int(node.left.right), node.left.left
+    if side is None or side != other or side <= 0:
+        return str(received)
+    head_value = literal_int(head)
+    if head_value is None and expected is not None and expected % (side * side) == 0:
+        head_value = expected // (side * side)
+    if not head_value or head_value < 0 or received % head_value:
+        return str(received)
+    new_side = _square_root(received // head_value)
+    if new_side is None:
+        return str(received)
+    head_text = ast.get_source_segment(argument_text.strip(), head) or ""
+    if not head_text or (isinstance(head, ast.BinOp) and not isinstance(head.op, ast.Mult)):
+        return str(received)
+    return f"{head_text} * {new_side} * {new_side}"
 
 
 def _square_root(value: int) -> int | None:

@@ -1,0 +1,849 @@
+"""Shape-mismatch diagnostics and their verified quick fix.
+
+When a model's profile fails with a shape error inside a layer (the worker's `shape_error`, see
+the issue 19 contract), the failing forward line gets an error that names the layer, what it
+expects and what it receives at the stated input, with related information on where the layer is
+built in `__init__`. The quick fix rewrites that construction's argument (`in_features`,
+`in_channels`, ...) to the received value, and is offered only once the profile, re-run on the
+edited text, went through: a fix that makes the model fail further on is not offered; the chain
+of edits that does make it run is (up to MAX_CHAIN edits), since fixing one layer of a
+convolutional stack often only moves the mismatch to the next one. Verification runs as a
+background worker job, keyed by the texts it was made from, so a stale fix is never offered.
+
+Nothing here imports torch. The diagnostics are published by lsp/load_checks.py (one publish
+per document carries every torchls diagnostic), which asks `diagnostics(uri)`.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+from pygls.uris import from_fs_path
+
+from torchls.loadcheck.fixes import Edit, apply_edits, diff
+from torchls.lsp.load_checks import kind_wanted
+from torchls.source.construction import (
+    Construction,
+    find_construction,
+    literal_int,
+    rewritten,
+)
+from torchls.source.project import ModuleFile, Project
+from torchls.source.text import Lines, Span, utf16_length
+from torchls.worker.client import JobResult
+
+if TYPE_CHECKING:
+    from torchls.cost.request import PreparedProfile
+    from torchls.lsp.server import TorchLanguageServer
+
+log = logging.getLogger(__name__)
+
+SOURCE = "torchls"
+CODE_MISMATCH = "shape-mismatch"
+CODE_VIEW = "view-size-mismatch"
+# Edits chained when fixing one layer moves the mismatch to the next one.
+MAX_CHAIN = 3
+DEBOUNCE_SECONDS = 1.0
+WARM_LIMIT = 12  # the targets per document, as the hover's warm-up
+_WHAT = {
+    "in_features": "{} input features",
+    "in_channels": "{} input channels",
+    "num_features": "{} features (num_features)",
+    "normalized_shape": "a last dimension of {} (normalized_shape)",
+    "embed_dim": "an embedding size of {} (embed_dim)",
+    "input_size": "an input size of {} (input_size)",
+    "d_model": "a model size of {} (d_model)",
+}
+_VIEW_METHODS = {"view", "reshape"}
+
+ModelClass = tuple[ModuleFile, str]  # the profiled model's file and class qualname
+Runner = Callable[[dict[str, Any]], Awaitable[JobResult]]
+
+
+# -- the explanation (pure: no server) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a shape_error means in the source: the message, where the layer is built, and the
+    edit that would give it the received value (not yet verified)."""
+
+    code: str
+    message: str
+    file: str | None  # the failing forward line's file
+    line: int | None  # 0-based
+    construction: Construction | None = None
+    built_here: str = ""  # the related information's message
+    edit_path: str | None = None  # the file the edit changes
+    edit: Edit | None = None
+    before: str = ""  # the edited call's text, before and after (for the CLI's one-liner)
+    after: str = ""
+    title: str = ""
+    notes: tuple[str, ...] = ()  # why there is no edit, in sentences
+
+
+def shape_error_of(result: JobResult) -> dict[str, Any] | None:
+    """The worker's `shape_error`, from a failed job's data (absent in older results)."""
+    if result.ok:
+        return None
+    data = getattr(result, "data", None)
+    if isinstance(data, dict) and isinstance(data.get("shape_error"), dict):
+        found: dict[str, Any] = data["shape_error"]
+        return found
+    return None
+
+
+def explain(
+    data: Mapping[str, Any], project: Project, model: ModelClass | None = None
+) -> Explanation:
+    file = data.get("file") if isinstance(data.get("file"), str) else None
+    number = data.get("line")
+    line = number - 1 if isinstance(number, int) and number > 0 else None
+    if isinstance(data.get("view"), dict):
+        return _explain_view(data, project, file, line)
+    module_path = str(data.get("module") or "")
+    layer_type = str(data.get("type") or "")
+    expects = data.get("expects") if isinstance(data.get("expects"), dict) else None
+    received = data.get("received")
+    inputs = str(data.get("inputs") or "")
+    shown = (
+        f"{module_path} ({layer_type})" if module_path and layer_type else module_path or "a layer"
+    )
+    at_input = f"at input {inputs}" if inputs else "at the input used"
+    if expects is None or not isinstance(received, int) or isinstance(received, bool):
+        shapes = _shapes(data.get("input_shapes"))
+        message = f"{shown} fails {at_input}"
+        message += f" on an input of shape {shapes}" if shapes else ""
+        message += f": {data.get('message') or 'a shape mismatch'}."
+        return Explanation(CODE_MISMATCH, message, file, line)
+    argument = str(expects.get("argument") or "")
+    position = expects.get("position") if isinstance(expects.get("position"), int) else 0
+    value = expects.get("value")
+    lookup = _lookup(project, model, file, line, module_path, argument, position)
+    construction = lookup.construction if lookup else None
+    arg = construction.argument if construction else None
+    new_text = rewritten(arg.text, received, _int(value)) if arg is not None else str(received)
+    factored = _factored(new_text, received)
+    what = _WHAT.get(argument, argument + "={}").format(value)
+    message = f"{shown} expects {what}; {at_input} it receives {received}{factored}."
+    torch_message = str(data.get("message") or "")
+    if torch_message:
+        message += f" (torch: {torch_message})"
+    notes: list[str] = []
+    if construction is None:
+        why = lookup.why if lookup else "the failing line's file is not in the workspace"
+        notes.append(f"torchls cannot show where {module_path or 'the layer'} is built: {why}.")
+        return Explanation(CODE_MISMATCH, _with(message, notes), file, line, notes=tuple(notes))
+    short = module_path.rsplit(".", 1)[-1] if construction.shared else module_path
+    if arg is None:
+        built_here = f"{short} is built here, with {argument} not passed where torchls can see it"
+        notes.append(
+            f"torchls has no fix: {argument} is not in the call `{construction.call_text}`."
+        )
+        return Explanation(
+            CODE_MISMATCH,
+            _with(message, notes),
+            file,
+            line,
+            construction,
+            built_here,
+            notes=tuple(notes),
+        )
+    shown_value = f"{arg.text}" if arg.text == str(arg.value) else f"{arg.text} = {value}"
+    built_here = f"{module_path} is built here with {argument}={shown_value}"
+    if construction.shared:
+        built_here += " (one expression builds every layer of this container)"
+    if not arg.rewritable:
+        names = ", ".join(arg.names) or "names"
+        notes.append(
+            f"`{arg.text}` is {value} here and must be {received}; torchls does not rewrite an "
+            f"expression with names ({names}): change what they hold, or write {new_text}."
+        )
+        return Explanation(
+            CODE_MISMATCH,
+            _with(message, notes),
+            file,
+            line,
+            construction,
+            built_here,
+            notes=tuple(notes),
+        )
+    edit = Edit(arg.span, new_text)
+    after = _replaced(construction.call_text, construction.call_span, arg.span, new_text)
+    name = arg.keyword or argument
+    equals = f" (= {received})" if new_text != str(received) else ""
+    title = f"Change {name} of {module_path} to {new_text}{equals}"
+    return Explanation(
+        CODE_MISMATCH,
+        message,
+        file,
+        line,
+        construction,
+        built_here,
+        construction.path,
+        edit,
+        construction.call_text,
+        after,
+        title,
+    )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _factored(text: str, received: int) -> str:
+    """` = 64 x 7 x 7` when the suggested text is a product ending in `* t * t`."""
+    found = re.fullmatch(r".+ \* (\d+) \* (\d+)", text)
+    if found is None or found.group(1) != found.group(2):
+        return ""
+    side = int(found.group(1))
+    return f" = {received // (side * side)} x {side} x {side}"
+
+
+def _with(message: str, notes: Sequence[str]) -> str:
+    return " ".join([message, *notes])
+
+
+def _shapes(value: Any) -> str:
+    if not isinstance(value, list) or not value:
+        return ""
+    parts = [
+        "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+        for shape in value
+        if isinstance(shape, list)
+    ]
+    return ", ".join(parts)
+
+
+def _replaced(call_text: str, call_span: Span, arg_span: Span, new_text: str) -> str:
+    """The call's text with the argument replaced (for display; single-line calls exactly)."""
+    lines = call_text.split("\n")
+    if call_span.start_line != arg_span.start_line or arg_span.start_line != arg_span.end_line:
+        return call_text
+    first = lines[0]
+    start = arg_span.start_char - call_span.start_char
+    end = arg_span.end_char - call_span.start_char
+    if not (0 <= start <= end <= len(first)) or not first.isascii():
+        return call_text
+    lines[0] = first[:start] + new_text + first[end:]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Found:
+    construction: Construction | None
+    why: str
+
+
+def _lookup(
+    project: Project,
+    model: ModelClass | None,
+    file: str | None,
+    line: int | None,
+    module_path: str,
+    argument: str,
+    position: int,
+) -> _Found | None:
+    """The construction of `module_path`: from the profiled model's class with the whole path,
+    else from the class whose forward holds the failing line, with the path's longest suffix
+    that class builds (`encoder.layers.0.linear1` failing in EncoderLayer.forward: `linear1`)."""
+    why = ""
+    if model is not None:
+        found = find_construction(project, model[0], model[1], module_path, argument, position)
+        if found.construction is not None:
+            return _Found(found.construction, "")
+        why = found.why
+    module = project.module_file(file) if file else None
+    owner = _enclosing_class(module, line) if module is not None and line is not None else None
+    if module is not None and owner is not None:
+        parts = module_path.split(".")
+        for cut in range(len(parts)):
+            found = find_construction(
+                project, module, owner, ".".join(parts[cut:]), argument, position
+            )
+            if found.construction is not None:
+                return _Found(found.construction, "")
+            why = why or found.why
+    if not why:
+        return None
+    return _Found(None, why)
+
+
+def _enclosing_class(module: ModuleFile, line: int) -> str | None:
+    tree = module.tree()
+    best: str | None = None
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        nonlocal best
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                end = node.end_lineno or node.lineno
+                if node.lineno - 1 <= line <= end - 1:
+                    best = prefix + node.name
+                    visit(node.body, best + ".")
+
+    visit([] if tree is None else tree.body, "")
+    return best
+
+
+def _explain_view(
+    data: Mapping[str, Any], project: Project, file: str | None, line: int | None
+) -> Explanation:
+    view = data["view"]
+    requested = view.get("requested") if isinstance(view.get("requested"), list) else []
+    size = view.get("size")
+    inputs = str(data.get("inputs") or "")
+    asked = ", ".join(str(d) for d in requested)
+    at_input = f" at input {inputs}" if inputs else ""
+    message = f"view/reshape to [{asked}] fails{at_input}: the tensor has {size} elements"
+    fixed = [d for d in requested if isinstance(d, int) and d != -1]
+    product = 1
+    for dimension in fixed:
+        product *= dimension
+    if isinstance(size, int) and product and size % product:
+        message += f", which is not a multiple of {product}"
+    message += "."
+    if file is None or line is None or not isinstance(size, int):
+        return Explanation(CODE_VIEW, message, file, line)
+    module = project.module_file(file)
+    if module is None:
+        return Explanation(CODE_VIEW, message, file, line)
+    batch = _batch(inputs)
+    found = _view_edit(module, line, requested, size, batch)
+    if isinstance(found, str):
+        notes = (found,)
+        return Explanation(CODE_VIEW, _with(message, notes), file, line, notes=notes)
+    span, old_text, new_text, call_text, after = found
+    title = f"Change {old_text} in the {call_text.split('(')[0].rsplit('.', 1)[-1]} to {new_text}"
+    if new_text != str(size // batch):
+        title += f" (= {size // batch})"
+    return Explanation(
+        CODE_VIEW,
+        message,
+        file,
+        line,
+        edit_path=module.path,
+        edit=Edit(span, new_text),
+        before=call_text,
+        after=after,
+        title=title,
+    )
+
+
+def _batch(inputs: str) -> int:
+    found = re.match(r"\s*\(\s*(\d+)", inputs)
+    return int(found.group(1)) if found else 1
+
+
+def _view_edit(
+    module: ModuleFile, line: int, requested: list[Any], size: int, batch: int
+) -> tuple[Span, str, str, str, str] | str:
+    """`x.view(-1, 3200)` with 3136 elements at batch 1: the literal 3200 becomes 3136. Only
+    the flatten form (-1 first, one literal after it) is rewritten."""
+    tree = module.tree()
+    lines = Lines(module.text)
+    calls = [
+        node
+        for node in ([] if tree is None else ast.walk(tree))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in _VIEW_METHODS
+        and node.lineno - 1 <= line <= (node.end_lineno or node.lineno) - 1
+    ]
+    for call in calls:
+        values = [literal_int(arg) for arg in call.args]
+        if len(call.args) != 2 or values[0] != -1 or values[1] is None:
+            continue
+        if list(values) != list(requested):
+            continue
+        if size % batch:
+            return f"{size} elements do not split into a batch of {batch}."
+        argument = call.args[1]
+        text = ast.get_source_segment(module.text, argument) or ""
+        new_text = rewritten(text, size // batch, literal_int(argument))
+        span = lines.span(
+            argument.lineno,
+            argument.col_offset,
+            argument.end_lineno or argument.lineno,
+            argument.end_col_offset or 0,
+        )
+        call_span = lines.span(
+            call.lineno, call.col_offset, call.end_lineno or call.lineno, call.end_col_offset or 0
+        )
+        call_text = ast.get_source_segment(module.text, call) or ""
+        return span, text, new_text, call_text, _replaced(call_text, call_span, span, new_text)
+    return "torchls rewrites only a literal `view(-1, n)`; this line's reshape is not one."
+
+
+# -- verification ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    texts: dict[str, str]  # path -> the whole edited text that profiled
+    titles: tuple[str, ...]  # one per edit, in the order they were made
+    why: str = ""  # when not ok: what happened after the edits
+
+
+async def verify(
+    first: Explanation,
+    params: Mapping[str, Any],
+    text_of: Callable[[str], str | None],
+    run: Runner,
+    project_of: Callable[[Mapping[str, str]], Project],
+    model: ModelClass | None = None,
+) -> Verification:
+    """Apply `first`'s edit to the job's sources and profile again; while the model then fails
+    with another shape error that has an edit too, chain it (at most MAX_CHAIN edits)."""
+    edited: dict[str, str] = {}
+    titles: list[str] = []
+    current = first
+    for _ in range(MAX_CHAIN):
+        if current.edit is None or current.edit_path is None:
+            return Verification(False, edited, tuple(titles), _no_edit(current))
+        path = current.edit_path
+        base = edited.get(path)
+        if base is None:
+            base = text_of(path)
+        if base is None:
+            return Verification(False, edited, tuple(titles), f"{path} cannot be read")
+        edited[path] = apply_edits(base, [current.edit])
+        titles.append(current.title)
+        sources = {**dict(params.get("sources") or {}), **edited}
+        result = await run({**params, "sources": sources})
+        if result.ok:
+            return Verification(True, edited, tuple(titles))
+        data = shape_error_of(result)
+        if data is None:
+            return Verification(
+                False, edited, tuple(titles), f"the model then fails: {result.message}"
+            )
+        current = explain(data, project_of(edited), _model_in(model, edited, project_of))
+        if not current.edit:
+            return Verification(
+                False, edited, tuple(titles), f"the model then fails: {current.message}"
+            )
+    return Verification(
+        False,
+        edited,
+        tuple(titles),
+        f"the model still fails after {MAX_CHAIN} edits: {current.message}",
+    )
+
+
+def _model_in(
+    model: ModelClass | None,
+    edited: Mapping[str, str],
+    project_of: Callable[[Mapping[str, str]], Project],
+) -> ModelClass | None:
+    if model is None:
+        return None
+    module = project_of(edited).module_file(model[0].path)
+    return (module, model[1]) if module is not None else None
+
+
+def _no_edit(explanation: Explanation) -> str:
+    return explanation.notes[0] if explanation.notes else "torchls has no edit for it"
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def describe_shape_error(
+    data: Mapping[str, Any],
+    project: Project,
+    model: ModelClass | None = None,
+    verification: Verification | None = None,
+) -> list[str]:
+    """Lines for `torchls profile`'s failure output: the explanation at the failing line, where
+    the layer is built, and the fix as a one-line edit. `verification`, when given, says
+    whether the fix made the profile go through."""
+    explanation = explain(data, project, model)
+    lines = [f"{_where(project, explanation.file, explanation.line)}{explanation.message}"]
+    construction = explanation.construction
+    if construction is not None:
+        where = _where(project, construction.path, construction.line)
+        lines.append(f"{where}{explanation.built_here}: {_one_line(construction.call_text)}")
+    if explanation.edit is not None and explanation.edit_path is not None:
+        line = explanation.edit.span.start_line
+        where = _where(project, explanation.edit_path, line)
+        fix = f"fix: {where}{_one_line(explanation.before)} -> {_one_line(explanation.after)}"
+        if verification is not None:
+            if verification.ok and len(verification.titles) == 1:
+                fix += " (verified: the model then profiles)"
+            elif verification.ok:
+                fix += f" (with {len(verification.titles) - 1} more edit(s) the model profiles)"
+            else:
+                fix += f" (not enough: {verification.why})"
+        lines.append(fix)
+    return lines
+
+
+def _where(project: Project, path: str | None, line: int | None) -> str:
+    if path is None:
+        return ""
+    shown = path
+    if project.root is not None:
+        with contextlib.suppress(ValueError):
+            shown = str(Path(path).resolve().relative_to(project.root))
+    return f"{shown}:{line + 1}: " if line is not None else f"{shown}: "
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- the language server ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Finding:
+    explanation: Explanation
+    uri: str  # the document the diagnostic is on
+    texts: dict[str, str]  # path -> the text the profile ran (the finding holds while equal)
+    prepared: PreparedProfile
+    model: ModelClass | None
+    verification: Verification | None = None
+    verifying: bool = False
+    key: tuple[Any, ...] = field(default_factory=tuple)
+
+
+class ShapeChecks:
+    def __init__(self, server: TorchLanguageServer) -> None:
+        self.server = server
+        self._findings: dict[str, list[_Finding]] = {}  # by the document whose models failed
+        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._verifying: set[asyncio.Task[None]] = set()
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def schedule(self, uri: str, delay: float = 0.0) -> None:
+        """Refresh the document's shape diagnostics (after `delay`, replacing a waiting one)."""
+        previous = self._pending.pop(uri, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.ensure_future(self._refresh_later(uri, delay))
+        self._pending[uri] = task
+
+        def finished(done: asyncio.Task[None]) -> None:
+            if self._pending.get(uri) is done:
+                del self._pending[uri]
+
+        task.add_done_callback(finished)
+
+    def edited(self, uri: str) -> None:
+        self.schedule(uri, DEBOUNCE_SECONDS)
+
+    def forget(self, uri: str) -> None:
+        task = self._pending.pop(uri, None)
+        if task is not None:
+            task.cancel()
+        for finding in self._findings.pop(uri, []):
+            if finding.uri != uri:
+                self._republish(finding.uri)
+
+    def close(self) -> None:
+        for task in [*self._pending.values(), *self._verifying]:
+            task.cancel()
+        self._pending.clear()
+
+    async def _refresh_later(self, uri: str, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            await self.refresh(uri)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # diagnostics must never take the server down
+            log.exception("checking the shapes of %s failed", uri)
+
+    async def refresh(self, uri: str) -> None:
+        """Profile the document's models (shared with the hover's cache) and turn the failures
+        with a `shape_error` into diagnostics; verify their fixes in the background."""
+        cost = self.server.model_cost
+        models = cost.models(uri) if cost.blocker() is None else None
+        if models is None:
+            self._replace(uri, [])
+            return
+        project = models.project
+        waiting = [(t, cost._prepare(models, t)) for t in models.first_targets(WARM_LIMIT)]
+        found: list[_Finding] = []
+        seen: set[tuple[Any, ...]] = set()
+        for target, prepared in waiting:
+            result = await asyncio.shield(cost.cache.get(prepared, background=True))
+            data = shape_error_of(result)
+            if data is None:
+                continue
+            model = _model_class(project, target.ref)
+            explanation = explain(data, project, model)
+            if explanation.file is None or explanation.line is None:
+                continue
+            key = (explanation.file, explanation.line, explanation.message)
+            if key in seen:
+                continue
+            seen.add(key)
+            explanation = _on_job_paths(explanation, prepared.params.get("sources") or {})
+            texts = self._texts_of(prepared, project, explanation)
+            if texts is None or explanation.file is None:
+                continue
+            finding = _Finding(
+                explanation, self._uri_of(explanation.file), texts, prepared, model, key=key
+            )
+            found.append(finding)
+        old = {f.key: f for f in self._findings.get(uri, [])}
+        for finding in found:
+            kept = old.get(finding.key)
+            if kept is not None and kept.texts == finding.texts:
+                finding.verification, finding.verifying = kept.verification, kept.verifying
+        if not self._unchanged(uri, models.module.text):
+            return  # edited meanwhile: its own refresh is scheduled
+        self._replace(uri, found)
+        for finding in found:
+            if finding.verification is None and not finding.verifying:
+                self._verify_later(uri, finding)
+
+    def _unchanged(self, uri: str, text: str) -> bool:
+        return bool(self.server.workspace.get_text_document(uri).source == text)
+
+    def _texts_of(
+        self, prepared: PreparedProfile, project: Project, explanation: Explanation
+    ) -> dict[str, str] | None:
+        paths = {p for p in (explanation.file, explanation.edit_path) if p}
+        if explanation.construction is not None:
+            paths.add(explanation.construction.path)
+        sources = prepared.params.get("sources") or {}
+        texts: dict[str, str] = {}
+        for path in paths:
+            text = sources.get(path)
+            if text is None:
+                text = project.read(path)
+            if text is None:
+                return None
+            texts[path] = text
+        return texts
+
+    def _replace(self, uri: str, found: list[_Finding]) -> None:
+        before = {f.uri for f in self._findings.get(uri, [])}
+        if found:
+            self._findings[uri] = found
+        else:
+            self._findings.pop(uri, None)
+        for target in sorted(before | {f.uri for f in found}):
+            self._republish(target)
+
+    def _republish(self, uri: str) -> None:
+        checks = getattr(self.server, "load_checks", None)
+        republish = getattr(checks, "republish", None)
+        if republish is not None:
+            republish(uri)
+
+    # -- verification ----------------------------------------------------------------------------
+
+    def _verify_later(self, uri: str, finding: _Finding) -> None:
+        if finding.explanation.edit is None:
+            return
+        finding.verifying = True
+        task = asyncio.ensure_future(self._verify(uri, finding))
+        self._verifying.add(task)
+        task.add_done_callback(self._verifying.discard)
+
+    async def _verify(self, uri: str, finding: _Finding) -> None:
+        try:
+            verification = await verify(
+                finding.explanation,
+                finding.prepared.params,
+                lambda path: finding.texts.get(path) or self._project({}).read(path),
+                self._run,
+                self._project,
+                finding.model,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("verifying the shape fix for %s failed", uri)
+            return
+        finally:
+            finding.verifying = False
+        finding.verification = verification
+        if finding in self._findings.get(uri, []) and self._is_current(finding):
+            self._republish(finding.uri)
+
+    async def _run(self, params: dict[str, Any]) -> JobResult:
+        worker = self.server.worker
+        assert worker is not None
+        return await worker.run("profile", params, background=True)
+
+    def _project(self, edited: Mapping[str, str]) -> Project:
+        documents = self.server.workspace.text_documents
+        kind = self.server.model_cost.kind
+
+        def open_text(path: str) -> str | None:
+            if path in edited:
+                return edited[path]
+            for uri, document in documents.items():
+                found = kind(uri)
+                if found.analysed and found.path == path:
+                    return str(document.source)
+            return None
+
+        return Project(self.server.workspace_root, open_text)
+
+    # -- what the editor sees --------------------------------------------------------------------
+
+    def _uri_of(self, path: str) -> str:
+        for uri in self.server.workspace.text_documents:
+            if self.server.model_cost.kind(uri).path == path:
+                return str(uri)
+        return from_fs_path(path) or Path(path).as_uri()
+
+    def _is_current(self, finding: _Finding) -> bool:
+        project = self._project({})
+        return all(project.read(path) == text for path, text in finding.texts.items())
+
+    def _current(self, uri: str) -> list[_Finding]:
+        found = [
+            finding
+            for findings in self._findings.values()
+            for finding in findings
+            if finding.uri == uri
+        ]
+        unique: dict[tuple[Any, ...], _Finding] = {}
+        for finding in found:
+            if finding.key not in unique and self._is_current(finding):
+                unique[finding.key] = finding
+        return list(unique.values())
+
+    def diagnostics(self, uri: str) -> list[types.Diagnostic]:
+        """The shape diagnostics on `uri` that hold for its current text (load_checks merges
+        them into its publish)."""
+        return [self._diagnostic(finding) for finding in self._current(uri)]
+
+    def _diagnostic(self, finding: _Finding) -> types.Diagnostic:
+        explanation = finding.explanation
+        assert explanation.file is not None and explanation.line is not None
+        text = finding.texts.get(explanation.file, "")
+        line_text = Lines(text).get(explanation.line)
+        stripped = line_text.strip()
+        start = utf16_length(line_text[: len(line_text) - len(line_text.lstrip())])
+        span = Span(explanation.line, start, explanation.line, start + utf16_length(stripped))
+        message = explanation.message
+        verification = finding.verification
+        if verification is not None and not verification.ok:
+            message += f" Changing it as torchls would is not enough: {verification.why}"
+        elif verification is not None and len(verification.titles) > 1:
+            message += (
+                f" The quick fix makes {len(verification.titles)} edits: after the first, the "
+                "model failed further on the same way."
+            )
+        related = []
+        construction = explanation.construction
+        if construction is not None:
+            related.append(
+                types.DiagnosticRelatedInformation(
+                    location=types.Location(
+                        uri=self._uri_of(construction.path), range=_range(construction.call_span)
+                    ),
+                    message=explanation.built_here,
+                )
+            )
+        return types.Diagnostic(
+            range=_range(span),
+            message=message,
+            severity=types.DiagnosticSeverity.Error,
+            code=explanation.code,
+            source=SOURCE,
+            related_information=related or None,
+        )
+
+    def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
+        """The verified fix of each shape diagnostic the range touches."""
+        if not kind_wanted(types.CodeActionKind.QuickFix, params.context.only):
+            return []
+        uri = params.text_document.uri
+        wanted = params.range
+        actions = []
+        for finding in self._current(uri):
+            verification = finding.verification
+            explanation = finding.explanation
+            if verification is None or not verification.ok or explanation.line is None:
+                continue
+            if not wanted.start.line <= explanation.line <= wanted.end.line:
+                continue
+            changes = []
+            for path, new in verification.texts.items():
+                old = finding.texts.get(path) or self._project({}).read(path)
+                if old is None:
+                    break
+                edit = diff(old, new)
+                target = self._uri_of(path)
+                version = self.server.workspace.get_text_document(target).version
+                changes.append(
+                    types.TextDocumentEdit(
+                        text_document=types.OptionalVersionedTextDocumentIdentifier(
+                            uri=target, version=version
+                        ),
+                        edits=[types.TextEdit(range=_range(edit.span), new_text=edit.text)],
+                    )
+                )
+            else:
+                title = verification.titles[0]
+                if len(verification.titles) > 1:
+                    title += f" (and {len(verification.titles) - 1} more layer(s) after it)"
+                actions.append(
+                    types.CodeAction(
+                        title=f"torchls: {title}",
+                        kind=types.CodeActionKind.QuickFix,
+                        diagnostics=[self._diagnostic(finding)],
+                        is_preferred=True,
+                        edit=types.WorkspaceEdit(document_changes=changes),
+                    )
+                )
+        return actions
+
+
+def _on_job_paths(explanation: Explanation, sources: Mapping[str, str]) -> Explanation:
+    """The traceback names the file as the worker opened it; the job's sources name it as the
+    editor does (a symlinked folder differs): the editor's name is the one to publish on."""
+    file = explanation.file
+    if file is None or file in sources:
+        return explanation
+    real = os.path.realpath(file)
+    for path in sources:
+        if os.path.realpath(path) == real:
+            return dataclasses.replace(explanation, file=path)
+    return explanation
+
+
+def _model_class(project: Project, ref: Mapping[str, Any]) -> ModelClass | None:
+    path, qualname = ref.get("file"), ref.get("qualname")
+    if not isinstance(path, str) or not isinstance(qualname, str):
+        return None
+    module = project.module_file(path)
+    return (module, qualname) if module is not None else None
+
+
+def _range(span: Span) -> types.Range:
+    return types.Range(
+        start=types.Position(line=span.start_line, character=span.start_char),
+        end=types.Position(line=span.end_line, character=span.end_char),
+    )
+
+
+def install(server: TorchLanguageServer) -> ShapeChecks:
+    """Make the server's ShapeChecks (server.shape_checks), for lsp/server.py to call once."""
+    checks = ShapeChecks(server)
+    server.shape_checks = checks  # type: ignore[attr-defined]
+    return checks
