@@ -16,6 +16,7 @@ from tests.protocol.inline_fixture import (
     real_forward_hints,
     whole,
 )
+
 from torchls.cost.report import count
 
 
