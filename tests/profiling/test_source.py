@@ -58,7 +58,8 @@ def test_input_shapes_are_read(text: str, expected: list[TensorSpec]) -> None:
     [
         ("", "empty"),
         ("(1, 0, 3)", "positive whole number"),
-        ("(1, x)", "positive whole number"),
+        ("(1, -3)", "positive whole number"),
+        ("(1, L, S)", "names 2 dimensions"),
         ("(1, 3):complex", "unknown dtype"),
         ("(1, 3) (1, 4)", "expected a comma"),
         ("(100000000, 100000000, 100000000)", "typo"),
@@ -121,7 +122,7 @@ def test_input_shape_precedence(tmp_path: Path) -> None:
     assert prepared.params["inputs"]["tensors"] == [{"shape": [3, 7], "dtype": "float32"}]
     assert "defaultInputShapes" in prepared.params["inputs"]["source"]
     assert prepare(nothing, models.project, "main.py", {}).params["inputs"] is None
-    bad = prepare(nothing, models.project, "main.py", {"*": "(3, oops)"})
+    bad = prepare(nothing, models.project, "main.py", {"*": "(3, -7)"})
     assert bad.params["inputs"] is None and "defaultInputShapes" in bad.problems[0]
 
 
@@ -158,7 +159,7 @@ def test_a_bad_directive_is_reported_not_raised(tmp_path: Path) -> None:
         """
         from torch import nn
 
-        # torchls: input=(1, three)
+        # torchls: input=(1, 3.5)
         # torchls: args=not a call(
         class Net(nn.Module):
             pass

@@ -50,16 +50,26 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    shape: tuple[int, ...]
+    """A tensor's shape and dtype. A dimension may be a name (`(1, L):long`): the size that
+    `torchls profile --sweep L=...` varies; `nominal` is the value written with it (`L=512`)."""
+
+    shape: tuple[int | str, ...]
     dtype: str = "float32"
+    nominal: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
     def describe(self) -> str:
-        dims = ", ".join(str(d) for d in self.shape)
+        dims = ", ".join(
+            f"{d}={self.nominal}" if isinstance(d, str) and self.nominal else str(d)
+            for d in self.shape
+        )
         text = f"({dims}{',' if len(self.shape) == 1 else ''})"
         return text if self.dtype == "float32" else f"{text}:{_short_dtype(self.dtype)}"
+
+    def symbols(self) -> dict[str, int | None]:
+        return {d: self.nominal for d in self.shape if isinstance(d, str)}
 
 
 def _short_dtype(dtype: str) -> str:
@@ -74,6 +84,13 @@ class TupleSpec:
 
     def as_json(self) -> dict[str, Any]:
         return {"tuple": [item.as_json() for item in self.items]}
+
+    def symbols(self) -> dict[str, int | None]:
+        found: dict[str, int | None] = {}
+        for item in self.items:
+            for name, value in item.symbols().items():
+                found[name] = found.get(name) or value
+        return found
 
     def describe(self) -> str:
         inner = ", ".join(item.describe() for item in self.items)
@@ -92,6 +109,9 @@ class ValueSpec:
 
     def describe(self) -> str:
         return repr(json.loads(self.text))
+
+    def symbols(self) -> dict[str, int | None]:
+        return {}
 
 
 InputItem = TensorSpec | TupleSpec | ValueSpec
@@ -116,12 +136,73 @@ class InputSpec:
         }
         if self.keywords:  # absent when empty: the JSON of plain shapes is what it always was
             value["kwargs"] = {name: item.as_json() for name, item in self.keywords}
+        if self.symbol:  # absent without a named dimension, as above
+            value["symbol"] = self.symbol
+            if self.nominal is not None:
+                value["nominal"] = self.nominal
         return value
+
+    @property
+    def symbol(self) -> str | None:
+        """The named dimension of these inputs (`L` in `(1, L):long`), or None."""
+        found = _symbols([*self.tensors, *(item for _, item in self.keywords)])
+        return next(iter(found), None)
+
+    @property
+    def nominal(self) -> int | None:
+        """The value written with the named dimension (`L=512`), or None."""
+        found = _symbols([*self.tensors, *(item for _, item in self.keywords)])
+        return next(iter(found.values()), None)
 
     def describe(self) -> str:
         parts = [t.describe() for t in self.tensors]
         parts += [f"{name}={item.describe()}" for name, item in self.keywords]
         return ", ".join(parts)
+
+
+def _symbols(items: list[InputItem]) -> dict[str, int | None]:
+    found: dict[str, int | None] = {}
+    for item in items:
+        for name, value in item.symbols().items():
+            found[name] = found.get(name) or value
+    return found
+
+
+def symbol_of_json(spec: dict[str, Any]) -> str | None:
+    """The named dimension of a job's input JSON (`"L"` where a dim is the string `"L"`)."""
+    names: set[str] = set()
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            if "tuple" in item:
+                for inner in item["tuple"]:
+                    walk(inner)
+            elif "shape" in item:
+                names.update(d for d in item["shape"] if isinstance(d, str))
+
+    for item in [*(spec.get("tensors") or []), *(spec.get("kwargs") or {}).values()]:
+        walk(item)
+    return min(names) if names else None
+
+
+def substitute_json(spec: dict[str, Any], symbol: str, value: int) -> dict[str, Any]:
+    """A copy of a job's input JSON with every dim named `symbol` set to `value`: the inputs
+    of one point of a sweep, or of the nominal profile."""
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            if "tuple" in item:
+                return {**item, "tuple": [walk(inner) for inner in item["tuple"]]}
+            if "shape" in item:
+                shape = [value if d == symbol else d for d in item["shape"]]
+                return {**item, "shape": shape}
+        return item
+
+    concrete = {key: item for key, item in spec.items() if key not in {"symbol", "nominal"}}
+    concrete["tensors"] = [walk(item) for item in spec.get("tensors") or []]
+    if spec.get("kwargs"):
+        concrete["kwargs"] = {name: walk(item) for name, item in spec["kwargs"].items()}
+    return concrete
 
 
 def item_from_json(value: dict[str, Any]) -> InputItem:
@@ -142,6 +223,8 @@ def describe_json(spec: dict[str, Any]) -> str:
 
 _NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
 _DTYPE = re.compile(r"\s*:\s*([A-Za-z0-9_.]+)")
+# a named dimension: `L`, `L=512` (the name is ASCII: it is written on a command line too)
+_SYMBOL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\s*=\s*([0-9]+))?")
 
 
 def parse_shapes(text: str) -> tuple[InputItem, ...]:
@@ -196,10 +279,35 @@ def parse_inputs(text: str) -> tuple[tuple[InputItem, ...], tuple[tuple[str, Inp
         reader.skip_spaces()
         if reader.position >= len(text):
             break
-    count = sum(_count(item) for item in [*positional, *(item for _, item in keywords)])
+    everything = [*positional, *(item for _, item in keywords)]
+    count = sum(_count(item) for item in everything)
     if count > MAX_INPUTS:
         raise SpecError(f"{count} inputs is more than torchls takes ({MAX_INPUTS})")
+    _check_symbols(everything, text)
     return tuple(positional), tuple(keywords)
+
+
+def _check_symbols(items: list[InputItem], text: str) -> None:
+    """One named dimension per input, with at most one value: a sweep varies one size."""
+    names: list[str] = []
+    values: dict[int, None] = {}
+    stack = list(items)
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, TupleSpec):
+            stack[:0] = item.items
+        elif isinstance(item, TensorSpec):
+            names += [d for d in dict.fromkeys(item.shape) if isinstance(d, str) and d not in names]
+            if item.nominal is not None:
+                values[item.nominal] = None
+    if len(names) > 1:
+        raise SpecError(
+            f"the input {text!r} names {len(names)} dimensions ({', '.join(names)}); torchls "
+            f"varies one at a time: write a number for all but one"
+        )
+    if len(values) > 1:
+        shown = " and ".join(f"{names[0]}={value}" for value in values)
+        raise SpecError(f"the input {text!r} gives {shown}; give {names[0]} one value")
 
 
 def _count(item: InputItem) -> int:
@@ -365,11 +473,27 @@ def _tensor(dims_text: str, dtype_text: str | None, whole: str) -> TensorSpec:
         parts.pop()
     if not parts:
         raise SpecError(f"the input shape {whole!r} has an empty ()")
-    dims: list[int] = []
+    dims: list[int | str] = []
+    nominal: int | None = None
     for part in parts:
+        named = _SYMBOL.fullmatch(part)
+        if named is not None:
+            name, value = named.group(1), named.group(2)
+            if value is not None:
+                if int(value) == 0:
+                    raise SpecError(f"the input shape {whole!r} gives {name}=0; a size is >= 1")
+                if nominal is not None and nominal != int(value):
+                    raise SpecError(
+                        f"the input shape {whole!r} gives {name}={nominal} and "
+                        f"{name}={value}; give {name} one value"
+                    )
+                nominal = int(value)
+            dims.append(name)
+            continue
         if not (part.isascii() and part.isdigit()) or int(part) == 0:
             raise SpecError(
-                f"the input shape {whole!r} has {part!r} where a positive whole number belongs"
+                f"the input shape {whole!r} has {part!r} where a positive whole number (or a "
+                "named size like L or L=512) belongs"
             )
         dims.append(int(part))
     if len(dims) > MAX_DIMS:
@@ -378,7 +502,7 @@ def _tensor(dims_text: str, dtype_text: str | None, whole: str) -> TensorSpec:
         )
     elements = 1
     for dim in dims:
-        elements *= dim
+        elements *= dim if isinstance(dim, int) else nominal or 1
     if elements > MAX_ELEMENTS:
         raise SpecError(f"the input shape {whole!r} has {elements:.3g} elements; is it a typo?")
     dtype = "float32"
@@ -392,4 +516,4 @@ def _tensor(dims_text: str, dtype_text: str | None, whole: str) -> TensorSpec:
             )
             raise SpecError(f"unknown dtype {dtype_text!r} in {whole!r}; use one of {names}")
         dtype = DTYPES[key]
-    return TensorSpec(tuple(dims), dtype)
+    return TensorSpec(tuple(dims), dtype, nominal)
