@@ -158,24 +158,34 @@ def real_forward_hints(path: Path) -> dict[tuple[int, int], str]:
     return labels
 
 
-def parameter_counts(path: Path) -> dict[int, int]:
-    """0-based line of each `self.x = ...` in BranchNet.__init__ -> the parameters of self.x."""
+def parameter_labels(path: Path) -> dict[int, str]:
+    """0-based line of each `self.x = ...` in an `__init__` of the file's classes -> the hint
+    label: the parameters of `x` in each instance of that class inside BranchNet (a set when
+    instances differ), counted by torch."""
+    from torchls.cost.report import count
+
     module = load_module(path)
     model = getattr(module, MODEL_NAME)()
     tree = ast.parse(path.read_text())
-    counts = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == MODEL_NAME:
-            init = next(n for n in node.body if isinstance(n, ast.FunctionDef))
-            for statement in init.body:
-                if isinstance(statement, ast.Assign) and isinstance(
-                    statement.targets[0], ast.Attribute
-                ):
-                    child = getattr(model, statement.targets[0].attr)
-                    counts[(statement.end_lineno or statement.lineno) - 1] = sum(
-                        p.numel() for p in child.parameters()
-                    )
-    return counts
+    labels = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        instances = [m for _, m in model.named_modules() if type(m).__name__ == node.name]
+        init = next(n for n in node.body if isinstance(n, ast.FunctionDef))
+        for statement in init.body:
+            if isinstance(statement, ast.Assign) and isinstance(
+                statement.targets[0], ast.Attribute
+            ):
+                values: list[str] = []
+                for instance in instances:
+                    child = getattr(instance, statement.targets[0].attr)
+                    shown = count(sum(p.numel() for p in child.parameters()))
+                    if shown not in values:
+                        values.append(shown)
+                text = values[0] if len(values) == 1 else "{" + ", ".join(values) + "}"
+                labels[(statement.end_lineno or statement.lineno) - 1] = f"{text} params"
+    return labels
 
 
 def whole(uri: str, text: str) -> types.InlayHintParams:

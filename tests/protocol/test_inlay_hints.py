@@ -12,12 +12,10 @@ from lsprotocol import types
 from tests.conftest import Session, lsp_session
 from tests.protocol.inline_fixture import (
     MODEL_SOURCE,
-    parameter_counts,
+    parameter_labels,
     real_forward_hints,
     whole,
 )
-
-from torchls.cost.report import count
 
 
 def _open(session: Session, path: Path, text: str) -> str:
@@ -63,11 +61,15 @@ async def test_inlay_shapes_equal_a_real_forward_and_hide_after_an_edit(tmp_path
     # the fixture's forwards bind tensors on these many lines (BranchNet's and Block's)
     assert len(expected) >= 9
     async with lsp_session(workspace=tmp_path) as session:
-        refreshes: list[Any] = []
+        refreshes: list[str] = []
 
         @session.client.feature(types.WORKSPACE_INLAY_HINT_REFRESH)
-        def on_refresh(params: Any) -> None:
-            refreshes.append(params)
+        def on_inlay_refresh(params: Any) -> None:
+            refreshes.append("inlay")
+
+        @session.client.feature(types.WORKSPACE_CODE_LENS_REFRESH)
+        def on_lens_refresh(params: Any) -> None:
+            refreshes.append("lens")
 
         uri = _open(session, path, MODEL_SOURCE)
         hints = await _wait_for_hints(session, uri, MODEL_SOURCE)
@@ -76,7 +78,9 @@ async def test_inlay_shapes_equal_a_real_forward_and_hide_after_an_edit(tmp_path
         hints = await _hints(session, uri, MODEL_SOURCE)
         assert _by_position(hints) == expected
         assert all(hint.kind == types.InlayHintKind.Type for hint in hints)
-        assert refreshes, "the client was not asked to refresh when the profile arrived"
+        # pytest-lsp's VS Code capabilities offer a CodeLens refresh but no inlay hint refresh
+        # (VS Code itself offers both): asked for what the client can do, and only that
+        assert "lens" in refreshes and "inlay" not in refreshes
 
         # the emoji line: the return hint's column counts UTF-16 units (two per emoji)
         line_of_return = MODEL_SOURCE.split("\n").index(
@@ -134,18 +138,17 @@ async def test_inlay_shapes_equal_a_real_forward_and_hide_after_an_edit(tmp_path
 async def test_settings_switch_shapes_off_and_parameter_counts_on(tmp_path: Path) -> None:
     path = tmp_path / "branchnet.py"
     path.write_text(MODEL_SOURCE)
-    counts = parameter_counts(path)
+    labels = parameter_labels(path)
+    assert len(labels) == 7  # five in BranchNet, two in Block
     options = {"inlayHints": {"shapes": False, "parameters": True}, "codeLens": False}
     async with lsp_session(options, workspace=tmp_path) as session:
         uri = _open(session, path, MODEL_SOURCE)
         hints = await _wait_for_hints(session, uri, MODEL_SOURCE)
         await asyncio.sleep(1.0)
         hints = await _hints(session, uri, MODEL_SOURCE)
-        # one hint per `self.x = ...` line of BranchNet.__init__, after the statement: the
+        # one hint per `self.x = ...` line of an __init__, after the statement: the
         # parameters of that submodule as torch counts them; no shapes
-        assert {h.position.line: h.label for h in hints} == {
-            line: f"{count(params)} params" for line, params in counts.items()
-        }
+        assert {h.position.line: h.label for h in hints} == labels
         lines = MODEL_SOURCE.split("\n")
         for hint in hints:
             assert hint.position.character == len(lines[hint.position.line])
