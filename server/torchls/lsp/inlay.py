@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -73,6 +74,24 @@ class _Merged:
     functions: list[str] = field(default_factory=list)
     calls: list[tuple[str, int]] = field(default_factory=list)  # (model, calls)
     details: list[str] = field(default_factory=list)  # parameters: per instance
+    _wire: dict[str, Any] | None = None
+
+    def wire(self, uri: str) -> dict[str, Any]:
+        """The InlayHint as JSON; its tooltip comes with inlayHint/resolve."""
+        if self._wire is None:
+            self._wire = {
+                "position": {"line": self.line, "character": self.character},
+                "label": self.label(),
+                "kind": types.InlayHintKind.Type.value,
+                "paddingLeft": self.kind != "bind",
+                "data": {
+                    "uri": uri,
+                    "line": self.line,
+                    "character": self.character,
+                    "kind": self.kind,
+                },
+            }
+        return self._wire
 
     def add_values(self, values: list[str]) -> None:
         for value in values:
@@ -161,7 +180,9 @@ class InlayHints:
 
     # -- requests --------------------------------------------------------------------------
 
-    def hints(self, params: types.InlayHintParams) -> list[types.InlayHint] | None:
+    def hints(self, params: types.InlayHintParams) -> list[dict[str, Any]] | None:
+        """The hints in the requested range, as LSP's JSON (made once per document version and
+        index generation: a client asks again on every scroll)."""
         options = self.server.options
         if not (options.inlay_hints_shapes or options.inlay_hints_parameters):
             return None
@@ -170,26 +191,10 @@ class InlayHints:
         if merged is None:
             return None
         start, end = params.range.start, params.range.end
-        low, high = (start.line, start.character), (end.line, end.character)
         self._schedule_fill(uri, start.line, end.line)
-        out = []
-        for hint in merged:
-            if low <= (hint.line, hint.character) <= high:
-                out.append(
-                    types.InlayHint(
-                        position=types.Position(line=hint.line, character=hint.character),
-                        label=hint.label(),
-                        kind=types.InlayHintKind.Type,
-                        padding_left=hint.kind != "bind",
-                        data={
-                            "uri": uri,
-                            "line": hint.line,
-                            "character": hint.character,
-                            "kind": hint.kind,
-                        },
-                    )
-                )
-        return out
+        first = bisect.bisect_left(merged, (start.line, start.character), key=_position)
+        last = bisect.bisect_right(merged, (end.line, end.character), key=_position)
+        return [hint.wire(uri) for hint in merged[first:last]]
 
     def resolve(self, hint: types.InlayHint) -> types.InlayHint:
         data = hint.data if isinstance(hint.data, dict) else {}
@@ -368,6 +373,10 @@ class InlayHints:
                     break  # edited meanwhile: what is left is for the new text
                 with contextlib.suppress(Exception):
                     await asyncio.shield(model_cost.cache.get(prepared, background=True))
+
+
+def _position(hint: _Merged) -> tuple[int, int]:
+    return (hint.line, hint.character)
 
 
 def _record(prepared: PreparedProfile, value: dict[str, Any]) -> _Recorded:

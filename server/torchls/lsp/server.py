@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from lsprotocol import types
@@ -266,11 +266,12 @@ def create_server() -> TorchLanguageServer:
             return None
 
     @server.feature(types.TEXT_DOCUMENT_INLAY_HINT, types.InlayHintOptions(resolve_provider=True))
-    def inlay_hint(
-        ls: TorchLanguageServer, params: types.InlayHintParams
-    ) -> list[types.InlayHint] | None:
+    def inlay_hint(ls: TorchLanguageServer, params: types.InlayHintParams) -> Any:
         try:
-            return ls.inlay_hints.hints(params)
+            hints = ls.inlay_hints.hints(params)
+            # JSON made once per version, sent as it is: the converter's walk of a whole
+            # file's hints would cost more than making them
+            return hints if hints is None else Verbatim(cast(Any, hints))
         except Exception:  # an inlay hint request must never take the server down
             log.exception("inlay hints failed for %s", params.text_document.uri)
             return None
