@@ -76,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="parameters, MACs and FLOPs, memory and the heaviest layers of a model",
         description="Build a model on the meta device in a worker process and count its "
         "parameters and the MACs/FLOPs of one forward pass (1 MAC = 2 FLOPs), with thop's "
-        "figure beside it where thop is installed. Runs the definitions of FILE (not its "
-        "script statements). Exit codes: 0 counted, 1 the model could not be profiled, 2 usage.",
+        "figure beside it where thop is installed, and what training costs (activations "
+        "saved for backward, the largest batch that fits, backward FLOPs). With a named "
+        "dimension in --input and --sweep, the cost at each size and its exact formula. Runs "
+        "the definitions of FILE (not its script statements). Exit codes: 0 counted, 1 the "
+        "model could not be profiled, 2 usage.",
     )
     from torchls.cost.command import add_arguments
 

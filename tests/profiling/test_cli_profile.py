@@ -60,7 +60,12 @@ def test_usage_errors_exit_2_with_one_line() -> None:
         (["model.py"], "expected FILE::Name"),
         (["model.py::Nope"], "defines no class or function 'Nope'"),
         (["missing.py::Net"], "missing.py is not a file"),
-        (["model.py::SmallConvNet", "--input", "1,x"], "positive whole number"),
+        (["model.py::SmallConvNet", "--input", "1,x.5"], "positive whole number"),
+        (["model.py::SmallConvNet", "--input", "1,x"], "names a dimension x: give it a value"),
+        (["model.py::SmallConvNet", "--input", "1,3,S,S", "--sweep", "L=1,2"], "is S, not L"),
+        (["model.py::SmallConvNet", "--input", "1,3,32,32", "--sweep", "S=1,2"], "no dimension"),
+        (["model.py::SmallConvNet", "--input", "1,3,S,S", "--sweep", "S=32"], "2 to 12"),
+        (["model.py::SmallConvNet", "--input", "1,3,S,S", "--sweep", "S=a"], "not a positive"),
         (["model.py::SmallConvNet", "--args", "(len(x))"], "cannot read `len(x)`"),
     ]:
         done = _torchls(*args)

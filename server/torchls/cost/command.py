@@ -19,7 +19,7 @@ from torchls.cost.request import prepare
 from torchls.source.inputs import from_text
 from torchls.source.models import FileModels, ModelTarget, models_of
 from torchls.source.project import ModuleFile, Project
-from torchls.source.spec import InputSpec, SpecError
+from torchls.source.spec import InputSpec, SpecError, substitute_json, symbol_of_json
 from torchls.source.text import Span
 from torchls.worker.client import WorkerClient, WorkerSettings
 
@@ -51,6 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(calls of your classes, SimpleNamespace, Hugging Face configs); a class of the "
         "workspace the file does not import is found by its name: '(VanillaVAE(3, 128), {})'",
     )
+    parser.add_argument(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="count at several sizes of a named dimension of --input and fit the exact "
+        "polynomial, checked on one more size: --input '(1, L):long' --sweep L=128,256,512,1024 "
+        f"(2 to {MAX_SWEEP_VALUES} values)",
+    )
+    parser.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=24.0,
+        help="the GPU memory the largest training batch must fit, in GiB (24)",
+    )
     parser.add_argument("--json", action="store_true", help=f"print the {SCHEMA} JSON")
     parser.add_argument("--python", help="the interpreter that has torch (default: this one)")
     parser.add_argument(
@@ -70,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     prepared = prepare(target, project, document, input_override=override)
     params = dict(prepared.params)
+    try:
+        _settle_named_dimension(params, args.sweep)
+    except UsageError as exc:
+        print(f"torchls profile: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     params["thop"] = not args.no_thop
     params["front"] = "cli"  # messages say --args/--input, not a comment in a file
     workspace = str(Path(args.workspace or ".").resolve())
@@ -86,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         args_source=target.args_source,
         kind=target.kind,
         problems=list(prepared.problems),
+        gpu_memory_gb=args.gpu_memory_gb,
     )
     if args.json:
         payload: dict[str, Any] = {"schema": SCHEMA, "target": args.target, "ok": result.ok}
@@ -114,6 +133,54 @@ async def _run_job(settings: WorkerSettings, params: dict[str, Any]) -> Any:
         return await worker.run("profile", params)
     finally:
         await worker.stop()
+
+
+MAX_SWEEP_VALUES = 12
+
+
+def parse_sweep(text: str) -> tuple[str, list[int]]:
+    """`L=128,256,512,1024` -> ("L", [128, 256, 512, 1024])."""
+    name, separator, listed = text.partition("=")
+    name = name.strip()
+    if not separator or not name.isidentifier() or not name.isascii():
+        raise UsageError(f"--sweep takes NAME=V1,V2,..., e.g. L=128,256,512,1024, not {text!r}")
+    values: list[int] = []
+    for part in listed.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()) or int(part) == 0:
+            raise UsageError(f"--sweep {text}: {part!r} is not a positive whole number")
+        if int(part) not in values:
+            values.append(int(part))
+    if not 2 <= len(values) <= MAX_SWEEP_VALUES:
+        raise UsageError(f"--sweep {text}: give 2 to {MAX_SWEEP_VALUES} different values of {name}")
+    return name, sorted(values)
+
+
+def _settle_named_dimension(params: dict[str, Any], sweep: str | None) -> None:
+    """A named dimension in the input (`(1, L):long`) is swept with --sweep, or takes the value
+    written with it (`L=512`); the job gets `sweep` params, or concrete inputs."""
+    inputs = params.get("inputs")
+    symbol = symbol_of_json(inputs) if isinstance(inputs, dict) else None
+    if sweep is None:
+        if symbol is None:
+            return
+        nominal = inputs.get("nominal") if isinstance(inputs, dict) else None
+        if not isinstance(nominal, int):
+            raise UsageError(
+                f"the input names a dimension {symbol}: give it a value, e.g. ({symbol}=512) in "
+                f"--input, or sweep it with --sweep {symbol}=128,256,512,1024"
+            )
+        params["inputs"] = substitute_json(inputs or {}, symbol, nominal)
+        return
+    name, values = parse_sweep(sweep)
+    if symbol is None:
+        raise UsageError(
+            f"--sweep {name}=...: the input has no dimension named {name}; write it in "
+            f"--input, e.g. '(1, {name}):long' or '(1, 3, {name}, {name})'"
+        )
+    if symbol != name:
+        raise UsageError(f"--sweep {name}=...: the input's named dimension is {symbol}, not {name}")
+    params["sweep"] = {"symbol": name, "values": values}
 
 
 def _input_override(text: str | None) -> InputSpec | None:

@@ -6,6 +6,7 @@ came from and how to change it, and what the count leaves out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class ReportContext:
     kind: str = "class"
     problems: list[str] = field(default_factory=list)
     stale: bool = False
+    gpu_memory_gb: float = 24.0  # torchls.gpuMemoryGB: the largest batch for training fits it
 
 
 def count(value: float) -> str:
@@ -83,6 +85,96 @@ def memory(result: dict[str, Any]) -> dict[str, int]:
         "training": total * 4 + trainable * 4 + trainable * 8,
         "as built": int(parameters["bytes"]),
     }
+
+
+GIB = 1 << 30
+
+
+def training(result: dict[str, Any], gpu_memory_gb: float) -> dict[str, Any] | None:
+    """The training figures in sentences (no Markdown), from the worker's `training` part:
+    `summary` "Adam training at batch 4: 390 MiB states + 1.21 GiB activations = 1.59 GiB",
+    `batch` the largest batch that fits the GPU (or why not known), `backward` its FLOPs,
+    `notes`. None for a result without the part (an older worker's)."""
+    measured = result.get("training")
+    if not isinstance(measured, dict):
+        return None
+    states = memory(result)["training"]  # weights, gradients and Adam's 2 moments, fp32
+    if measured.get("error") or measured.get("activation_bytes") is None:
+        why = measured.get("error") or "the training forward could not be measured"
+        return {
+            "summary": f"Adam training: {size(states)} states + activations not measured ({why})",
+            "batch": "",
+            "backward": "",
+            "notes": [],
+        }
+    activations = int(measured["activation_bytes"])
+    batch = measured.get("batch")
+    at = f" at batch {batch}" if batch else ""
+    found: dict[str, Any] = {
+        "summary": f"Adam training{at}: {size(states)} states + {size(activations)} "
+        f"activations = {size(states + activations)}",
+        "notes": [str(measured["note"])] if measured.get("note") else [],
+        "explain": "states: weights, gradients and Adam's two moments in fp32; activations: "
+        "the tensors autograd saves for the backward pass, measured in a training forward",
+    }
+    per_sample = measured.get("per_sample_bytes")
+    fixed = int(measured.get("fixed_bytes") or 0)
+    gpu = f"{gpu_memory_gb:g} GiB"
+    if per_sample is None:
+        why = measured.get("per_sample_reason") or "the input has no batch dimension to double"
+        found["batch"] = f"largest batch that fits {gpu}: not known ({why})"
+    elif int(per_sample) == 0:
+        found["batch"] = f"activations do not grow with the batch; {size(states + fixed)} in all"
+    else:
+        fits = math.floor((gpu_memory_gb * GIB - states - fixed) / int(per_sample))
+        found["batch"] = (
+            f"largest batch that fits {gpu}: {fits:,} ({size(int(per_sample))} of activations "
+            "per sample)"
+            if fits >= 1
+            else f"does not fit {gpu} even at batch 1 ({size(states + fixed + int(per_sample))})"
+        )
+    backward = measured.get("backward_flops")
+    if backward is None:
+        found["backward"] = (
+            f"backward pass: not counted ({measured['estimate_reason']})"
+            if measured.get("estimate_reason")
+            else ""
+        )
+    elif measured.get("backward_estimated"):
+        found["backward"] = (
+            f"backward pass: about {count(int(backward))} FLOPs, an estimate: "
+            f"{measured.get('estimate_reason')}"
+        )
+    else:
+        found["backward"] = f"backward pass: {count(int(backward))} FLOPs ({int(backward):,})"
+    return found
+
+
+def sweep_lines(result: dict[str, Any]) -> list[str]:
+    """`MACs(L) = 1,179,648 L^2 + 84,934,656 L (checked at L=1,536)`, one per quantity, or why
+    there is no formula; empty without a sweep."""
+    sweep = result.get("sweep")
+    if not isinstance(sweep, dict):
+        return []
+    symbol = str(sweep.get("symbol") or "?")
+    if sweep.get("error"):
+        return [f"cost against {symbol}: {sweep['error']}"]
+    check = sweep.get("check") or {}
+    lines = []
+    for quantity, name, unit in (
+        ("macs", "MACs", ""),
+        ("flops", "FLOPs", ""),
+        ("activation_bytes", "activations", " bytes"),
+    ):
+        fitted = (sweep.get("fits") or {}).get(quantity)
+        if not isinstance(fitted, dict):
+            continue
+        if fitted.get("checked") and fitted.get("text"):
+            where = f"{symbol}={int(check['value']):,}" if check.get("value") else "an extra point"
+            lines.append(f"{name}({symbol}) = {fitted['text']}{unit} (checked at {where})")
+        else:
+            lines.append(f"{name}({symbol}): no exact formula; {fitted.get('why') or 'unchecked'}")
+    return lines
 
 
 def thop_verdict(result: dict[str, Any]) -> tuple[str, list[str]]:
@@ -166,11 +258,33 @@ def markdown(result: dict[str, Any], context: ReportContext) -> str:
         lines.append(f"C{how_counted(result)[1:]}.")
         lines.append("")
     mem = memory(result)
-    lines.append(
-        f"**Memory of the parameters:** fp32 {size(mem['fp32'])} · bf16/fp16 "
-        f"{size(mem['bf16/fp16'])} · int8 {size(mem['int8'])} · training with Adam "
-        f"{size(mem['training'])} (weights, gradients, 2 moments; activations extra)"
-    )
+    trained = training(result, context.gpu_memory_gb)
+    if trained is None:
+        lines.append(
+            f"**Memory of the parameters:** fp32 {size(mem['fp32'])} · bf16/fp16 "
+            f"{size(mem['bf16/fp16'])} · int8 {size(mem['int8'])} · training with Adam "
+            f"{size(mem['training'])} (weights, gradients, 2 moments; activations extra)"
+        )
+    else:
+        lines.append(
+            f"**Memory of the parameters:** fp32 {size(mem['fp32'])} · bf16/fp16 "
+            f"{size(mem['bf16/fp16'])} · int8 {size(mem['int8'])}"
+        )
+        lines.append("")
+        summary, _, total = str(trained["summary"]).rpartition(" = ")
+        lines.append(f"**{summary} = {total}**" if summary else f"**{trained['summary']}**")
+        lines += [f"- {trained[key]}" for key in ("batch", "backward") if trained[key]]
+        lines += [f"- {note}" for note in trained["notes"]]
+        if trained.get("explain"):
+            lines.append(f"- *{trained['explain']}*")
+    swept = sweep_lines(result)
+    if swept:
+        lines.append("")
+        lines.append(
+            f"**Cost against {result['sweep'].get('symbol')}** (exact, from counts at "
+            f"{_values(result)})\n"
+        )
+        lines += [f"- {line}" for line in swept]
     if result["layers"]:
         lines.append("")
         lines.append("**Heaviest layers** (MACs of the layer itself)\n")
@@ -178,8 +292,9 @@ def markdown(result: dict[str, Any], context: ReportContext) -> str:
         lines.append("|:--|:--|:--|--:|--:|--:|")
         for layer in result["layers"]:
             lines.append(
-                f"| `{layer['path']}` | {layer['type']} | {_shape(layer['output'])} | "
-                f"{count(layer['params'])} | {count(layer['macs'])} | {layer['share']:.1%} |"
+                f"| `{layer['path']}`{_times(layer)} | {layer['type']} | "
+                f"{_shape(layer['output'])} | {count(layer['params'])} | "
+                f"{count(layer['macs'])} | {layer['share']:.1%} |"
             )
     if thop_reasons:
         lines.append("")
@@ -194,6 +309,22 @@ def markdown(result: dict[str, Any], context: ReportContext) -> str:
     lines.append("")
     lines.append(f"*{COUNTED}*")
     return "\n".join(lines)
+
+
+def _times(layer: dict[str, Any]) -> str:
+    """A times sign and the count after a grouped layer's path (`layer1.0-2.conv2` times 3):
+    its MACs and share are the group's, its params one layer's."""
+    repeats = int(layer.get("count") or 1)
+    return f" {TIMES}{repeats}" if repeats > 1 else ""
+
+
+TIMES = "\u00d7"
+
+
+def _values(result: dict[str, Any]) -> str:
+    sweep = result.get("sweep") or {}
+    values = [int(point["value"]) for point in sweep.get("points") or []]
+    return f"{sweep.get('symbol')}=" + ", ".join(f"{value:,}" for value in values)
 
 
 MODES = {
@@ -296,20 +427,32 @@ def text(result: dict[str, Any], context: ReportContext) -> str:
         f"({size(buffers['bytes'])})",
         *_text_counts(result),
         f"  memory       fp32 {size(mem['fp32'])}, bf16/fp16 {size(mem['bf16/fp16'])}, "
-        f"int8 {size(mem['int8'])}; Adam training {size(mem['training'])} + activations",
+        f"int8 {size(mem['int8'])}"
+        + (
+            ""
+            if result.get("training")
+            else f"; Adam training {size(mem['training'])} + activations"
+        ),
     ]
+    trained = training(result, context.gpu_memory_gb)
+    if trained is not None:
+        out.append(f"  training     {trained['summary']}")
+        out += [f"               {trained[key]}" for key in ("batch", "backward") if trained[key]]
+        out += [f"               note: {note}" for note in trained["notes"]]
     if how_counted(result):
         out.insert(3, f"  counted      {how_counted(result).removeprefix('counted ')}")
     thop_line, reasons = thop_verdict(result)
     if thop_line:
         out.append(f"  {thop_line}")
         out += [f"    - {reason}" for reason in reasons]
+    out += sweep_text(result)
     if result["layers"]:
         out.append("  heaviest layers (MACs of the layer itself):")
-        width = max(len(layer["path"]) for layer in result["layers"])
-        for layer in result["layers"]:
+        names = [f"{layer['path']}{_times(layer)}" for layer in result["layers"]]
+        width = max(len(name) for name in names)
+        for name, layer in zip(names, result["layers"], strict=True):
             out.append(
-                f"    {layer['path']:<{width}}  {layer['type']:<14} {_shape(layer['output']):<16} "
+                f"    {name:<{width}}  {layer['type']:<14} {_shape(layer['output']):<16} "
                 f"params {count(layer['params']):>7}  MACs {count(layer['macs']):>7}  "
                 f"{layer['share']:6.1%}"
             )
@@ -317,6 +460,44 @@ def text(result: dict[str, Any], context: ReportContext) -> str:
         out.append(f"  note: {note}")
     out.append(f"  {COUNTED}")
     return "\n".join(out)
+
+
+def sweep_text(result: dict[str, Any]) -> list[str]:
+    """The sweep for a terminal: a table of the counts at each value, then the formulas."""
+    sweep = result.get("sweep")
+    if not isinstance(sweep, dict):
+        return []
+    symbol = str(sweep.get("symbol") or "?")
+    rows = list(sweep.get("points") or [])
+    out = [
+        f"  cost against {symbol} (counted at each value; formulas exact, checked on a value "
+        "not fitted on):"
+    ]
+    if rows:
+        check = sweep.get("check")
+        header = ("value", "MACs", "FLOPs", "activation bytes")
+        table = [
+            (
+                f"{symbol}={int(row['value']):,}" + (" (check)" if row is check else ""),
+                f"{int(row['macs']):,}",
+                f"{int(row['flops']):,}",
+                f"{int(row['activation_bytes']):,}"
+                if row.get("activation_bytes") is not None
+                else "-",
+            )
+            for row in [*rows, *([check] if check else [])]
+        ]
+        widths = [max(len(line[i]) for line in [header, *table]) for i in range(4)]
+        for line in [header, *table]:
+            out.append(
+                "    "
+                + "  ".join(
+                    cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                    for i, cell in enumerate(line)
+                )
+            )
+    out += [f"    {line}" for line in sweep_lines(result)]
+    return out
 
 
 def submodule_markdown(result: dict[str, Any], context: ReportContext, parent: str) -> str:
