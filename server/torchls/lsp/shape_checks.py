@@ -20,9 +20,12 @@ import ast
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
+import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +58,8 @@ CODE_VIEW = "view-size-mismatch"
 # Edits chained when fixing one layer moves the mismatch to the next one.
 MAX_CHAIN = 3
 DEBOUNCE_SECONDS = 1.0
-WARM_LIMIT = 12  # the targets per document, as the hover's warm-up
+WARM_LIMIT = 12
+MAX_VERIFIED = 64  # the targets per document, as the hover's warm-up
 _WHAT = {
     "in_features": "{} input features",
     "in_channels": "{} input channels",
@@ -135,6 +139,16 @@ def explain(
     arg = construction.argument if construction else None
     new_text = rewritten(arg.text, received, _int(value)) if arg is not None else str(received)
     factored = _factored(new_text, received)
+    measured = _measured_factors(data, received)
+    if measured is not None:
+        # the worker saw the tensor before it was flattened: its dims, not a guess
+        factored = " = " + " x ".join(str(f) for f in measured)
+        if (
+            arg is not None
+            and arg.rewritable
+            and _literal_product_length(arg.text) == len(measured)
+        ):
+            new_text = " * ".join(str(f) for f in measured)
     what = _WHAT.get(argument, argument + "={}").format(value)
     message = f"{shown} expects {what}; {at_input} it receives {received}{factored}."
     torch_message = str(data.get("message") or "")
@@ -210,6 +224,33 @@ def _factored(text: str, received: int) -> str:
         return ""
     side = int(found.group(1))
     return f" = {received // (side * side)} x {side} x {side}"
+
+
+def _measured_factors(data: Mapping[str, Any], received: int) -> list[int] | None:
+    """The dims whose product the layer received (`[64, 7, 7]`), when the worker measured
+    them: its `factors`, or its summary's "it receives 64 x 7 x 7 = 3136"."""
+    factors = data.get("factors")
+    if not isinstance(factors, list):
+        found = re.search(r"it receives (\d+(?: x \d+)+) = (\d+)", str(data.get("summary") or ""))
+        factors = [int(f) for f in found.group(1).split(" x ")] if found else None
+    if not factors or not all(isinstance(f, int) and f > 0 for f in factors):
+        return None
+    return factors if len(factors) > 1 and math.prod(factors) == received else None
+
+
+def _literal_product_length(text: str) -> int:
+    """3 for `64 * 5 * 5`, 1 for `3200`, 0 for anything else."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return 0
+    count = 0
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        if literal_int(node.right) is None or not isinstance(node.right, ast.Constant):
+            return 0
+        count += 1
+        node = node.left
+    return count + 1 if isinstance(node, ast.Constant) and literal_int(node) is not None else 0
 
 
 def _with(message: str, notes: Sequence[str]) -> str:
@@ -516,9 +557,16 @@ class _Finding:
     texts: dict[str, str]  # path -> the text the profile ran (the finding holds while equal)
     prepared: PreparedProfile
     model: ModelClass | None
-    verification: Verification | None = None
-    verifying: bool = False
     key: tuple[Any, ...] = field(default_factory=tuple)
+
+    @property
+    def verification_key(self) -> str:
+        """Same job, same texts, same edit: same verification (kept across refreshes)."""
+        digest = hashlib.sha256(self.prepared.key.encode())
+        digest.update(repr(self.key).encode())
+        for path in sorted(self.texts):
+            digest.update(path.encode() + b"\0" + self.texts[path].encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
 
 
 class ShapeChecks:
@@ -527,11 +575,35 @@ class ShapeChecks:
         self._findings: dict[str, list[_Finding]] = {}  # by the document whose models failed
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._verifying: set[asyncio.Task[None]] = set()
+        self._verified: OrderedDict[str, Verification] = OrderedDict()  # by verification_key
+        self._running: set[str] = set()
+        self._listening: object = None  # the profile cache told of us (ModelCost may be remade)
+        self.listen()
+
+    def listen(self) -> None:
+        """Be told of each profile result: a hover or a warm-up that meets a shape error (or a
+        model that profiles again) refreshes the document it was made for."""
+        cache = getattr(getattr(self.server, "model_cost", None), "cache", None)
+        add = getattr(cache, "add_listener", None)
+        if cache is None or cache is self._listening or add is None:
+            return
+        add(self._profiled)
+        self._listening = cache
+
+    def _profiled(self, prepared: PreparedProfile, result: JobResult) -> None:
+        path = prepared.identity.split("::", 1)[0]
+        failing = shape_error_of(result) is not None
+        for uri in list(self.server.workspace.text_documents):
+            if uri in self._pending or self.server.model_cost.kind(uri).path != path:
+                continue
+            if failing or uri in self._findings:
+                self.schedule(uri)
 
     # -- scheduling ------------------------------------------------------------------------------
 
     def schedule(self, uri: str, delay: float = 0.0) -> None:
         """Refresh the document's shape diagnostics (after `delay`, replacing a waiting one)."""
+        self.listen()
         previous = self._pending.pop(uri, None)
         if previous is not None:
             previous.cancel()
@@ -603,17 +675,13 @@ class ShapeChecks:
                 explanation, self._uri_of(explanation.file), texts, prepared, model, key=key
             )
             found.append(finding)
-        old = {f.key: f for f in self._findings.get(uri, [])}
-        for finding in found:
-            kept = old.get(finding.key)
-            if kept is not None and kept.texts == finding.texts:
-                finding.verification, finding.verifying = kept.verification, kept.verifying
         if not self._unchanged(uri, models.module.text):
             return  # edited meanwhile: its own refresh is scheduled
         self._replace(uri, found)
         for finding in found:
-            if finding.verification is None and not finding.verifying:
-                self._verify_later(uri, finding)
+            wanted = finding.verification_key
+            if wanted not in self._verified and wanted not in self._running:
+                self._verify_later(finding)
 
     def _unchanged(self, uri: str, text: str) -> bool:
         return bool(self.server.workspace.get_text_document(uri).source == text)
@@ -652,15 +720,16 @@ class ShapeChecks:
 
     # -- verification ----------------------------------------------------------------------------
 
-    def _verify_later(self, uri: str, finding: _Finding) -> None:
+    def _verify_later(self, finding: _Finding) -> None:
         if finding.explanation.edit is None:
             return
-        finding.verifying = True
-        task = asyncio.ensure_future(self._verify(uri, finding))
+        self._running.add(finding.verification_key)
+        task = asyncio.ensure_future(self._verify(finding))
         self._verifying.add(task)
         task.add_done_callback(self._verifying.discard)
 
-    async def _verify(self, uri: str, finding: _Finding) -> None:
+    async def _verify(self, finding: _Finding) -> None:
+        key = finding.verification_key
         try:
             verification = await verify(
                 finding.explanation,
@@ -673,13 +742,18 @@ class ShapeChecks:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("verifying the shape fix for %s failed", uri)
+            log.exception("verifying the shape fix for %s failed", finding.uri)
             return
         finally:
-            finding.verifying = False
-        finding.verification = verification
-        if finding in self._findings.get(uri, []) and self._is_current(finding):
+            self._running.discard(key)
+        self._verified[key] = verification
+        while len(self._verified) > MAX_VERIFIED:
+            self._verified.popitem(last=False)
+        if any(f.verification_key == key for f in self._current(finding.uri)):
             self._republish(finding.uri)
+
+    def verification(self, finding: _Finding) -> Verification | None:
+        return self._verified.get(finding.verification_key)
 
     async def _run(self, params: dict[str, Any]) -> JobResult:
         worker = self.server.worker
@@ -740,13 +814,17 @@ class ShapeChecks:
         start = utf16_length(line_text[: len(line_text) - len(line_text.lstrip())])
         span = Span(explanation.line, start, explanation.line, start + utf16_length(stripped))
         message = explanation.message
-        verification = finding.verification
-        if verification is not None and not verification.ok:
-            message += f" Changing it as torchls would is not enough: {verification.why}"
+        verification = self.verification(finding)
+        if verification is not None and not verification.ok and verification.titles:
+            tried = _changing(verification.titles[-1] if len(verification.titles) > 1 else "")
+            first = _changing(verification.titles[0])
+            after = f" (and then {tried})" if tried else ""
+            message += f" {first}{after} is not enough: {verification.why}"
         elif verification is not None and len(verification.titles) > 1:
             message += (
-                f" The quick fix makes {len(verification.titles)} edits: after the first, the "
-                "model failed further on the same way."
+                " Fixing it moves the failure further on; the quick fix also does: "
+                + "; ".join(_lower(title) for title in verification.titles[1:])
+                + ", after which the model profiles."
             )
         related = []
         construction = explanation.construction
@@ -776,7 +854,7 @@ class ShapeChecks:
         wanted = params.range
         actions = []
         for finding in self._current(uri):
-            verification = finding.verification
+            verification = self.verification(finding)
             explanation = finding.explanation
             if verification is None or not verification.ok or explanation.line is None:
                 continue
@@ -799,9 +877,9 @@ class ShapeChecks:
                     )
                 )
             else:
-                title = verification.titles[0]
-                if len(verification.titles) > 1:
-                    title += f" (and {len(verification.titles) - 1} more layer(s) after it)"
+                title = " and ".join(
+                    [verification.titles[0], *(_lower(t) for t in verification.titles[1:])]
+                )
                 actions.append(
                     types.CodeAction(
                         title=f"torchls: {title}",
@@ -825,6 +903,15 @@ def _on_job_paths(explanation: Explanation, sources: Mapping[str, str]) -> Expla
         if os.path.realpath(path) == real:
             return dataclasses.replace(explanation, file=path)
     return explanation
+
+
+def _lower(title: str) -> str:
+    return title[:1].lower() + title[1:]
+
+
+def _changing(title: str) -> str:
+    """ "Change x of y to z" -> "Changing x of y to z"."""
+    return "Changing " + title[len("Change ") :] if title.startswith("Change ") else title
 
 
 def _model_class(project: Project, ref: Mapping[str, Any]) -> ModelClass | None:
