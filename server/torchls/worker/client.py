@@ -68,15 +68,20 @@ class JobResult:
     error_kind: str | None = None
     message: str = ""
     seconds: float = 0.0
+    # what a failed job gives the caller to act on (JobError.data: a profile's shape_error)
+    data: Any = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        answer = {
             "ok": self.ok,
             "value": self.value,
             "error_kind": self.error_kind,
             "message": self.message,
             "seconds": round(self.seconds, 4),
         }
+        if self.data is not None:
+            answer["data"] = self.data
+        return answer
 
 
 class WorkerStartError(Exception):
@@ -375,6 +380,7 @@ class WorkerClient:
                 error_kind=str(error.get("kind", protocol.ERROR_INTERNAL)),
                 message=str(error.get("message", "unknown error")),
                 seconds=seconds,
+                data=error.get("data"),
             )
 
     async def _reject(self, current: _Process, job: str, problem: str) -> JobResult:

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from torchls.source.spec import describe_json
-from torchls.worker import protocol
+from torchls.worker import mismatch, protocol
 from torchls.worker.inputs import _make_inputs, forward
 from torchls.worker.jobs import JobError
 from torchls.worker.loading import _describe, _Loader
+from torchls.worker.shapes import ShapeTracer
+from torchls.worker.tree import grouped_layers, module_tree
 
-TOP_LAYERS = 8
 _ATTENTION_OPS = ("attention", "sdpa")
 _MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_int_mm")
 
@@ -90,10 +91,12 @@ def _measure(
     spec: dict[str, Any],
     loader: _Loader,
     device: Any = contextlib.nullcontext,
+    tracer: ShapeTracer | None = None,
 ) -> dict[str, Any]:
     """One forward pass counted; `device` makes the context it runs in (the default device,
-    a fake tensor mode). An exception of the forward propagates, for the caller to try the
-    next way of running it."""
+    a fake tensor mode); `tracer`, when given, records the shapes the workspace's lines bind.
+    An exception of the forward propagates, for the caller to try the next way of running it;
+    a shape error carries its analysis (mismatch.ATTRIBUTE)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     names: dict[int, str] = {}
@@ -123,9 +126,15 @@ def _measure(
         mark[0] = now
         return now
 
+    inputs_of: dict[str, Any] = {}  # each module's latest positional inputs
+    finished: list[list[int]] = []  # output shapes in the order modules finished (last few)
+    calls: dict[str, int] = dict.fromkeys(modules, 0)
+
     def before(module: Any, args: Any) -> None:
         now = settle()
-        running.append(names[id(module)])
+        path = names[id(module)]
+        running.append(path)
+        inputs_of[path] = args
         started.setdefault(id(module), []).append(now)
 
     called: set[str] = set()
@@ -139,10 +148,15 @@ def _measure(
         if running and running[-1] == path:
             running.pop()
         called.add(path)
+        calls[path] += 1
         inclusive[path] += now - stack.pop()
         tensor = _first_tensor(output, torch)
-        if tensor is not None and path not in shapes:
-            shapes[path] = list(tensor.shape)
+        if tensor is not None:
+            shape = list(tensor.shape)
+            shapes.setdefault(path, shape)
+            finished.append(shape)
+            if len(finished) > 16:
+                del finished[0]
 
     handles = []
     for module in modules.values():
@@ -150,8 +164,25 @@ def _measure(
         handles.append(module.register_forward_hook(after))
     model.eval()
     try:
-        with torch.enable_grad(), device(), counter:
+        watching = tracer if tracer is not None else contextlib.nullcontext()
+        with torch.enable_grad(), device(), counter, watching:
             output = forward(model, inputs)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            found = mismatch.analyze(
+                torch,
+                exc,
+                loader,
+                model,
+                names,
+                running,
+                inputs_of,
+                finished,
+                describe_json(spec),
+            )
+            if found is not None:
+                setattr(exc, mismatch.ATTRIBUTE, found)
+        raise
     finally:
         for handle in handles:
             handle.remove()
@@ -171,31 +202,21 @@ def _measure(
     ran = set(called)
     _fill_containers(modules, inclusive, called)
     own = {path: count // 2 for path, count in own_flops.items()}
-    layers = []
-    for path, macs in sorted(own.items(), key=lambda item: -item[1])[:TOP_LAYERS]:
-        if macs <= 0:
-            break
-        module = modules[path]
-        layers.append(
-            {
-                "path": path or f"({type(module).__name__}.forward)",
-                "type": type(module).__name__,
-                "output": shapes.get(path),
-                "params": sum(p.numel() for p in module.parameters()),
-                "macs": macs,
-                "share": macs / (flops // 2) if flops else 0.0,
-            }
-        )
+    macs = flops // 2
+    inclusive_macs = {path: count // 2 for path, count in inclusive.items()}
+    tree, truncated = module_tree(modules, inclusive_macs, own, shapes, calls, macs)
     result = _first_tensor(output, torch)
     return {
         "flops": flops,
         "ops": ops,
-        "layers": layers,
+        "layers": grouped_layers(modules, own, shapes, macs),
+        "tree": tree,
+        "tree_truncated": truncated,
         "output": list(result.shape) if result is not None else None,
         "modules": len(modules),
         "ran": ran,  # the modules whose forward ran
         "own": own,
-        "inclusive": {path: count // 2 for path, count in inclusive.items()},
+        "inclusive": inclusive_macs,
     }
 
 
@@ -221,6 +242,7 @@ class Counted:
     varies: bool = False  # the runs did not all do the same work
     varying: str = ""  # the module whose forward decides which layers run, when they vary
     plain: bool = False  # ran as thop would run it: on meta as it is, or on real tensors
+    shapes: list[dict[str, Any]] | None = None  # what the workspace's lines bound (first run)
 
 
 def count_forward(
@@ -230,19 +252,25 @@ def count_forward(
     loader: _Loader,
     memory_limit_mb: int,
     prepare: Callable[[Any], None] = lambda model: None,
+    trace_shapes: bool = False,
 ) -> Counted:
     """Count one forward on the meta device, with tensors made in forward() landing there too;
     where that cannot run (values read with `.item()`, `.numpy()`, tensors put on the CPU),
     with fake tensors (shapes and devices without storage), and last, when the weights fit the
     worker's memory, for real on the CPU with random weights. Each way counts the same ops,
     so the count is exact whichever ran; the result says which. `prepare` sees each model
-    before its forward (to hook it); what it raises is not a failed forward."""
+    before its forward (to hook it); what it raises is not a failed forward. With
+    `trace_shapes`, the first forward of each way records the shapes its workspace lines bind;
+    the way that ran keeps them (`Counted.shapes`)."""
+    trace = trace_shapes
     # Each way starts from the model as built: a failed forward may leave state behind (a
     # mask cached on the meta device) and the next way converts the tensors.
     pristine = _copy(model)
     prepare(model)
     try:
-        return _run(torch, "meta", model, _make_inputs(torch, spec), spec, loader, _meta(torch))
+        return _run(
+            torch, "meta", model, _make_inputs(torch, spec), spec, loader, _meta(torch), "", trace
+        )
     except Exception as exc:
         first = exc
     why = f"the meta device could not run {_where(first, loader)}"
@@ -252,7 +280,9 @@ def count_forward(
     prepare(again)
     with contextlib.suppress(Exception):
         inputs = _make_inputs(torch, spec)
-        counted = _run(torch, "meta", again, inputs, spec, loader, contextlib.nullcontext)
+        counted = _run(
+            torch, "meta", again, inputs, spec, loader, contextlib.nullcontext, "", trace
+        )
         counted.plain = True
         return counted
 
@@ -264,7 +294,7 @@ def count_forward(
         prepare(fake_model)
         with contextlib.suppress(Exception), _quiet_fake_tensors():
             context = _counting_attention(torch, mode)
-            return _run(torch, "fake", fake_model, fake_inputs, spec, loader, context, why)
+            return _run(torch, "fake", fake_model, fake_inputs, spec, loader, context, why, trace)
 
     need = 3 * _weight_bytes(pristine)  # the weights, their initialisation, activations
     room = _memory_room(memory_limit_mb)
@@ -284,7 +314,7 @@ def count_forward(
     prepare(cpu_model)
     try:
         context = _counting_attention(torch, contextlib.nullcontext())
-        counted = _run(torch, "cpu", cpu_model, cpu_inputs, spec, loader, context, why)
+        counted = _run(torch, "cpu", cpu_model, cpu_inputs, spec, loader, context, why, trace)
         counted.plain = True
         return counted
     except Exception as exc:
@@ -301,14 +331,17 @@ def _run(
     loader: _Loader,
     device: Any,
     why: str = "",
+    trace_shapes: bool = False,
 ) -> Counted:
     runs: list[dict[str, Any]] = []
     first = time.perf_counter()
     draws = False
+    tracer = ShapeTracer(torch, loader) if trace_shapes else None
     while True:
         started = time.perf_counter()
         state = _random_state(torch)
-        runs.append(_measure(torch, model, inputs, spec, loader, device))
+        watching = tracer if not runs else None  # the first forward only
+        runs.append(_measure(torch, model, inputs, spec, loader, device, watching))
         # A forward that draws random numbers in eval mode may skip layers at random: worth
         # more runs than a second one, which agrees with the first more often than not.
         draws = draws or _random_state(torch) != state
@@ -320,6 +353,8 @@ def _run(
     # The largest count, with its own layers, so the figures of one run agree with each other.
     measured = max(runs, key=lambda run: int(run["flops"]))
     counted = Counted(mode, model, inputs, measured, device, why, [run["flops"] for run in runs])
+    if tracer is not None:
+        counted.shapes = tracer.result()
     if len({_which_ran(run) for run in runs}) > 1:
         counted.varies = True
         counted.varying = _deciding_module(model, runs)
@@ -372,10 +407,15 @@ def _deciding_module(model: Any, runs: list[dict[str, Any]]) -> str:
 
 
 def _failed(spec: dict[str, Any], loader: _Loader, exc: BaseException, tail: str) -> JobError:
+    """The job's error; a shape error says the shapes and carries them as `shape_error` data."""
     where = "with the guessed input " if spec.get("guess") else "with the input "
     shape = describe_json(spec)
+    found = getattr(exc, mismatch.ATTRIBUTE, None)
+    summary = f"; {found['summary']}" if found and found.get("summary") else ""
     return JobError(
-        protocol.ERROR_USER, f"forward() failed {where}{shape}: {_describe(exc, loader)}{tail}"
+        protocol.ERROR_USER,
+        f"forward() failed {where}{shape}: {_describe(exc, loader)}{summary}{tail}",
+        data={"shape_error": found} if found else None,
     )
 
 

@@ -29,6 +29,7 @@ from torchls.worker.measure import (  # noqa: F401 (_measure: the tests call it)
     _thop,
     count_forward,
 )
+from torchls.worker.shapes import PinnedLoader
 
 
 def _import_torch(context: JobContext) -> Any:
@@ -103,7 +104,8 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
     torch = _import_torch(context)
     timings["import"] = time.perf_counter() - started
 
-    loader = _Loader(context, params.get("sources") or {})
+    # pinned: the text each workspace file ran with is the text its shape hints are keyed to
+    loader = PinnedLoader(context, params.get("sources") or {})
     loader.forget_workspace_modules()
     notes: list[str] = []
     step = time.perf_counter()
@@ -122,6 +124,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         loader,
         context.memory_limit_mb,
         prepare=lambda running: watches.append(submodule.watch(torch, running, params)),
+        trace_shapes=bool(params.get("trace_shapes", True)),
     )
     watched = watches[-1] if watches else None
     measured = counted.measured
@@ -160,6 +163,9 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         "inputs": spec,
         "output": measured["output"],
         "layers": measured["layers"],
+        "tree": measured["tree"],
+        "tree_truncated": measured["tree_truncated"],
+        "shapes": counted.shapes,
         "modules": measured["modules"],
         "thop": thop,
         # how the forward ran: "meta", "fake" (fake tensors) or "cpu" (random weights), and
