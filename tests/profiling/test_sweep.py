@@ -7,11 +7,16 @@ worker/sweep.py running the models on the meta device in this process.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tests.conftest import ROOT
 from torch import nn
 
 from torchls.source.inputs import from_text
@@ -233,3 +238,93 @@ def test_a_size_the_model_cannot_take_ends_the_sweep_with_one_sentence() -> None
     assert "error" not in result
     assert result["check"]["value"] == 48
     assert result["fits"]["macs"]["checked"] is True
+
+
+# -- in words, and from the command line ------------------------------------------------------
+
+ENCODER_FILE = """
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module):
+    def __init__(self, vocab=100, width=64, ff=128, layers=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, 4, ff, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids)))
+"""
+# the hand count of the test above: per token 4 d^2 + 2 d ff per layer and d x vocab for the
+# head; per pair of tokens 2 d per layer
+PER_TOKEN, PER_PAIR = 2 * (4 * 64 * 64 + 2 * 64 * 128) + 64 * 100, 2 * 2 * 64
+
+
+def torchls(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(ROOT / "server"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "torchls", "profile", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_sweep_in_words_names_the_check_point_and_never_shows_an_unchecked_formula() -> None:
+    from torchls.cost import report
+
+    result = {"sweep": sweep(Encoder, "(1, L):long", [16, 32, 48])}
+    lines = report.sweep_lines(result)
+    assert lines[0] == f"MACs(L) = {PER_PAIR:,} L^2 + {PER_TOKEN:,} L (checked at L=64)"
+    assert lines[1].startswith(f"FLOPs(L) = {2 * PER_PAIR:,} L^2")
+    assert lines[2].startswith("activations(L) = ") and lines[2].endswith(
+        " bytes (checked at L=64)"
+    )
+    table = "\n".join(report.sweep_text(result))
+    for value in (16, 32, 48):
+        assert f"{PER_PAIR * value * value + PER_TOKEN * value:,}" in table
+    assert "L=64 (check)" in table
+
+    stepped = {"sweep": sweep(ConvNet, "(1, 3, S, S)", [31, 32, 33, 34, 35])}
+    lines = report.sweep_lines(stepped)
+    assert lines[0].startswith("MACs(S): no exact formula; ")
+    assert "S^4" not in "\n".join(lines)
+
+
+def test_the_cli_profiles_a_named_dimension_at_its_written_value(tmp_path: Path) -> None:
+    (tmp_path / "encoder.py").write_text(ENCODER_FILE)
+    done = torchls("encoder.py::Encoder", "--input", "(1, L=32):long", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["result"]
+    assert result["macs"] == PER_PAIR * 32 * 32 + PER_TOKEN * 32
+    assert result["inputs"]["tensors"][0]["shape"] == [1, 32]
+
+
+def test_the_cli_sweep_prints_the_table_and_the_checked_formula(tmp_path: Path) -> None:
+    (tmp_path / "encoder.py").write_text(ENCODER_FILE)
+    done = torchls(
+        "encoder.py::Encoder", "--input", "(1, L):long", "--sweep", "L=16,32,48", cwd=tmp_path
+    )
+    if "sweep" not in (ROOT / "server/torchls/worker/profiling.py").read_text():
+        pytest.skip("the profile job does not run sweeps yet (the lead wires it)")
+    assert done.returncode == 0, done.stderr
+    assert f"MACs(L) = {PER_PAIR:,} L^2 + {PER_TOKEN:,} L (checked at L=64)" in done.stdout
+    # the main profile is at the sweep's first value
+    assert f"MACs         {PER_PAIR * 16 * 16 + PER_TOKEN * 16:,}" in done.stdout
+    done = torchls(
+        "encoder.py::Encoder",
+        "--input",
+        "(1, L):long",
+        "--sweep",
+        "L=16,32,48",
+        "--json",
+        cwd=tmp_path,
+    )
+    fits = json.loads(done.stdout)["result"]["sweep"]["fits"]
+    assert fits["macs"]["terms"] == [[2, str(PER_PAIR)], [1, str(PER_TOKEN)], [0, "0"]]
+    assert fits["macs"]["checked"] is True

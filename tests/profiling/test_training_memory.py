@@ -326,3 +326,49 @@ def test_a_forward_that_takes_no_doubled_batch_says_why() -> None:
     assert training["error"] is None and training["activation_bytes"] > 0
     assert training["per_sample_bytes"] is None
     assert "doubled to 2" in training["per_sample_reason"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_linear_model_predicts_a_batch_it_was_not_measured_at(name: str) -> None:
+    model_type, shape, dtype = CASES[name]
+    _, training = measured(model_type, [1, *shape[1:]], dtype)
+    torch.manual_seed(0)
+    real = saved_on_cpu(model_type(), real_input([5, *shape[1:]], dtype))
+    predicted = training["fixed_bytes"] + 5 * training["per_sample_bytes"]
+    assert close(predicted, real), (predicted, real)
+
+
+def test_the_report_says_what_training_costs_and_the_largest_batch_that_fits() -> None:
+    from torchls.cost import report
+
+    counted, training = measured(Encoder, [4, 48], "int64")
+    trainable = sum(p.numel() for p in counted.model.parameters())
+    result = {
+        "parameters": {"total": trainable, "trainable": trainable, "frozen": 0, "bytes": 0},
+        "training": training,
+    }
+    states = 16 * trainable  # fp32 weights, gradients and two Adam moments
+    found = report.training(result, gpu_memory_gb=1.0)
+    assert found is not None
+    activations = training["activation_bytes"]
+    assert found["summary"] == (
+        f"Adam training at batch 4: {report.size(states)} states + {report.size(activations)} "
+        f"activations = {report.size(states + activations)}"
+    )
+    # the largest batch: it fits 1 GiB, one more does not
+    largest = int(found["batch"].split(": ")[1].split(" ")[0].replace(",", ""))
+    per_sample, fixed = training["per_sample_bytes"], training["fixed_bytes"]
+    assert states + fixed + largest * per_sample <= 1 << 30
+    assert states + fixed + (largest + 1) * per_sample > 1 << 30
+    assert found["backward"] == (
+        f"backward pass: {report.count(training['backward_flops'])} FLOPs "
+        f"({training['backward_flops']:,})"
+    )
+    # an estimate says so, and why
+    estimated = {**training, "backward_estimated": True, "estimate_reason": "no formula for X"}
+    found = report.training({**result, "training": estimated}, gpu_memory_gb=1.0)
+    assert found is not None and "an estimate: no formula for X" in found["backward"]
+    # without a per-sample figure: the reason, no number
+    unknown = {**training, "per_sample_bytes": None, "per_sample_reason": "it takes one shape"}
+    found = report.training({**result, "training": unknown}, gpu_memory_gb=1.0)
+    assert found is not None and found["batch"].endswith("not known (it takes one shape)")
