@@ -28,8 +28,10 @@ from torchls.lsp.shape_checks import (
     CODE_VIEW,
     Explanation,
     ModelClass,
+    describe_and_verify,
     describe_shape_error,
     explain,
+    shape_error_of,
     verify,
 )
 from torchls.source.construction import find_construction
@@ -503,3 +505,80 @@ def test_view_size_mismatch_fix_then_chains_the_linear_after_it(
     # The view alone is not enough: fc1 then receives 3136 features for its 1600.
     again = run_for_real(write(workspace, "viewnet_half.py", fixed), "MnistNet", (1, 1, 28, 28))
     assert not again["ok"] and again["module"] == "fc1"
+
+
+# -- the CLI's lines, from the worker's own shape_error, with the fix verified --------------------
+
+TWO_MISTAKES = """
+import torch
+from torch import nn
+
+
+# torchls: input=(1, 3, 32, 32)
+class TwoMistakes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+"""
+
+
+def cli_lines(worker: Worker, path: Path, name: str) -> list[str]:
+    workspace, loop, client = worker
+    params = profile_params(workspace, path, name)
+
+    async def run(job: dict[str, Any]) -> JobResult:
+        return await client.run("profile", job)
+
+    failed = loop.run_until_complete(run(params))
+    data = shape_error_of(failed)
+    assert data is not None, failed.message
+    project = Project(str(workspace))
+    model = model_class(project, path, name)
+    return loop.run_until_complete(describe_and_verify(data, project, params, run, model))
+
+
+def test_cli_lines_for_the_mnist_net_name_the_verified_one_line_fix(worker: Worker) -> None:
+    path = write(worker[0], "cli_mnist.py", MNIST)
+    text = path.read_text()
+    lines = cli_lines(worker, path, "MnistNet")
+    forward = line_of(text, "return self.fc1(x)") + 1
+    built = line_of(text, "self.fc1 = nn.Linear") + 1
+    assert lines == [
+        f"cli_mnist.py:{forward}: fc1 (Linear) expects 3200 input features; at input "
+        "(1, 1, 28, 28) it receives 3136 = 64 x 7 x 7. (torch: mat1 and mat2 shapes cannot be "
+        "multiplied (1x3136 and 3200x10))",
+        f"cli_mnist.py:{built}: fc1 is built here with in_features=3200: nn.Linear(3200, 10)",
+        f"fix: cli_mnist.py:{built}: nn.Linear(3200, 10) -> nn.Linear(3136, 10) "
+        "(verified: the model then profiles)",
+    ]
+    assert path.read_text() == text
+
+
+def test_cli_lines_list_every_edit_of_a_chained_fix(worker: Worker) -> None:
+    path = write(worker[0], "cli_two.py", TWO_MISTAKES)
+    text = path.read_text()
+    lines = cli_lines(worker, path, "TwoMistakes")
+    conv2 = line_of(text, "self.conv2 = nn.Conv2d") + 1
+    fc = line_of(text, "self.fc = nn.Linear") + 1
+    forward = line_of(text, "x = self.pool(torch.relu(self.conv2(x)))") + 1
+    assert lines[0].startswith(
+        f"cli_two.py:{forward}: conv2 (Conv2d) expects 8 input channels; at input "
+        "(1, 3, 32, 32) it receives 16."
+    )
+    assert lines[2:] == [
+        f"fix: cli_two.py:{conv2}: self.conv2 = nn.Conv2d(8, 32, 3, padding=1) -> "
+        "self.conv2 = nn.Conv2d(16, 32, 3, padding=1)",
+        f"fix: cli_two.py:{fc}: self.fc = nn.Linear(32 * 4 * 4, 10) -> "
+        "self.fc = nn.Linear(32 * 8 * 8, 10) (verified: with these edits the model profiles)",
+    ]
+    fixed = write(worker[0], "cli_two_fixed.py", text.replace("Conv2d(8,", "Conv2d(16,"))
+    fixed.write_text(fixed.read_text().replace("32 * 4 * 4", "32 * 8 * 8"))
+    assert run_for_real(fixed, "TwoMistakes", (1, 3, 32, 32)) == {"ok": True, "output": [1, 10]}

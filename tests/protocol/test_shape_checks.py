@@ -276,3 +276,128 @@ def test_a_fix_that_is_not_enough_is_not_offered_and_the_error_says_why(tmp_path
             await editor.close()
 
     asyncio.run(scenario())
+
+
+def test_a_view_size_fix_chains_the_linear_layer_it_feeds(tmp_path: Path) -> None:
+    source = (
+        textwrap.dedent(MNIST)
+        .lstrip()
+        .replace("torch.flatten(x, 1)", "x.view(-1, 64 * 5 * 5)")
+        .replace("nn.Linear(3200, 10)", "nn.Linear(64 * 5 * 5, 10)")
+    )
+
+    async def scenario() -> None:
+        editor = Editor(tmp_path)
+        try:
+            uri = editor.open("viewed.py", source)
+            await editor.checks.refresh(uri)
+            view_line = line_of(source, "x.view(")
+            (diagnostic,) = editor.checks.diagnostics(uri)
+            assert diagnostic.code == "view-size-mismatch"
+            assert diagnostic.range.start.line == view_line
+            assert "the tensor has 3136 elements, which is not a multiple of 1600" in (
+                diagnostic.message
+            )
+            (action,) = await editor.settled(uri, view_line)
+            assert action.title == (
+                "torchls: Change 64 * 5 * 5 in the view to 64 * 7 * 7 (= 3136) and change "
+                "in_features of fc1 to 64 * 7 * 7 (= 3136)"
+            )
+            fixed = apply(source, action, uri)
+            assert "x = x.view(-1, 64 * 7 * 7)" in fixed
+            assert "self.fc1 = nn.Linear(64 * 7 * 7, 10)" in fixed
+            assert run_for_real(fixed, "MnistNet", [1, 1, 28, 28]) == [1, 10]
+        finally:
+            await editor.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_failing_line_in_another_open_file_gets_the_error_and_the_fix(tmp_path: Path) -> None:
+    blocks = textwrap.dedent(
+        """
+        from torch import nn
+
+
+        class Layer(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.linear1 = nn.Linear(17, width)
+
+            def forward(self, x):
+                return self.linear1(x).relu()
+
+
+        class Encoder(nn.Module):
+            def __init__(self, width, depth):
+                super().__init__()
+                self.layers = nn.ModuleList([Layer(width) for _ in range(depth)])
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+        """
+    ).lstrip()
+    top = textwrap.dedent(
+        """
+        from torch import nn
+
+        from blocks import Encoder
+
+
+        # torchls: input=(2, 16)
+        class Top(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = Encoder(16, 2)
+
+            def forward(self, x):
+                return self.encoder(x)
+        """
+    ).lstrip()
+
+    async def scenario() -> None:
+        editor = Editor(tmp_path)
+        try:
+            blocks_uri = editor.open("blocks.py", blocks)
+            top_uri = editor.open("top.py", top)
+            await editor.checks.refresh(top_uri)
+            assert editor.checks.diagnostics(top_uri) == []
+            forward = line_of(blocks, "return self.linear1(x)")
+            (diagnostic,) = editor.checks.diagnostics(blocks_uri)
+            assert diagnostic.range.start.line == forward
+            assert "encoder.layers.0.linear1 (Linear) expects 17 input features" in (
+                diagnostic.message
+            )
+            assert "at input (2, 16) it receives 16" in diagnostic.message
+            (related,) = diagnostic.related_information or []
+            assert related.location.uri == blocks_uri
+            assert related.location.range.start.line == line_of(blocks, "self.linear1 = nn.Linear")
+            assert "one expression builds every layer" in related.message
+            assert any(d.code == CODE_MISMATCH for d in last_published(editor, blocks_uri))
+
+            (action,) = await editor.settled(blocks_uri, forward)
+            assert action.title == "torchls: Change in_features of encoder.layers.0.linear1 to 16"
+            fixed = apply(blocks, action, blocks_uri)
+            assert "self.linear1 = nn.Linear(16, width)" in fixed
+            (tmp_path / "blocks.py").write_text(fixed)
+            runs = (tmp_path / "blocks.py").parent
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys, torch; sys.path.insert(0, sys.argv[1]);"
+                    "from top import Top; print(tuple(Top()(torch.randn(2, 16)).shape))",
+                    str(runs),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=runs,
+            )
+            assert done.stdout.strip() == "(2, 16)", done.stderr[-2000:]
+        finally:
+            await editor.close()
+
+    asyncio.run(scenario())

@@ -522,15 +522,59 @@ def describe_shape_error(
         line = explanation.edit.span.start_line
         where = _where(project, explanation.edit_path, line)
         fix = f"fix: {where}{_one_line(explanation.before)} -> {_one_line(explanation.after)}"
+        if verification is not None and verification.ok and len(verification.titles) > 1:
+            # the chain: every changed line, as it reads before and after
+            lines += _changed_lines(project, verification)
+            lines[-1] += " (verified: with these edits the model profiles)"
+            return lines
         if verification is not None:
-            if verification.ok and len(verification.titles) == 1:
-                fix += " (verified: the model then profiles)"
-            elif verification.ok:
-                fix += f" (with {len(verification.titles) - 1} more edit(s) the model profiles)"
-            else:
-                fix += f" (not enough: {verification.why})"
+            verdict = "verified: the model then profiles" if verification.ok else "not enough"
+            fix += f" ({verdict}{'' if verification.ok else ': ' + verification.why})"
         lines.append(fix)
     return lines
+
+
+def _changed_lines(project: Project, verification: Verification) -> list[str]:
+    found = []
+    for path, new in verification.texts.items():
+        old = project.read(path)
+        if old is None:
+            continue
+        before, after = Lines(old).lines, Lines(new).lines
+        if len(before) != len(after):
+            found.append(f"fix: {_where(project, path, None)}the edited file (lines moved)")
+            continue
+        for number, (was, now) in enumerate(zip(before, after, strict=True)):
+            if was != now:
+                where = _where(project, path, number)
+                found.append(f"fix: {where}{was.strip()} -> {now.strip()}")
+    return found
+
+
+async def describe_and_verify(
+    data: Mapping[str, Any],
+    project: Project,
+    params: Mapping[str, Any],
+    run: Runner,
+    model: ModelClass | None = None,
+) -> list[str]:
+    """describe_shape_error, with the fix verified first: the profile job `params` is run again
+    (by `run`) on the edited text, chaining further edits as the editor does. Nothing is
+    written to disk."""
+    explanation = explain(data, project, model)
+    verification = None
+    if explanation.edit is not None:
+
+        def project_of(edited: Mapping[str, str]) -> Project:
+            return Project(str(project.root) if project.root else None, edited.get)
+
+        verification = await verify(explanation, params, project.read, run, project_of, model)
+    return describe_shape_error(data, project, model, verification)
+
+
+def model_class(project: Project, ref: Mapping[str, Any]) -> ModelClass | None:
+    """The profiled model's file and class from a target's `ref`, when it is a workspace class."""
+    return _model_class(project, ref)
 
 
 def _where(project: Project, path: str | None, line: int | None) -> str:
@@ -663,7 +707,16 @@ class ShapeChecks:
             explanation = explain(data, project, model)
             if explanation.file is None or explanation.line is None:
                 continue
-            key = (explanation.file, explanation.line, explanation.message)
+            # One failure seen from two targets (the class, and a construction of a class it
+            # holds) is one diagnostic: the first target's, the outermost model's path.
+            built = explanation.construction
+            key = (
+                explanation.file,
+                explanation.line,
+                explanation.code,
+                str(data.get("received")),
+                (built.path, built.line) if built else str(data.get("module")).rsplit(".")[-1],
+            )
             if key in seen:
                 continue
             seen.add(key)
