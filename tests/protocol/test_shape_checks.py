@@ -247,6 +247,14 @@ def test_a_second_mismatch_after_the_first_is_fixed_in_the_same_action(tmp_path:
                 "in_features of fc to 32 * 8 * 8 (= 2048), after which the model profiles."
             )
             assert moved in diagnostic.message
+            assert action.edit is not None and action.edit.document_changes is not None
+            (change,) = action.edit.document_changes
+            assert isinstance(change, types.TextDocumentEdit)
+            # two small edits, each on its own line, not one over the lines between them
+            assert [(e.range.start.line, e.range.end.line, e.new_text) for e in change.edits] == [
+                (line_of(text, "self.conv2 ="), line_of(text, "self.conv2 ="), "16"),
+                (line_of(text, "self.fc ="), line_of(text, "self.fc ="), "8 * 8"),
+            ]
             fixed = apply(text, action, uri)
             assert "nn.Conv2d(16, 32, 3, padding=1)" in fixed
             # 32 x 32 pooled by 4: 32 channels of 8 x 8
@@ -397,6 +405,32 @@ def test_the_failing_line_in_another_open_file_gets_the_error_and_the_fix(tmp_pa
                 cwd=runs,
             )
             assert done.stdout.strip() == "(2, 16)", done.stderr[-2000:]
+        finally:
+            await editor.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hover_warm_up_that_meets_a_shape_error_publishes_it(tmp_path: Path) -> None:
+    """No refresh asked for: the profile cache tells the shape checks of the failed result."""
+
+    async def scenario() -> None:
+        editor = Editor(tmp_path)
+        try:
+            text = textwrap.dedent(MNIST).lstrip()
+            uri = editor.open("warmed.py", text)
+            editor.server.model_cost.warm(uri)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                published = [p for p in editor.published if p.uri == uri]
+                if published and any(d.code == CODE_MISMATCH for d in published[-1].diagnostics):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"no shape diagnostic published: {editor.published}")
+            forward = line_of(text, "return self.fc1(x)")
+            (action,) = await editor.settled(uri, forward)
+            assert action.title == "torchls: Change in_features of fc1 to 3136"
         finally:
             await editor.close()
 

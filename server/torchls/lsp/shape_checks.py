@@ -43,7 +43,7 @@ from torchls.source.construction import (
     rewritten,
 )
 from torchls.source.project import ModuleFile, Project
-from torchls.source.text import Lines, Span, utf16_length
+from torchls.source.text import Lines, Span, split_lines, utf16_length
 from torchls.worker.client import JobResult
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ _WHAT = {
     "embed_dim": "an embedding size of {} (embed_dim)",
     "input_size": "an input size of {} (input_size)",
     "d_model": "a model size of {} (d_model)",
+    "num_channels": "{} channels (num_channels)",
 }
 _VIEW_METHODS = {"view", "reshape"}
 
@@ -918,7 +919,7 @@ class ShapeChecks:
                 old = finding.texts.get(path) or self._project({}).read(path)
                 if old is None:
                     break
-                edit = diff(old, new)
+                edits = _line_edits(old, new)
                 target = self._uri_of(path)
                 version = self.server.workspace.get_text_document(target).version
                 changes.append(
@@ -926,7 +927,9 @@ class ShapeChecks:
                         text_document=types.OptionalVersionedTextDocumentIdentifier(
                             uri=target, version=version
                         ),
-                        edits=[types.TextEdit(range=_range(edit.span), new_text=edit.text)],
+                        edits=[
+                            types.TextEdit(range=_range(e.span), new_text=e.text) for e in edits
+                        ],
                     )
                 )
             else:
@@ -956,6 +959,21 @@ def _on_job_paths(explanation: Explanation, sources: Mapping[str, str]) -> Expla
         if os.path.realpath(path) == real:
             return dataclasses.replace(explanation, file=path)
     return explanation
+
+
+def _line_edits(old: str, new: str) -> list[Edit]:
+    """The edits that turn `old` into `new`, one per changed line when no line was added or
+    removed (a chain's edits far apart stay apart), else one for the changed stretch."""
+    before, after = split_lines(old), split_lines(new)
+    if len(before) != len(after):
+        return [diff(old, new)]
+    edits = []
+    for number, (was, now) in enumerate(zip(before, after, strict=True)):
+        if was != now:
+            edit = diff(was, now)
+            span = Span(number, edit.span.start_char, number, edit.span.end_char)
+            edits.append(Edit(span, edit.text))
+    return edits
 
 
 def _lower(title: str) -> str:
