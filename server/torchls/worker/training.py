@@ -13,6 +13,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from torchls.worker.inputs import _make_inputs, forward
@@ -78,7 +79,8 @@ def _measure_training(
     batch = batch_of(spec)
     result["batch"] = batch
     model = _training_copy(torch, counted)
-    saved, output, note = _saved_forward(torch, counted, model, counted.inputs)
+    ran = _saved_forward(torch, counted, model, counted.inputs)
+    note = ran.note
     recurrent = sorted(
         {type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.RNNBase)}
     )
@@ -92,9 +94,12 @@ def _measure_training(
         )
     if note:
         result["note"] = note
-    result["activation_bytes"] = saved.total
-    del output, saved
-    _backward(torch, counted, model, result)
+    result["activation_bytes"] = ran.saved.total
+    if ran.fused:  # count the backward of the math attention the forward count counted
+        del ran
+        ran = _forward_once(torch, counted, model, counted.inputs, fuse=False)
+    _backward(torch, counted, ran.output, ran.counter, result)
+    del ran
 
     if batch is None:
         result["per_sample_reason"] = "the input has no first dimension to take as the batch"
@@ -123,9 +128,8 @@ def activation_bytes(torch: Any, counted: Counted, spec: dict[str, Any], model: 
         if model is None:
             model = _training_copy(torch, counted)
         inputs = inputs_for(torch, counted, spec)
-        saved, output, _ = _saved_forward(torch, counted, model, inputs)
-        del output
-    return saved.total
+        ran = _saved_forward(torch, counted, model, inputs)
+    return ran.saved.total
 
 
 @contextlib.contextmanager
@@ -213,47 +217,70 @@ def _training_copy(torch: Any, counted: Counted) -> Any:
     return model
 
 
-def _saved_forward(
-    torch: Any, counted: Counted, model: Any, inputs: Any
-) -> tuple[_Saved, Any, str]:
-    """One forward with gradients, counting what it saves; a model whose forward refuses train
-    mode at this input (BatchNorm on one value per channel) runs in eval mode, and the note
-    says so. Returns (saved, output, note)."""
+@dataclass
+class _Forward:
+    saved: _Saved
+    output: Any
+    counter: Any  # FlopCounterMode of the forward
+    fused: bool  # whether attention ran as the fused kernel (its graph is not the math one)
+    note: str = ""
+
+
+def _saved_forward(torch: Any, counted: Counted, model: Any, inputs: Any) -> _Forward:
+    """One forward with gradients, counting what it saves and its FLOPs; a model whose forward
+    refuses train mode at this input (BatchNorm on one value per channel) runs in eval mode,
+    and the note says so."""
     try:
-        with _saved_tensors(torch, model) as saved, counted.device(), _fused_attention(torch):
-            output = forward(model, inputs)
-        return saved, output, ""
+        return _forward_once(torch, counted, model, inputs)
     except Exception as exc:
         if not model.training:
             raise
         model.eval()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         note = f"measured in eval mode: in train mode the forward fails ({message[:120]})"
-    with _saved_tensors(torch, model) as saved, counted.device(), _fused_attention(torch):
+    ran = _forward_once(torch, counted, model, inputs)
+    ran.note = note
+    return ran
+
+
+def _forward_once(
+    torch: Any, counted: Counted, model: Any, inputs: Any, fuse: bool = True
+) -> _Forward:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    attention: contextlib.AbstractContextManager[list[bool]] = (
+        _fused_attention(torch) if fuse else contextlib.nullcontext([])
+    )
+    with _saved_tensors(torch, model) as saved, counted.device(), attention as fused, counter:
         output = forward(model, inputs)
-    return saved, output, note
+    return _Forward(saved, output, counter, bool(fused))
 
 
 @contextlib.contextmanager
-def _fused_attention(torch: Any) -> Iterator[None]:
+def _fused_attention(torch: Any) -> Iterator[list[bool]]:
     """`F.scaled_dot_product_attention` as a fused kernel runs it in training: saving the query,
     key, value, output and one log-sum-exp per row, never the L x L attention weights. On meta
     the math backend runs instead, which saves those weights; the GPU's flash and
     memory-efficient kernels (and the CPU's flash kernel) do not. Replaced where it is looked
     up, on torch.nn.functional (nn.MultiheadAttention, Hugging Face models, `F.` calls); a
-    name imported from there before the profile keeps the math backend."""
+    name imported from there before the profile keeps the math backend. Yields a list that
+    holds True once a call ran fused."""
     functional = torch.nn.functional
     original = functional.scaled_dot_product_attention
+    used: list[bool] = []
 
     def attention(*args: Any, **kwargs: Any) -> Any:
         try:
-            return _fused(torch, *args, **kwargs)
+            output = _fused(torch, *args, **kwargs)
         except Exception:
             return original(*args, **kwargs)
+        used.append(True)
+        return output
 
     functional.scaled_dot_product_attention = attention
     try:
-        yield
+        yield used
     finally:
         functional.scaled_dot_product_attention = original
 
@@ -333,15 +360,14 @@ def _state_storages(torch: Any, model: Any) -> tuple[set[int], set[int]]:
     return {id(tensor) for tensor in tensors}, keys
 
 
-def _backward(torch: Any, counted: Counted, model: Any, result: dict[str, Any]) -> None:
-    """The backward pass's FLOPs: a forward and the backward of one scalar made from its
-    outputs, each under FlopCounterMode (attention as the math backend runs it, as the forward
-    count does); forward ops whose backward the counter has no formula for are estimated."""
+def _backward(
+    torch: Any, counted: Counted, output: Any, forward_counter: Any, result: dict[str, Any]
+) -> None:
+    """The backward pass's FLOPs: the backward of one scalar made from the forward's outputs,
+    under FlopCounterMode (attention as the math backend runs it, as the forward count does);
+    forward ops whose backward the counter has no formula for are estimated."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    forward_counter = FlopCounterMode(display=False)
-    with torch.enable_grad(), counted.device(), forward_counter:
-        output = forward(model, counted.inputs)
     loss = _scalar(torch, output)
     if loss is None:
         result["estimate_reason"] = (
