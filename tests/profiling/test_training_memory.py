@@ -372,3 +372,39 @@ def test_the_report_says_what_training_costs_and_the_largest_batch_that_fits() -
     unknown = {**training, "per_sample_bytes": None, "per_sample_reason": "it takes one shape"}
     found = report.training({**result, "training": unknown}, gpu_memory_gb=1.0)
     assert found is not None and found["batch"].endswith("not known (it takes one shape)")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_hugging_face_models_returning_model_outputs(family: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    small = {"vocab_size": 200, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    if family == "gpt2":
+        config = transformers.GPT2Config(
+            n_layer=2, n_embd=64, n_head=4, n_positions=128, attn_pdrop=0.0, resid_pdrop=0.0,
+            embd_pdrop=0.0, **small,
+        )  # fmt: skip
+        model_class = transformers.GPT2LMHeadModel
+    else:
+        config = transformers.BertConfig(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **small,
+        )  # fmt: skip
+        model_class = transformers.BertModel
+
+    def build() -> nn.Module:
+        return model_class(config)
+
+    _, training = measured(build, [2, 40], "int64")  # type: ignore[arg-type]
+    assert training["error"] is None, training["error"]
+    torch.manual_seed(0)
+    real_model = build()
+    ids = torch.randint(0, 200, (2, 40))
+    assert close(training["activation_bytes"], saved_on_cpu(real_model, ids))
+    real_model.train()
+    with reference_kernels(), sdpa_kernel(SDPBackend.MATH):
+        output = real_model(ids)
+    tensors = [t for t in output.values() if isinstance(t, torch.Tensor)]  # not the kv cache
+    loss = sum(t.sum() for t in tensors if t.requires_grad)
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    assert training["backward_flops"] == counter.get_total_flops()
