@@ -20,7 +20,13 @@ from tests.conftest import ROOT
 from torch import nn
 
 from torchls.source.inputs import from_text
-from torchls.source.spec import SpecError, TensorSpec, parse_inputs, substitute_json
+from torchls.source.spec import (
+    SpecError,
+    TensorSpec,
+    default_sweep,
+    parse_inputs,
+    substitute_json,
+)
 from torchls.worker.sweep import (
     check_values,
     default_values,
@@ -129,6 +135,16 @@ def test_check_points_keep_the_values_divisors_and_the_nominal_value() -> None:
     assert nominal_value({}, {"values": [128, 256]}) == 128
     assert nominal_value({}, None) is None
     assert default_values(512) == [128, 256, 512, 1024]
+    assert default_values(30) == [30, 60, 90, 120]  # a quarter of 30 would lose its divisors
+    assert default_sweep(from_text("(1, L=256):long", "x").as_json()) == {
+        "symbol": "L",
+        "values": [64, 128, 256, 512],
+    }
+    assert default_sweep(from_text("(1, 3, S, S)", "x").as_json()) == {
+        "symbol": "S",
+        "values": [64, 128, 256, 512],
+    }
+    assert default_sweep(from_text("(1, 3, 8, 8)", "x").as_json()) is None
 
 
 # -- sweeps of real models on meta ------------------------------------------------------------

@@ -205,6 +205,37 @@ def substitute_json(spec: dict[str, Any], symbol: str, value: int) -> dict[str, 
     return concrete
 
 
+# sizes a hover sweeps when the input names a dimension without a value: sequence lengths and
+# image sides alike are powers of two in most code
+DEFAULT_SWEEP = (64, 128, 256, 512)
+
+
+def sweep_values(nominal: int | None) -> list[int]:
+    """The sizes swept where the user listed none (a `# torchls: input=(1, L=512)` comment):
+    a quarter, a half, the value and twice it (multiples of the quarter, so a stride that
+    divides the value divides them all); DEFAULT_SWEEP without a value."""
+    if nominal is None:
+        return list(DEFAULT_SWEEP)
+    if nominal < 4:
+        return [1, 2, 3, 4]
+    step = nominal // 4 if nominal % 4 == 0 else 1
+    return (
+        [step, 2 * step, 4 * step, 8 * step]
+        if step > 1
+        else [nominal, 2 * nominal, 3 * nominal, 4 * nominal]
+    )
+
+
+def default_sweep(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's `sweep` params for inputs that name a dimension and list no sizes (the hover
+    of a class under `# torchls: input=(1, L):long`); None without a named dimension."""
+    symbol = symbol_of_json(spec)
+    if symbol is None:
+        return None
+    nominal = spec.get("nominal")
+    return {"symbol": symbol, "values": sweep_values(nominal if isinstance(nominal, int) else None)}
+
+
 def item_from_json(value: dict[str, Any]) -> InputItem:
     if "value" in value:
         return ValueSpec(json.dumps(value["value"]))

@@ -14,7 +14,7 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from torchls.source.spec import substitute_json, symbol_of_json
+from torchls.source.spec import substitute_json, sweep_values, symbol_of_json
 from torchls.worker.jobs import JobError
 from torchls.worker.loading import _describe, _Loader
 from torchls.worker.measure import count_forward
@@ -41,10 +41,8 @@ def nominal_value(spec_json: dict[str, Any], sweep: dict[str, Any] | None) -> in
 
 
 def default_values(nominal: int) -> list[int]:
-    """Sizes around a written value for a sweep the user did not list: a quarter, a half, the
-    value and twice it (multiples of the quarter, so strides that divide it divide them all)."""
-    step = max(1, nominal // 4)
-    return [step, 2 * step, 4 * step, 8 * step] if nominal >= 4 else [1, 2, 3, 4]
+    """Sizes around a written value for a sweep the user did not list (see spec.sweep_values)."""
+    return sweep_values(nominal)
 
 
 def check_values(values: list[int]) -> list[int]:
