@@ -450,9 +450,10 @@ def text(result: dict[str, Any], context: ReportContext) -> str:
         out.append("  heaviest layers (MACs of the layer itself):")
         names = [f"{layer['path']}{_times(layer)}" for layer in result["layers"]]
         width = max(len(name) for name in names)
+        kind = max(14, *(len(str(layer["type"])) for layer in result["layers"]))
         for name, layer in zip(names, result["layers"], strict=True):
             out.append(
-                f"    {name:<{width}}  {layer['type']:<14} {_shape(layer['output']):<16} "
+                f"    {name:<{width}}  {layer['type']:<{kind}} {_shape(layer['output']):<16} "
                 f"params {count(layer['params']):>7}  MACs {count(layer['macs']):>7}  "
                 f"{layer['share']:6.1%}"
             )
