@@ -150,21 +150,7 @@ def reference_kernels() -> Iterator[None]:
 
 
 def _saved_on_cpu(model: nn.Module, inputs: torch.Tensor) -> int:
-    model.train()
-    state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    sizes: dict[int, int] = {}
-    alive: list[torch.Tensor] = []
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in state and storage.data_ptr() not in sizes:
-            sizes[storage.data_ptr()] = storage.nbytes()
-            alive.append(tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(inputs)
-    return sum(sizes.values())
+    return _saved_on_cpu_args(model, inputs)
 
 
 def backward_flops_on_cpu(model: nn.Module, inputs: torch.Tensor) -> int:
@@ -408,3 +394,63 @@ def test_hugging_face_models_returning_model_outputs(family: str) -> None:
     with FlopCounterMode(display=False) as counter:
         loss.backward()
     assert training["backward_flops"] == counter.get_total_flops()
+
+
+class WordModel(nn.Module):
+    """PyTorch's word_language_model: token ids (T, N) and the LSTM's (h, c), sequence first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.lstm = nn.LSTM(16, 24, num_layers=2)
+        self.decoder = nn.Linear(24, 50)
+
+    def forward(
+        self, ids: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        output, hidden = self.lstm(self.embed(ids), hidden)
+        return self.decoder(output), hidden
+
+
+def test_a_sequence_first_model_has_its_batch_in_the_second_dimension() -> None:
+    def spec(batch: int) -> dict[str, Any]:
+        state = {"shape": [2, batch, 24], "dtype": "float32"}
+        return {
+            "tensors": [{"shape": [35, batch], "dtype": "int64"}, {"tuple": [state, state]}],
+            "source": "the test",
+        }
+
+    with torch.device("meta"):
+        model = WordModel()
+    loader: Any = NoLoader()
+    counted = count_forward(torch, model, spec(1), loader, 8192)
+    training = measure_training(torch, counted, spec(1), loader)
+    assert training["batch"] == 1 and training["batch_dim"] == 1
+    assert "second dimension" in training["note"]
+
+    def real(batch: int) -> int:
+        torch.manual_seed(0)
+        hidden = (torch.zeros(2, batch, 24), torch.zeros(2, batch, 24))
+        with reference_kernels():
+            return _saved_on_cpu_args(WordModel(), torch.randint(0, 50, (35, batch)), hidden)
+
+    assert close(training["activation_bytes"], real(1))
+    assert close(training["per_sample_bytes"], real(2) - real(1))
+
+
+def _saved_on_cpu_args(model: nn.Module, *inputs: Any) -> int:
+    model.train()
+    state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    sizes: dict[int, int] = {}
+    alive: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in state and storage.data_ptr() not in sizes:
+            sizes[storage.data_ptr()] = storage.nbytes()
+            alive.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(*inputs)
+    return sum(sizes.values())

@@ -76,11 +76,14 @@ def measure_training(
 def _measure_training(
     torch: Any, counted: Counted, spec: dict[str, Any], loader: _Loader, result: dict[str, Any]
 ) -> None:
-    batch = batch_of(spec)
-    result["batch"] = batch
     model = _training_copy(torch, counted)
+    dim, where = batch_dim(torch, model)
+    batch = batch_of(spec, dim)
+    result["batch"] = batch
+    if dim:
+        result["batch_dim"] = dim
     ran = _saved_forward(torch, counted, model, counted.inputs)
-    note = ran.note
+    note = "; ".join(part for part in (where, ran.note) if part)
     recurrent = sorted(
         {type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.RNNBase)}
     )
@@ -105,11 +108,12 @@ def _measure_training(
         result["per_sample_reason"] = "the input has no first dimension to take as the batch"
         return
     try:
-        bigger = activation_bytes(torch, counted, _doubled(spec, batch), model)
+        bigger = activation_bytes(torch, counted, _doubled(spec, batch, dim), model)
     except Exception as exc:
+        which = "second" if dim else "first"
         result["per_sample_reason"] = (
-            f"the forward does not take the batch doubled to {2 * batch} (the first dimension "
-            f"of the input): {_describe(exc, loader)}"
+            f"the forward does not take the batch doubled to {2 * batch} (the {which} "
+            f"dimension of the input): {_describe(exc, loader)}"
         )
         return
     per_sample = max(0, round((bigger - saved_total(result)) / batch))
@@ -162,13 +166,50 @@ def inputs_for(torch: Any, counted: Counted, spec: dict[str, Any]) -> Any:
     return _make_inputs(torch, spec)
 
 
-def batch_of(spec: dict[str, Any]) -> int | None:
-    """The first dimension of the first tensor of the inputs (positional, then by name)."""
+def batch_of(spec: dict[str, Any], dim: int = 0) -> int | None:
+    """Dimension `dim` (the first, or the second for a sequence-first model) of the first
+    tensor of the inputs (positional, then by name)."""
     for item in [*(spec.get("tensors") or []), *(spec.get("kwargs") or {}).values()]:
         shape = _first_shape(item)
         if shape is not None:
-            return shape[0] if shape and isinstance(shape[0], int) else None
+            return shape[dim] if len(shape) > dim and isinstance(shape[dim], int) else None
     return None
+
+
+def batch_dim(torch: Any, model: Any) -> tuple[int, str]:
+    """Where the batch is in the inputs: the first dimension, or the second when every
+    recurrent or attention layer of the model takes sequence-first tensors (nn.LSTM and
+    nn.TransformerEncoderLayer without batch_first: (T, N, ...)), and a note saying so."""
+    nn = torch.nn
+    kinds = (
+        nn.RNNBase,
+        nn.MultiheadAttention,
+        nn.TransformerEncoderLayer,
+        nn.TransformerDecoderLayer,
+        nn.Transformer,
+    )
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
+    firsts = {bool(_batch_first(layer)) for layer in layers}
+    if firsts == {False}:
+        names = sorted({type(layer).__name__ for layer in layers})
+        return 1, (
+            f"the batch is the second dimension of the input: {', '.join(names)} "
+            "take sequence-first tensors (batch_first=False)"
+        )
+    return 0, ""
+
+
+def _batch_first(layer: Any) -> bool:
+    if hasattr(layer, "batch_first"):
+        return bool(layer.batch_first)
+    inner = getattr(layer, "self_attn", None)  # TransformerEncoderLayer keeps it on its attention
+    if inner is not None and hasattr(inner, "batch_first"):
+        return bool(inner.batch_first)
+    encoder = getattr(layer, "encoder", None)  # nn.Transformer: its layers say
+    for module in encoder.modules() if encoder is not None else []:
+        if hasattr(module, "batch_first"):
+            return bool(module.batch_first)
+    return False
 
 
 def _first_shape(item: Any) -> list[Any] | None:
@@ -183,8 +224,8 @@ def _first_shape(item: Any) -> list[Any] | None:
     return None
 
 
-def _doubled(spec: dict[str, Any], batch: int) -> dict[str, Any]:
-    """The inputs with every tensor whose first dimension is the batch at twice the batch."""
+def _doubled(spec: dict[str, Any], batch: int, dim: int = 0) -> dict[str, Any]:
+    """The inputs with every tensor whose batch dimension is the batch at twice the batch."""
 
     def walk(item: Any) -> Any:
         if not isinstance(item, dict):
@@ -192,8 +233,8 @@ def _doubled(spec: dict[str, Any], batch: int) -> dict[str, Any]:
         if "tuple" in item:
             return {**item, "tuple": [walk(inner) for inner in item["tuple"]]}
         shape = item.get("shape")
-        if shape and shape[0] == batch:
-            return {**item, "shape": [2 * batch, *shape[1:]]}
+        if shape and len(shape) > dim and shape[dim] == batch:
+            return {**item, "shape": [*shape[:dim], 2 * batch, *shape[dim + 1 :]]}
         return item
 
     doubled = dict(spec)
