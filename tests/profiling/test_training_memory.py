@@ -454,3 +454,29 @@ def _saved_on_cpu_args(model: nn.Module, *inputs: Any) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         model(*inputs)
     return sum(sizes.values())
+
+
+def test_grouped_layers_show_their_count_in_the_hover_and_the_terminal() -> None:
+    from torchls.cost import report
+
+    layer = {"type": "Conv2d", "output": [1, 64, 56, 56], "params": 36864, "share": 0.3}
+    result: dict[str, Any] = {
+        "name": "Net",
+        "class": "m.Net",
+        "parameters": {"total": 110592, "trainable": 110592, "frozen": 0, "bytes": 442368},
+        "buffers": {"total": 0, "bytes": 0, "tensors": 0},
+        "macs": 3 * 115605504,
+        "flops": 6 * 115605504,
+        "inputs": {"tensors": [{"shape": [1, 3, 224, 224], "dtype": "float32"}], "source": "x"},
+        "layers": [
+            {**layer, "path": "layer1.0-2.conv2", "macs": 3 * 115605504, "count": 3},
+            {**layer, "path": "stem", "macs": 1000, "share": 0.0},
+        ],
+    }
+    hover = report.markdown(result, report.ReportContext())
+    assert "| `layer1.0-2.conv2` \u00d73 | Conv2d |" in hover
+    assert "| `stem` | Conv2d |" in hover
+    text = report.text(result, report.ReportContext())
+    assert "layer1.0-2.conv2 \u00d73  Conv2d" in text
+    # an older result without the training part keeps the old memory line
+    assert "training with Adam 1.69 MiB (weights, gradients, 2 moments; activations extra)" in hover

@@ -115,7 +115,8 @@ def training(result: dict[str, Any], gpu_memory_gb: float) -> dict[str, Any] | N
         f"activations = {size(states + activations)}",
         "notes": [str(measured["note"])] if measured.get("note") else [],
         "explain": "states: weights, gradients and Adam's two moments in fp32; activations: "
-        "the tensors autograd saves for the backward pass, measured in a training forward",
+        "the tensors autograd saves for the backward pass, measured in a training forward in the "
+        "model's own dtypes",
     }
     per_sample = measured.get("per_sample_bytes")
     fixed = int(measured.get("fixed_bytes") or 0)
