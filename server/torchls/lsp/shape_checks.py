@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -473,6 +472,7 @@ async def verify(
             return Verification(
                 False, edited, tuple(titles), f"the model then fails: {result.message}"
             )
+        data = _on_job_paths(data, sources)
         current = explain(data, project_of(edited), _model_in(model, edited, project_of))
         if not current.edit:
             return Verification(
@@ -704,6 +704,7 @@ class ShapeChecks:
             data = shape_error_of(result)
             if data is None:
                 continue
+            data = _on_job_paths(data, prepared.params.get("sources") or {})
             model = _model_class(project, target.ref)
             explanation = explain(data, project, model)
             if explanation.file is None or explanation.line is None:
@@ -721,7 +722,6 @@ class ShapeChecks:
             if key in seen:
                 continue
             seen.add(key)
-            explanation = _on_job_paths(explanation, prepared.params.get("sources") or {})
             texts = self._texts_of(prepared, project, explanation)
             if texts is None or explanation.file is None:
                 continue
@@ -948,17 +948,20 @@ class ShapeChecks:
         return actions
 
 
-def _on_job_paths(explanation: Explanation, sources: Mapping[str, str]) -> Explanation:
+def _on_job_paths(data: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, Any]:
     """The traceback names the file as the worker opened it; the job's sources name it as the
-    editor does (a symlinked folder differs): the editor's name is the one to publish on."""
-    file = explanation.file
-    if file is None or file in sources:
-        return explanation
+    editor does (a symlinked folder differs): the editor's name is the one to read and publish
+    on."""
+    found = dict(data)
+    file = found.get("file")
+    if not isinstance(file, str) or file in sources:
+        return found
     real = os.path.realpath(file)
     for path in sources:
         if os.path.realpath(path) == real:
-            return dataclasses.replace(explanation, file=path)
-    return explanation
+            found["file"] = path
+            break
+    return found
 
 
 def _line_edits(old: str, new: str) -> list[Edit]:
