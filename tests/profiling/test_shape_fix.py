@@ -582,3 +582,88 @@ def test_cli_lines_list_every_edit_of_a_chained_fix(worker: Worker) -> None:
     fixed = write(worker[0], "cli_two_fixed.py", text.replace("Conv2d(8,", "Conv2d(16,"))
     fixed.write_text(fixed.read_text().replace("32 * 4 * 4", "32 * 8 * 8"))
     assert run_for_real(fixed, "TwoMistakes", (1, 3, 32, 32)) == {"ok": True, "output": [1, 10]}
+
+
+# -- where a module path is built: the source's other shapes --------------------------------------
+
+SHAPES = """
+from collections import OrderedDict
+
+import torch.nn as nn
+
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3)
+
+
+class Many(Base):
+    def __init__(self, depth=3):
+        super().__init__()
+        layers = [nn.Conv2d(16, 32, 3)]
+        layers.append(nn.ReLU())
+        layers += [nn.Conv2d(in_channels=32, out_channels=64, kernel_size=3)]
+        self.body = nn.Sequential(*layers)
+        blocks = []
+        for _ in range(depth):
+            blocks.append(nn.Linear(64, 64))
+        self.blocks = nn.Sequential(*blocks)
+        mixed = [nn.Linear(8, 8)]
+        for _ in range(depth):
+            mixed.append(nn.Linear(8, 8))
+        self.mixed = nn.ModuleList(mixed)
+        self.heads = nn.ModuleDict({"cls": nn.Linear(64, 10), "box": nn.Linear(64, 4)})
+        self.named = nn.Sequential(OrderedDict([("proj", nn.Linear(64, 32))]))
+        proj = nn.LayerNorm(normalized_shape=32)
+        self.norm = proj
+        self.add_module("extra", nn.BatchNorm2d(num_features=64))
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "argument", "call", "text", "shared"),
+    [
+        ("stem", "in_channels", "nn.Conv2d(3, 16, 3)", "3", False),  # an inherited __init__
+        ("body.0", "in_channels", "nn.Conv2d(16, 32, 3)", "16", False),
+        (
+            "body.2",
+            "in_channels",
+            "nn.Conv2d(in_channels=32, out_channels=64, kernel_size=3)",
+            "32",
+            False,
+        ),
+        ("blocks.2", "in_features", "nn.Linear(64, 64)", "64", True),  # one append in a loop
+        ("heads.box", "in_features", "nn.Linear(64, 4)", "64", False),
+        ("named.proj", "in_features", "nn.Linear(64, 32)", "64", False),
+        ("norm", "normalized_shape", "nn.LayerNorm(normalized_shape=32)", "32", False),
+        ("extra", "num_features", "nn.BatchNorm2d(num_features=64)", "64", False),
+    ],
+)
+def test_find_construction_follows_the_source(
+    tmp_path: Path, path: str, argument: str, call: str, text: str, shared: bool
+) -> None:
+    file = write(tmp_path, "many.py", SHAPES)
+    project = Project(str(tmp_path))
+    module = model_class(project, file, "Many")[0]
+    found = find_construction(project, module, "Many", path, argument)
+    assert found.construction is not None, found.why
+    assert found.construction.call_text == call
+    assert found.construction.shared is shared
+    assert found.construction.argument is not None
+    assert found.construction.argument.text == text
+    assert found.construction.argument.rewritable
+    source = file.read_text()
+    assert found.construction.line == line_of(source, call)
+
+
+def test_find_construction_says_why_when_indices_are_not_in_the_source(tmp_path: Path) -> None:
+    file = write(tmp_path, "many.py", SHAPES)
+    project = Project(str(tmp_path))
+    module = model_class(project, file, "Many")[0]
+    found = find_construction(project, module, "Many", "mixed.2", "in_features")
+    assert found.construction is None
+    assert "loop" in found.why and "mixed" in found.why
+    missing = find_construction(project, module, "Many", "body.7", "in_channels")
+    assert missing.construction is None
+    assert missing.why == "body: torchls sees 3 elements in the source, not index 7"
