@@ -412,3 +412,38 @@ def test_unsaved_text_is_what_the_hints_are_keyed_to(runner: Runner) -> None:
     (shapes,) = answer.value["shapes"]
     assert shapes["sha256"] == hashlib.sha256(edited.encode()).hexdigest()
     assert shapes["sha256"] != hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+NESTED = """
+import torch
+from torch import nn
+
+
+class Residual(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        update = self.fc(x)
+        return x + update
+
+
+class Tower(nn.Module):  # torchls: input=(2, 6, 16)
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(Residual(16), nn.GELU(), Residual(16))
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        y = self.body(x)
+        pooled = self.norm(y).mean(dim=1)
+        return pooled
+"""
+
+
+def test_workspace_blocks_inside_a_torch_container_are_traced(runner: Runner) -> None:
+    result = check_against_cpu(runner, NESTED, "Tower", torch.randn(2, 6, 16), module="tower")
+    update = next(h for h in result["shapes"][0]["hints"] if h["name"] == "update")
+    assert update["calls"] == 2 and update["values"] == ["(2, 6, 16)"]
+    assert update["function"] == "Residual.forward"

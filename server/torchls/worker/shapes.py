@@ -260,6 +260,7 @@ class ShapeTracer:
         self.torch = torch
         self.trace: Any = None
         self.untraced: Any = None
+        self.handles: list[Any] = []
         self.describe = _Describer(torch)
         self.files: dict[str, _FileStatements | None] = {}  # by co_filename
         self.codes: dict[types.CodeType, _FileStatements | None] = {}
@@ -272,13 +273,68 @@ class ShapeTracer:
         self.untraced = _untraced_ops(self.torch, self.trace)
         if self.untraced is not None:
             self.untraced.__enter__()
+        self.handles = self._untraced_modules()
         sys.settrace(self.trace)
         return self
 
     def __exit__(self, *exc: object) -> None:
         sys.settrace(self.previous)
+        for handle in self.handles:
+            handle.remove()
         if self.untraced is not None:
             self.untraced.__exit__(None, None, None)
+
+    def _untraced_modules(self) -> list[Any]:
+        """Global module hooks that switch the tracer off for the call of a module whose
+        forward is not workspace code (nn.Conv2d: its Python and the hooks around it), and on
+        for one that is (a workspace block inside an nn.Sequential)."""
+        try:
+            from torch.nn.modules import module as torch_module
+        except ImportError:
+            return []
+        trace, settrace, gettrace = self.trace, sys.settrace, sys.gettrace
+        stack: list[tuple[int, Any]] = []
+        workspace: dict[type, bool] = {}
+        codes = self.codes
+        statements_of = self._statements
+
+        def before(module: Any, args: Any) -> None:
+            try:
+                kind = type(module)
+                traced = workspace.get(kind)
+                if traced is None:
+                    code = getattr(getattr(kind, "forward", None), "__code__", None)
+                    if code is not None and code not in codes:
+                        codes[code] = statements_of(code)
+                    traced = workspace[kind] = code is not None and codes[code] is not None
+                now = gettrace()
+                if now is not trace and now is not None:
+                    return  # someone else's tracer: leave it be
+                stack.append((id(module), now))
+                settrace(trace if traced else None)
+            except Exception:
+                pass
+
+        def after(module: Any, args: Any, output: Any) -> None:
+            try:
+                while stack:  # a module that raised (and was caught) left its entry behind
+                    key, state = stack.pop()
+                    if key == id(module):
+                        settrace(state)
+                        return
+            except Exception:
+                pass
+
+        handles = [
+            torch_module.register_module_forward_pre_hook(before),
+            torch_module.register_module_forward_hook(after),
+        ]
+        # first among the global pre-hooks, so that the counters' own (FlopCounterMode's
+        # module tracker) run untraced too
+        with contextlib.suppress(Exception):
+            hooks: Any = torch_module._global_forward_pre_hooks  # an OrderedDict
+            hooks.move_to_end(handles[0].id, last=False)
+        return handles
 
     def _call(self, frame: types.FrameType, event: str, arg: Any) -> Any:
         if event != "call":
@@ -299,6 +355,15 @@ class ShapeTracer:
         # they run in; their frames would see its line but not its end
         if code.co_name.startswith("<"):
             return None
+        # reading a file (its AST) is the tracer's work, not the forward's: not traced
+        now = sys.gettrace()
+        sys.settrace(None)
+        try:
+            return self._read(code)
+        finally:
+            sys.settrace(now)
+
+    def _read(self, code: types.CodeType) -> _FileStatements | None:
         filename = code.co_filename
         if filename in self.files:
             return self.files[filename]
