@@ -447,3 +447,46 @@ def test_workspace_blocks_inside_a_torch_container_are_traced(runner: Runner) ->
     update = next(h for h in result["shapes"][0]["hints"] if h["name"] == "update")
     assert update["calls"] == 2 and update["values"] == ["(2, 6, 16)"]
     assert update["function"] == "Residual.forward"
+
+
+def test_the_tracer_leaves_the_trace_function_and_hooks_it_found(tmp_path: Path) -> None:
+    from torch.nn.modules import module as torch_module
+
+    from torchls.worker.shapes import ShapeTracer
+
+    path = tmp_path / "failing.py"
+    path.write_text(
+        "from torch import nn\n\n\nclass Failing(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 4)\n\n"
+        "    def forward(self, x):\n        y = self.fc(x)\n"
+        "        raise ValueError('the user code fails')\n"
+    )
+    model = import_fixture(path, "inlay_failing").Failing()
+
+    class Workspace:
+        def __init__(self) -> None:
+            self.sources: dict[str, str] = {}
+
+        def is_user_file(self, filename: str) -> bool:
+            return filename == str(path)
+
+    seen: list[str] = []
+
+    def theirs(frame: FrameType, event: str, arg: Any) -> None:
+        seen.append(event)
+
+    hooks = (len(torch_module._global_forward_pre_hooks), len(torch_module._global_forward_hooks))
+    tracer = ShapeTracer(torch, Workspace())  # type: ignore[arg-type]
+    sys.settrace(theirs)
+    try:
+        with pytest.raises(ValueError, match="the user code fails"), tracer:
+            model(torch.randn(2, 4))
+        assert sys.gettrace() is theirs
+    finally:
+        sys.settrace(None)
+    assert (
+        len(torch_module._global_forward_pre_hooks),
+        len(torch_module._global_forward_hooks),
+    ) == hooks
+    (shapes,) = tracer.result()
+    assert [(h["name"], h["values"]) for h in shapes["hints"]] == [("y", ["(2, 4)"])]

@@ -317,9 +317,12 @@ class ShapeTracer:
 
         def after(module: Any, args: Any, output: Any) -> None:
             try:
+                key = id(module)
+                if not any(entry[0] == key for entry in stack):
+                    return  # not switched by `before` (another tracer was active)
                 while stack:  # a module that raised (and was caught) left its entry behind
-                    key, state = stack.pop()
-                    if key == id(module):
+                    entry, state = stack.pop()
+                    if entry == key:
                         settrace(state)
                         return
             except Exception:
