@@ -20,7 +20,7 @@ from torchls.files import read_bounded
 from torchls.source.inputs import from_setting
 from torchls.source.models import ModelTarget
 from torchls.source.project import Project
-from torchls.source.spec import InputSpec
+from torchls.source.spec import InputSpec, default_sweep
 
 # A Hugging Face config.json is a few KiB; past this the server does not read it (the worker,
 # under its memory limit, is what builds the model from it).
@@ -56,6 +56,10 @@ def prepare(
                 break
     params = target.request()
     params["inputs"] = inputs.as_json() if inputs else None
+    # `# torchls: input=(1, L):long`: the hover shows the cost as a formula in L
+    sweep = default_sweep(params["inputs"]) if params["inputs"] else None
+    if sweep is not None:
+        params["sweep"] = sweep
     # where the user would write a `# torchls:` comment, for the worker's messages
     params["where"] = {"file": Path(document_path).name, "line": target.line}
     sources: dict[str, str] = {}

@@ -11,12 +11,14 @@ it counts a throwaway deep copy, and the difference is explained per module type
 from __future__ import annotations
 
 import contextlib
+import copy
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from torchls.source.spec import symbol_of_json
 from torchls.worker import protocol, submodule
 from torchls.worker.building import _build_model
 from torchls.worker.inputs import _guess_inputs
@@ -30,6 +32,8 @@ from torchls.worker.measure import (  # noqa: F401 (_measure: the tests call it)
     count_forward,
 )
 from torchls.worker.shapes import PinnedLoader
+from torchls.worker.sweep import concrete, nominal_value, run_sweep
+from torchls.worker.training import empty_result, measure_training
 
 
 def _import_torch(context: JobContext) -> Any:
@@ -115,6 +119,23 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
     _refuse_abstract(torch, model, loader)
     step = time.perf_counter()
     spec = params.get("inputs") or _guess_inputs(torch, model, params)
+    # A named dimension (`(1, L):long`): the profile runs at its written value (else the
+    # sweep's first), the sweep on a copy of the model as built, before any forward touched it
+    symbolic = spec if symbol_of_json(spec) else None
+    sweep_params = params.get("sweep") if isinstance(params.get("sweep"), dict) else None
+    sweep_model = None
+    if symbolic is not None:
+        symbol = str(symbol_of_json(symbolic))
+        nominal = nominal_value(symbolic, sweep_params)
+        if nominal is None:
+            raise JobError(
+                protocol.ERROR_USER,
+                f"the input names a dimension {symbol} without a value: write one, e.g. "
+                f"({symbol}=512), or list sizes to sweep",
+            )
+        spec = concrete(symbolic, symbol, nominal)
+        if sweep_params is not None:
+            sweep_model = _pristine(model)
     # `self.x = ...` hovers: x's share, watched on whichever model the forward runs on
     watches: list[submodule.SubmoduleWatch | None] = []
     counted = count_forward(
@@ -150,6 +171,26 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
             )
     timings["thop"] = time.perf_counter() - step
 
+    step = time.perf_counter()
+    training = (
+        measure_training(torch, counted, spec, loader)
+        if params.get("training", True)
+        else empty_result()
+    )
+    timings["training"] = time.perf_counter() - step
+    sweep = None
+    if symbolic is not None and sweep_params is not None:
+        step = time.perf_counter()
+        sweep = run_sweep(
+            torch,
+            sweep_model if sweep_model is not None else model,
+            symbolic,
+            sweep_params,
+            loader,
+            context.memory_limit_mb,
+        )
+        timings["sweep"] = time.perf_counter() - step
+
     model_type = type(model)
     return {
         "name": params.get("name") or model_type.__name__,
@@ -168,6 +209,8 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         "shapes": counted.shapes,
         "modules": measured["modules"],
         "thop": thop,
+        "training": training,
+        "sweep": sweep,
         # how the forward ran: "meta", "fake" (fake tensors) or "cpu" (random weights), and
         # why the ways before it could not
         "mode": counted.mode,
@@ -180,6 +223,15 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         # the worker's high-water mark so far (Linux reports KiB)
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _pristine(model: Any) -> Any:
+    """A copy of the model as built (the sweep's forwards start from it); the model itself
+    where it cannot be copied."""
+    try:
+        return copy.deepcopy(model)
+    except Exception:
+        return model
 
 
 def _refuse_abstract(torch: Any, model: Any, loader: _Loader) -> None:
