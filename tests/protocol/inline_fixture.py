@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -82,11 +83,20 @@ def load_module(path: Path) -> Any:
     return module
 
 
-def real_forward_hints(path: Path) -> dict[tuple[int, int], str]:
+def real_forward_hints(
+    path: Path, run: Callable[[], None] | None = None
+) -> dict[tuple[int, int], str]:
     """(line, UTF-16 character) -> the hint label, for every tensor a line of a forward in
-    `path` binds or returns during one CPU forward of BranchNet at INPUT_SHAPE. A line that binds
-    different shapes on different calls gets the set, in first-seen order."""
+    `path` binds or returns during `run` (by default one CPU forward of BranchNet at
+    INPUT_SHAPE). A line that binds different shapes on different calls gets the set, in
+    first-seen order."""
     import torch
+
+    if run is None:
+        model = getattr(load_module(path), MODEL_NAME)()
+
+        def run() -> None:
+            model(torch.randn(*INPUT_SHAPE))
 
     text = path.read_text()
     lines = text.split("\n")
@@ -143,12 +153,10 @@ def real_forward_hints(path: Path) -> dict[tuple[int, int], str]:
                 note(returns[line], "return", arg)
         return tracer
 
-    module = load_module(path)
-    model = getattr(module, MODEL_NAME)()
     sys.settrace(tracer)
     try:
         with torch.no_grad():
-            model(torch.randn(*INPUT_SHAPE))
+            run()
     finally:
         sys.settrace(None)
     labels = {}

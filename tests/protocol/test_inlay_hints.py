@@ -12,6 +12,7 @@ from lsprotocol import types
 from tests.conftest import Session, lsp_session
 from tests.protocol.inline_fixture import (
     MODEL_SOURCE,
+    load_module,
     parameter_labels,
     real_forward_hints,
     whole,
@@ -176,3 +177,68 @@ async def test_everything_off_means_no_hints_and_no_lenses(tmp_path: Path) -> No
             types.CodeLensParams(text_document=types.TextDocumentIdentifier(uri=uri))
         )
         assert not lenses
+
+
+BLOCKS = """\
+import torch
+from torch import nn
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.relu(x + y)
+"""
+NET = """\
+from torch import nn
+
+from blocks import Residual
+
+
+# torchls: input=(1, 4, 8, 8)
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = Residual(4)
+        self.down = nn.Conv2d(4, 6, 2, stride=2)
+        self.second = Residual(6)
+
+    def forward(self, x):
+        return self.second(self.down(self.first(x)))
+"""
+
+
+async def test_a_model_in_another_file_gives_hints_where_its_code_ran(tmp_path: Path) -> None:
+    import sys
+
+    import torch
+
+    (tmp_path / "blocks.py").write_text(BLOCKS)
+    (tmp_path / "net.py").write_text(NET)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        net = load_module(tmp_path / "net.py").Net()
+        expected = real_forward_hints(tmp_path / "blocks.py", lambda: net(torch.randn(1, 4, 8, 8)))
+    finally:
+        sys.path.remove(str(tmp_path))
+    # Residual runs at two widths: its lines bound two shapes each
+    assert set(expected.values()) == {
+        ": {(1, 4, 8, 8), (1, 6, 4, 4)}",
+        "→ {(1, 4, 8, 8), (1, 6, 4, 4)}",
+    }
+    async with lsp_session(workspace=tmp_path) as session:
+        net_uri = _open(session, tmp_path / "net.py", NET)
+        await _wait_for_hints(session, net_uri, NET)  # Net's profile is in
+        # blocks.py, opened now, shows what Net's forward bound in it, without a run of its own
+        # (Residual cannot be built alone: its width has no default)
+        blocks_uri = _open(session, tmp_path / "blocks.py", BLOCKS)
+        hints = await _hints(session, blocks_uri, BLOCKS)
+        assert _by_position(hints) == expected
+        resolved = await session.client.inlay_hint_resolve_async(hints[0])
+        assert isinstance(resolved.tooltip, types.MarkupContent)
+        assert "Net (line 7 of net.py)" in resolved.tooltip.value
+        assert "Residual.forward" in resolved.tooltip.value

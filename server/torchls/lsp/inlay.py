@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from lsprotocol import types
 
 from torchls.cost import report
 from torchls.cost.request import PreparedProfile
+from torchls.source.spec import describe_json
 from torchls.source.text import split_lines, utf16_column, utf16_length
 from torchls.worker.client import JobResult
 
@@ -39,6 +41,8 @@ REFRESH_DELAY_SECONDS = 0.2
 # After an edit, the document's models are profiled again once it has been left alone this long.
 FILL_DELAY_SECONDS = 0.75
 FILL_LIMIT = 12  # models profiled per pause, in source order from the requested range
+# Results indexed, the least recently arrived dropped first (as many as the profile cache holds)
+MAX_RECORDED = 256
 
 
 def text_digest(text: str) -> str:
@@ -60,6 +64,7 @@ class _Recorded:
     shapes: dict[str, list[dict[str, Any]]]  # real path -> the worker's hints in that file
     tree: list[dict[str, Any]]
     paths: set[str]  # real paths it is indexed under
+    guessed: bool  # profiled at a guessed input
 
 
 @dataclass
@@ -127,7 +132,8 @@ class _Merged:
 class InlayHints:
     def __init__(self, server: TorchLanguageServer) -> None:
         self.server = server
-        self._recorded: dict[str, _Recorded] = {}  # profile identity -> its latest result
+        # profile identity -> its latest result, oldest first
+        self._recorded: OrderedDict[str, _Recorded] = OrderedDict()
         self._by_path: dict[str, set[str]] = {}  # real path -> identities
         self.generation = 0
         # uri -> ((version, text identity, generation, settings), merged hints by position)
@@ -149,11 +155,16 @@ class InlayHints:
             for path in old.paths:
                 self._by_path.get(path, set()).discard(identity)
         if result.ok and isinstance(result.value, dict):
-            recorded = _record(prepared, result.value)
+            # the module tree is kept only for parameter hints (settings change on a restart)
+            recorded = _record(prepared, result.value, self.server.options.inlay_hints_parameters)
             if recorded.paths:
                 self._recorded[identity] = recorded
                 for path in recorded.paths:
                     self._by_path.setdefault(path, set()).add(identity)
+            while len(self._recorded) > MAX_RECORDED:
+                gone, dropped = self._recorded.popitem(last=False)
+                for path in dropped.paths:
+                    self._by_path.get(path, set()).discard(gone)
         if old is not None or identity in self._recorded:
             self.generation += 1
             self.schedule_refresh()
@@ -283,7 +294,10 @@ class InlayHints:
                 continue
             if all(open_texts.get(p, digest) == digest for p, digest in recorded.texts.items()):
                 found.append(recorded)
-        return found
+        stated = [recorded for recorded in found if not recorded.guessed]
+        # Shapes at a guessed input are shown only where no model with a stated input ran:
+        # mixed in, a guess's (1, 4, 224, 224) would read as one of the shapes the code sees.
+        return stated or found
 
     def _compute(self, uri: str, path: str) -> list[_Merged]:
         results = self._current(path)
@@ -379,7 +393,7 @@ def _position(hint: _Merged) -> tuple[int, int]:
     return (hint.line, hint.character)
 
 
-def _record(prepared: PreparedProfile, value: dict[str, Any]) -> _Recorded:
+def _record(prepared: PreparedProfile, value: dict[str, Any], with_tree: bool) -> _Recorded:
     target = prepared.target
     document_path = prepared.identity.split("::", 1)[0]
     label = f"{target.name} (line {target.line} of {Path(document_path).name})"
@@ -399,7 +413,7 @@ def _record(prepared: PreparedProfile, value: dict[str, Any]) -> _Recorded:
             # what the worker ran is what counts (a file not open is read from disk there)
             texts[file] = digest
         shapes[file] = [hint for hint in entry.get("hints") or [] if isinstance(hint, dict)]
-    tree = [row for row in value.get("tree") or [] if isinstance(row, dict)]
+    tree = [row for row in value.get("tree") or [] if isinstance(row, dict)] if with_tree else []
     paths = set(shapes)
     ref_file = target.ref.get("file") if isinstance(target.ref, dict) else None
     if tree:
@@ -407,7 +421,12 @@ def _record(prepared: PreparedProfile, value: dict[str, Any]) -> _Recorded:
         for candidate in (ref_file, document_path):
             if isinstance(candidate, str) and _real(candidate) in texts:
                 paths.add(_real(candidate))
-    return _Recorded(label, texts, shapes, tree, paths)
+    found = value.get("inputs")
+    inputs: dict[str, Any] = found if isinstance(found, dict) else {}
+    guessed = bool(inputs.get("guess"))
+    if guessed:
+        label += f" at a guessed input {describe_json(inputs)}"
+    return _Recorded(label, texts, shapes, tree, paths, guessed)
 
 
 def _column(lines: list[str], line: int, code_points: int) -> int | None:
