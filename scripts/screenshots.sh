@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the README's pictures (docs/images/) from real VS Code: packages the extension,
-# runs the real-editor tests that take them (tests/vscode/editor.test.mjs and viewer.test.mjs: code-server + headless
+# runs the real-editor tests that take them (tests/vscode/editor.test.mjs, viewer.test.mjs and report.test.mjs: code-server + headless
 # Chromium, on a throwaway copy of examples/), and copies the screenshots they keep.
 #   scripts/screenshots.sh               package, then run
 #   scripts/screenshots.sh --no-package  use the dist/torchls.vsix already built
@@ -18,7 +18,7 @@ ARTIFACTS=tests/vscode/artifacts
 rm -rf "$ARTIFACTS"
 TORCHLS_VSIX="$ROOT/dist/torchls.vsix" \
 TORCHLS_TEST_PYTHON="${TORCHLS_TEST_PYTHON:-$ROOT/.venv/bin/python}" \
-  node --test tests/vscode/editor.test.mjs tests/vscode/viewer.test.mjs
+  node --test tests/vscode/editor.test.mjs tests/vscode/viewer.test.mjs tests/vscode/report.test.mjs
 
 # screenshot kept by the tests -> picture in the README
 declare -A PICTURES=(
@@ -34,6 +34,11 @@ declare -A PICTURES=(
   [viewer-high-contrast]=viewer-high-contrast
   [viewer-diff]=viewer-diff
   [convert-notification]=convert
+  [inlay-shapes]=inlay-shapes
+  [codelens]=codelens
+  [model-report]=model-report
+  [model-report-filter]=model-report-filter
+  [shape-fix-menu]=shape-fix
 )
 mkdir -p docs/images
 for shot in "${!PICTURES[@]}"; do

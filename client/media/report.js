@@ -60,6 +60,12 @@
     if (shape.length && Array.isArray(shape[0])) return `(${shape.map(fmtShape).join(', ')})`;
     return `(${shape.join(', ')}${shape.length === 1 ? ',' : ''})`;
   }
+  /** A sentence whose `backticked` parts are code, as the server writes them (never HTML). */
+  function rich(tag, cls, text) {
+    const node = el(tag, { cls });
+    String(text).split('`').forEach((part, i) => { if (part) node.append(i % 2 ? el('code', { text: part }) : document.createTextNode(part)); });
+    return node;
+  }
   function plural(n, word) { return `${fmtInt(n)} ${word}${n === 1 ? '' : 's'}`; }
 
   /** document.createElement with a class, text, attributes and children. */
@@ -338,9 +344,10 @@
     }
     if (!shape) return null;
     const p = el('p', { cls: 'input' }, el('span', { text: 'Input ' }), el('code', { text: shape }));
-    if (guess) p.append(el('span', { text: ': ' }), el('strong', { text: 'a guess' }), el('span', { text: ` from ${String(source).replace(/^a guess from /, '')}.` }));
-    else if (source) p.append(el('span', { text: `, from ${source}.` }));
+    if (guess) p.append(el('span', { text: ': ' }), el('strong', { text: 'a guess' }), rich('span', '', ` from ${String(source).replace(/^a guess from /, '')}.`));
+    else if (source) p.append(rich('span', '', `, from ${source}.`));
     else p.append(el('span', { text: '.' }));
+    if (input && typeof input === 'object' && input.change) p.append(rich('span', 'muted', ` ${input.change}`));
     return p;
   }
 
@@ -358,6 +365,9 @@
       link.addEventListener('click', (event) => { event.preventDefault(); vscode.postMessage({ type: 'reveal', line: result.line }); });
       title.append(link);
     }
+    if (typeof result.call === 'string' && result.call && result.call !== name) {
+      title.append(el('span', { cls: 'muted', text: 'built as ' }), el('code', { text: result.call }));
+    }
     const actions = el('div', { cls: 'actions' });
     const exportMd = el('button', { cls: 'secondary', text: 'Export Markdown', attrs: { id: 'export-markdown' } });
     exportMd.addEventListener('click', () => vscode.postMessage({ type: 'export', format: 'markdown', fallback: result.markdown ? undefined : markdownFallback() }));
@@ -372,12 +382,14 @@
     const fact = (label, value, hint) => { facts.append(el('dt', { text: label }), el('dd', { text: value, title: hint || '' })); };
     if (typeof total === 'number') fact('Parameters', `${fmtCount(total)} (${fmtInt(total)})`, typeof trainable === 'number' && trainable !== total ? `${fmtInt(trainable)} trainable` : '');
     if (typeof trainable === 'number' && typeof total === 'number' && trainable !== total) fact('Trainable', fmtInt(trainable));
-    if (typeof macs === 'number') fact('MACs', `${fmtCount(macs)} (${fmtInt(macs)})`, '1 MAC = one multiply-add = 2 FLOPs');
+    if (typeof macs === 'number') fact('MACs', `${fmtCount(macs)} (${fmtInt(macs)})${result.variation_text ? `; ${result.variation_text}` : ''}`, '1 MAC = one multiply-add = 2 FLOPs');
     if (typeof result.flops === 'number') fact('FLOPs', fmtCount(result.flops));
     if (Array.isArray(root.output)) fact('Output', fmtShape(root.output));
     header.append(facts);
     const input = inputSentence(result);
     if (input) header.append(input);
+    const how = result.mode && typeof result.mode === 'object' ? result.mode.text : '';
+    if (how) header.append(el('p', { cls: 'muted', text: `${how[0].toUpperCase()}${how.slice(1)}${/[.!?]$/.test(how) ? '' : '.'}` }));
     return header;
   }
 
@@ -405,7 +417,7 @@
     const table = el('table', { cls: 'tree', attrs: { id: 'tree-table' } }, el('thead', {}, head), el('tbody'));
     const parts = [toolbar, el('div', { cls: 'table-wrap' }, table)];
     if (result.tree_truncated) parts.push(el('p', { cls: 'muted', text: `The model has more modules than the report holds: the first ${fmtInt(result.tree.length)} are shown.` }));
-    parts.push(el('p', { cls: 'muted note', text: 'MACs are inclusive (a module with everything below it, all its calls); share is of the whole model. Element-wise work (activations, normalisation, pooling) is not counted.' }));
+    parts.push(el('p', { cls: 'muted note', text: `MACs are inclusive (a module with everything below it, all its calls); share is of the whole model. ${result.counted || 'Element-wise work (activations, normalisation, pooling) is not counted.'}` }));
     return section('Module tree', ...parts);
   }
 
@@ -435,7 +447,7 @@
     if (typeof thop === 'string') parts.push(el('p', { text: thop }));
     else if (typeof thop.text === 'string' || typeof thop.line === 'string') {
       parts.push(el('p', { text: thop.text || thop.line }));
-      if (Array.isArray(thop.reasons) && thop.reasons.length) parts.push(el('ul', {}, ...thop.reasons.map((reason) => el('li', { text: reason }))));
+      if (Array.isArray(thop.reasons) && thop.reasons.length) parts.push(el('ul', {}, ...thop.reasons.map((reason) => rich('li', '', reason))));
     } else if (thop.error) {
       parts.push(el('p', { text: `thop ${thop.version || ''} failed on this model: ${thop.error}` }));
     } else if (typeof thop.macs === 'number') {
@@ -452,37 +464,46 @@
   function trainingSection(result) {
     const training = result.training;
     if (!training || typeof training !== 'object') return null;
-    if (training.error) return section('Training memory', el('p', { cls: 'muted', text: training.error }));
+    if (training.error) return section('Training memory', rich('p', 'muted', training.error));
     const root = Array.isArray(result.tree) && result.tree[0] ? result.tree[0] : {};
     const parameters = result.parameters;
     const total = typeof parameters === 'number' ? parameters : parameters?.total ?? root.params;
     const trainable = typeof parameters === 'object' && parameters ? parameters.trainable : root.trainable;
-    const parts = [];
-    if (typeof total !== 'number' || typeof trainable !== 'number') {
-      parts.push(el('p', { cls: 'muted', text: 'torchls cannot size the optimizer states: the report has no parameter counts.' }));
-      return section('Training memory', ...parts);
-    }
+    const gpuGB = typeof training.gpu_memory_gb === 'number' ? training.gpu_memory_gb : state.gpuMemoryGB;
     // fp32 weights, a gradient and Adam's two moments for each trainable parameter; frozen weights once.
-    const states = trainable * 16 + (total - trainable) * 4;
+    let states = training.states_bytes;
+    if (typeof states !== 'number') {
+      if (typeof total !== 'number' || typeof trainable !== 'number') {
+        return section('Training memory', el('p', { cls: 'muted', text: 'torchls cannot size the optimizer states: the report has no parameter counts.' }));
+      }
+      states = trainable * 16 + (total - trainable) * 4;
+    }
     const batch = typeof training.batch === 'number' ? training.batch : 1;
     const activations = training.activation_bytes;
-    if (typeof activations === 'number') {
+    const parts = [];
+    if (typeof training.summary === 'string') {
+      parts.push(el('p', { cls: 'training-line', text: training.summary }));
+    } else if (typeof activations === 'number') {
       parts.push(el('p', { cls: 'training-line', text: `Adam training at batch ${fmtInt(batch)}: ${fmtBytes(states)} states + ${fmtBytes(activations)} activations = ${fmtBytes(states + activations)}` }));
     } else {
       parts.push(el('p', { cls: 'training-line', text: `Adam training: ${fmtBytes(states)} states (weights, gradients, two moments in fp32); the activations were not measured.` }));
     }
     const dl = el('dl', { cls: 'facts' });
     const fact = (label, value, hint) => { dl.append(el('dt', { text: label }), el('dd', { text: value, title: hint || '' })); };
-    fact('States', fmtBytes(states), `${fmtInt(trainable)} trainable × 16 bytes (fp32 weight, gradient, 2 Adam moments)${total > trainable ? ` + ${fmtInt(total - trainable)} frozen × 4 bytes` : ''}`);
-    const gpu = state.gpuMemoryGB * 2 ** 30;
+    const frozen = typeof total === 'number' && typeof trainable === 'number' ? total - trainable : 0;
+    fact('States', fmtBytes(states), typeof trainable === 'number' ? `${fmtInt(trainable)} trainable × 16 bytes (fp32 weight, gradient, 2 Adam moments)${frozen > 0 ? ` + ${fmtInt(frozen)} frozen × 4 bytes` : ''}` : '');
+    if (typeof activations === 'number') fact(`Activations at batch ${fmtInt(batch)}`, fmtBytes(activations), 'bytes saved for backward in one forward (parameters and buffers excluded)');
     const fixed = typeof training.fixed_bytes === 'number' ? training.fixed_bytes : 0;
     if (typeof training.per_sample_bytes === 'number' && training.per_sample_bytes > 0) {
       fact('Per sample', `${fmtBytes(training.per_sample_bytes)} of activations${fixed ? ` (+ ${fmtBytes(fixed)} that do not grow with the batch)` : ''}`);
-      const largest = Math.floor((gpu - states - fixed) / training.per_sample_bytes);
-      fact(`Fits ${state.gpuMemoryGB} GB`, largest >= 1 ? `batch ${fmtInt(largest)} at most` : 'not even batch 1', 'torchls.gpuMemoryGB; the CUDA context, the allocator\'s fragmentation and temporary buffers also take some of it');
-    } else if (training.per_sample_bytes === null) {
-      fact(`Fits ${state.gpuMemoryGB} GB`, '—', '');
-      parts.push(el('p', { cls: 'muted', text: 'torchls cannot tell the largest batch: the input has no batch dimension it could double to see how the activations grow.' }));
+      const largest = typeof training.max_batch === 'number'
+        ? training.max_batch
+        : Math.max(0, Math.floor((gpuGB * 2 ** 30 - states - fixed) / training.per_sample_bytes));
+      fact(`Fits ${gpuGB} GB`, largest >= 1 ? `batch ${fmtInt(largest)} at most` : 'not even batch 1',
+        'torchls.gpuMemoryGB (in GiB); the CUDA context, the allocator\'s fragmentation and temporary buffers also take some of it');
+    } else if (typeof activations === 'number') {
+      fact(`Fits ${gpuGB} GB`, '—');
+      parts.push(el('p', { cls: 'muted', text: `torchls cannot tell the largest batch: ${training.max_batch_reason || 'the input has no batch dimension it could double to see how the activations grow'}.` }));
     }
     if (typeof training.backward_flops === 'number') {
       fact('Backward', `${fmtCount(training.backward_flops)} FLOPs${training.backward_estimated ? ' (estimate)' : ''}`, training.estimate_reason || '');
@@ -631,12 +652,12 @@
         if (node.kind === 'module' && node.children.length && (rows.length <= 80 || node.depth <= 1)) state.expanded.add(node.id);
       });
     }
-    const where = message.file ? `${message.file}:${message.line}` : '';
+    const where = message.file ? `${message.file}:${typeof result.line === 'number' ? result.line + 1 : message.line}` : '';
     const parts = [summary(result, where)];
     if (rows.length) parts.push(treeSection(result));
-    else parts.push(section('Module tree', el('p', { cls: 'muted', text: 'This answer holds no module tree: the profile that made it is older than this version of torchls. Refresh to profile again.' })));
+    else parts.push(section('Module tree', el('p', { cls: 'muted', text: result.tree_missing || 'This answer holds no module tree: the profile that made it is older than this version of torchls. Save the file to profile it again.' })));
     for (const part of [layersSection(result.layers), thopSection(result), trainingSection(result), sweepSection(result.sweep)]) if (part) parts.push(part);
-    if (Array.isArray(result.notes) && result.notes.length) parts.push(section('Notes', el('ul', {}, ...result.notes.map((note) => el('li', { text: note })))));
+    if (Array.isArray(result.notes) && result.notes.length) parts.push(section('Notes', el('ul', {}, ...result.notes.map((note) => rich('li', '', note)))));
     app.replaceChildren(...parts);
     app.setAttribute('aria-busy', 'false');
     drawTable();

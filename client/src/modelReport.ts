@@ -196,9 +196,9 @@ class ReportSession implements vscode.Disposable {
     }
   }
 
-  /** Shows the model's source line (the report's "where" link). */
+  /** Shows the model's source line (the report's "where" link; 0-based, the server's). */
   private async reveal(line: number | undefined): Promise<void> {
-    const where = new vscode.Position(line !== undefined && line > 0 ? line - 1 : this.target.line, 0);
+    const where = new vscode.Position(line !== undefined && Number.isInteger(line) && line >= 0 ? line : this.target.line, 0);
     await vscode.window.showTextDocument(vscode.Uri.parse(this.target.uri), {
       viewColumn: vscode.ViewColumn.One,
       selection: new vscode.Range(where, where),
