@@ -153,3 +153,49 @@ async def test_without_torch_the_hover_says_where_it_looked(bare_python: str) ->
         assert markdown is not None
         assert f"torch is not installed in `{bare_python}`" in markdown
         assert "torchls.worker.interpreter" in markdown
+
+
+NAMED_DIMENSION = """\
+from torch import nn
+
+
+# torchls: input=(1, L=32):long
+class Encoder(nn.Module):
+    def __init__(self, vocab=100, width=64, ff=128, layers=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, 4, ff, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids)))
+"""
+
+
+async def test_a_named_dimension_in_the_comment_shows_the_cost_as_a_checked_formula(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "encoder.py"
+    path.write_text(NAMED_DIMENSION)
+
+    def macs(length: int) -> int:
+        # by hand, per layer: 4 d^2 + 2 d ff per token (projections, feed-forward), 2 d per pair
+        # of tokens (scores and weighted sum); d x vocab per token for the head
+        per_token = 2 * (4 * 64 * 64 + 2 * 64 * 128) + 64 * 100
+        return 2 * 2 * 64 * length * length + per_token * length
+
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, path)
+        markdown = await _hover(session, uri, _position(NAMED_DIMENSION, "class Encoder"))
+        assert markdown is not None
+        # the figures are at the written value, L=32
+        assert _number(markdown, "MACs") == macs(32)
+        # and the formula, fitted on the default sweep around it, is checked on a point past it
+        found = re.search(
+            r"MACs\(L\) = ([\d,]+) L\^2 \+ ([\d,]+) L \(checked at L=(\d+)\)", markdown
+        )
+        assert found, markdown
+        square, linear, check = (int(group.replace(",", "")) for group in found.groups())
+        for length in (32, 48, check):
+            assert square * length * length + linear * length == macs(length)
