@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout,
         memory_limit_mb=args.memory_mb,
     )
-    result = asyncio.run(_run_job(settings, params))
+    result, explained = asyncio.run(_run_job(settings, params, project, target))
     context = report.ReportContext(
         call=target.call_text(),
         args_source=target.args_source,
@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
             payload["memory"] = report.memory(result.value)
         else:
             payload["error"] = {"kind": result.error_kind, "message": result.message}
+            if explained:
+                payload["error"]["explanation"] = explained
         payload["problems"] = list(prepared.problems)
         print(json.dumps(payload, indent=2))
     elif result.ok:
@@ -122,15 +124,39 @@ def run(args: argparse.Namespace) -> int:
         if message.startswith("forward() failed") and "--input" not in message:
             message += "; if the input is not what forward() takes, pass --input '(...)'"
         print(f"torchls profile: {target.name}: {message}", file=sys.stderr)
+        for line in explained:  # a shape error: where, why, and the fix, verified
+            print(f"  {line}", file=sys.stderr)
         for problem in prepared.problems:
             print(f"  note: {problem}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-async def _run_job(settings: WorkerSettings, params: dict[str, Any]) -> Any:
+async def _run_job(
+    settings: WorkerSettings, params: dict[str, Any], project: Project, target: ModelTarget
+) -> tuple[Any, list[str]]:
+    """The profile's result and, when its forward failed on a shape, the explanation's lines
+    (the fix re-profiled on the edited text in memory first; no file is written)."""
+    from torchls.lsp import shape_checks
+
     worker = WorkerClient(settings)
     try:
-        return await worker.run("profile", params)
+        result = await worker.run("profile", params)
+        data = result.data if not result.ok and isinstance(result.data, dict) else {}
+        found = data.get("shape_error")
+        if not isinstance(found, dict):
+            return result, []
+        ref = target.ref if isinstance(target.ref, dict) else {}
+        try:
+            lines = await shape_checks.describe_and_verify(
+                found,
+                project,
+                params,
+                lambda job: worker.run("profile", {**job, "thop": False, "training": False}),
+                shape_checks.model_class(project, ref),
+            )
+        except Exception as exc:  # the explanation is extra: the error above stands alone
+            lines = [f"(torchls could not explain this shape error: {exc})"]
+        return result, lines
     finally:
         await worker.stop()
 

@@ -66,9 +66,19 @@ _PREFIXES = tuple(
 )
 
 
+# torchls's own package: never the user's code, even in a workspace that holds it (a checkout
+# of torchls), or its tracer's frames would be named as the failing line and its modules dropped
+_OWN = os.path.realpath(Path(__file__).resolve().parents[1]) + os.sep
+
+
 def _is_installed(real_path: str) -> bool:
     parts = Path(real_path).parts
-    return "site-packages" in parts or "dist-packages" in parts or real_path.startswith(_PREFIXES)
+    return (
+        "site-packages" in parts
+        or "dist-packages" in parts
+        or real_path.startswith(_PREFIXES)
+        or real_path.startswith(_OWN)
+    )
 
 
 class _Loader:
