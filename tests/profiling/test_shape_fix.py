@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import ROOT
+from tests.shape_fixtures import MNIST
 
 from torchls.cost.request import prepare
 from torchls.loadcheck.fixes import apply_edits
@@ -124,28 +125,6 @@ def fixed_text(explanation: Explanation, path: Path) -> str:
     assert explanation.edit is not None and explanation.edit_path == str(path)
     return apply_edits(path.read_text(), [explanation.edit])
 
-
-MNIST = """
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-# torchls: input=(1, 1, 28, 28)
-class MnistNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(3200, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        return self.fc1(x)
-"""
 
 CHANNELS = """
 from torch import nn

@@ -17,31 +17,10 @@ from pathlib import Path
 
 from lsprotocol import types
 from pygls.workspace import Workspace
+from tests.shape_fixtures import MNIST
 
 from torchls.lsp.server import TorchLanguageServer, create_server
 from torchls.lsp.shape_checks import CODE_MISMATCH, ShapeChecks, install
-
-MNIST = """
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-# torchls: input=(1, 1, 28, 28)
-class MnistNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(3200, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        return self.fc1(x)
-"""
 
 # Two mistakes: conv2's in_channels, and fc1's in_features after it. Fixing conv2 alone moves
 # the failure to fc1; the quick fix carries both edits.
