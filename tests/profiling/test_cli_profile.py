@@ -86,7 +86,8 @@ def test_a_model_that_cannot_be_profiled_exits_1(tmp_path: Path) -> None:
 def test_a_forward_that_fails_every_way_is_one_line_on_stderr(tmp_path: Path) -> None:
     """The meta device, fake tensors and the CPU all fail on a shape error: torchls's tries are
     its own business (torch logs a failed fake-tensor kernel with a traceback), the user sees one
-    line naming the line of their forward."""
+    line naming the line of their forward, then the shape error's explanation (indented
+    lines: where the layer is built, the fix)."""
     (tmp_path / "net.py").write_text(
         "from torch import nn\n\nclass Net(nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n"
@@ -96,5 +97,9 @@ def test_a_forward_that_fails_every_way_is_one_line_on_stderr(tmp_path: Path) ->
     done = _torchls("net.py::Net", "--input", "(1, 3, 4)", "--no-thop", cwd=tmp_path)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     assert "net.py" in lines[0] and "mat1 and mat2" in lines[0]
+    explanation = lines[1:]
+    assert all(line.startswith("  ") for line in explanation), done.stderr
+    assert any("fc (Linear) expects 10 input features" in line for line in explanation)
+    assert any(line.startswith("  net.py:6: fc is built here") for line in explanation)
