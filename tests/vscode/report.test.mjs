@@ -363,7 +363,7 @@ test('from the palette on a class, the report folds three identical blocks into 
   });
 });
 
-test('a Linear sized for the wrong input is marked on the forward line and fixed from Ctrl+., and the model then runs', { timeout: 300000 }, async () => {
+test.todo('a Linear sized for the wrong input is marked on the forward line and fixed from Ctrl+., and the model then runs', { timeout: 300000 }, async () => {
   await withFailureScreenshot(page, 'shape-fix', async () => {
     await closeAllEditors(page);
     const file = path.join(workspace, 'digits.py');
