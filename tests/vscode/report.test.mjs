@@ -323,6 +323,9 @@ test.todo('the CodeLens above SmallConvNet shows its figures and opens the repor
     await frame.click('#export-csv');
     const dialogInput = page.locator('.quick-input-widget input');
     await dialogInput.waitFor({ timeout: 20000 });
+    // the dialog fills its folder first and the file name after: wait for the whole path
+    await page.waitForFunction(() => (document.querySelector('.quick-input-widget input')?.value ?? '').endsWith('SmallConvNet-report.csv'), null, { timeout: 20000 })
+      .catch(() => undefined);
     assert.ok((await dialogInput.inputValue()).endsWith('SmallConvNet-report.csv'), await dialogInput.inputValue());
     await page.keyboard.press('Enter');
     const written = await waitForFile(csv, (text) => text.includes('features.0'), { what: 'the report as CSV' });
