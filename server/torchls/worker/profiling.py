@@ -11,7 +11,6 @@ it counts a throwaway deep copy, and the difference is explained per module type
 from __future__ import annotations
 
 import contextlib
-import copy
 import resource
 import sys
 import time
@@ -26,6 +25,7 @@ from torchls.worker.jobs import JobContext, JobError, Params
 from torchls.worker.loading import _describe, _Loader
 from torchls.worker.measure import (  # noqa: F401 (_measure: the tests call it)
     Counted,
+    _copy,
     _count_parameters,
     _measure,
     _thop,
@@ -135,7 +135,7 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
             )
         spec = concrete(symbolic, symbol, nominal)
         if sweep_params is not None:
-            sweep_model = _pristine(model)
+            sweep_model = _copy(model)  # the model as built, before any forward touched it
     # `self.x = ...` hovers: x's share, watched on whichever model the forward runs on
     watches: list[submodule.SubmoduleWatch | None] = []
     counted = count_forward(
@@ -223,15 +223,6 @@ def profile(context: JobContext, params: Params) -> dict[str, Any]:
         # the worker's high-water mark so far (Linux reports KiB)
         "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-
-
-def _pristine(model: Any) -> Any:
-    """A copy of the model as built (the sweep's forwards start from it); the model itself
-    where it cannot be copied."""
-    try:
-        return copy.deepcopy(model)
-    except Exception:
-        return model
 
 
 def _refuse_abstract(torch: Any, model: Any, loader: _Loader) -> None:
