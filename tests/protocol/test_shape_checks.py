@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from lsprotocol import types
 from pygls.workspace import Workspace
@@ -414,3 +415,96 @@ def test_a_hover_warm_up_that_meets_a_shape_error_publishes_it(tmp_path: Path) -
             await editor.close()
 
     asyncio.run(scenario())
+
+
+# -- the served server (`torchls serve --stdio`), as an editor drives it ---------------------------
+
+
+async def _served_diagnostics(session: Any, uri: str, wanted: bool, timeout: float = 150) -> list:
+    """The torchls shape diagnostics on `uri` once there are some (`wanted`) or none."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [d for d in session.client.diagnostics.get(uri, []) if d.code == CODE_MISMATCH]
+        if bool(found) == wanted:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"shape diagnostics on {uri}: {session.client.diagnostics.get(uri)}")
+
+
+async def test_the_served_server_marks_the_mismatch_on_open_and_its_fix_clears_it(
+    tmp_path: Path,
+) -> None:
+    """Nothing but what an editor sends: open, code actions at the error, the edit, save. And
+    after close and reopen of the failing text (its profile now cached), the error again."""
+    from tests.conftest import lsp_session
+
+    text = textwrap.dedent(MNIST).lstrip()
+    path = tmp_path / "mnist.py"
+    path.write_text(text)
+    uri = path.as_uri()
+    forward = line_of(text, "return self.fc1(x)")
+
+    def opened(session: Any, content: str, version: int = 1) -> None:
+        session.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(
+                    uri=uri, language_id="python", version=version, text=content
+                )
+            )
+        )
+
+    async with lsp_session(workspace=tmp_path) as session:
+        opened(session, text)
+        (diagnostic,) = await _served_diagnostics(session, uri, wanted=True)
+        assert diagnostic.range.start.line == forward
+        assert "fc1 (Linear) expects 3200 input features" in diagnostic.message
+        assert "it receives 3136 = 64 x 7 x 7" in diagnostic.message
+        (related,) = diagnostic.related_information or []
+        assert related.location.range.start.line == line_of(text, "self.fc1 = nn.Linear")
+
+        action = None
+        deadline = time.monotonic() + 150
+        while action is None and time.monotonic() < deadline:
+            actions = await session.client.text_document_code_action_async(
+                types.CodeActionParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri),
+                    range=types.Range(
+                        start=types.Position(line=forward, character=8),
+                        end=types.Position(line=forward, character=8),
+                    ),
+                    context=types.CodeActionContext(diagnostics=[diagnostic]),
+                )
+            )
+            action = next(
+                (a for a in actions or [] if isinstance(a, types.CodeAction) and "3136" in a.title),
+                None,
+            )
+            if action is None:
+                await asyncio.sleep(0.5)
+        assert action is not None, "the verified fix was never offered"
+        assert action.title == "torchls: Change in_features of fc1 to 3136"
+        fixed = apply(text, action, uri)
+        assert fixed == text.replace("nn.Linear(3200, 10)", "nn.Linear(3136, 10)")
+        assert run_for_real(fixed, "MnistNet", [1, 1, 28, 28]) == [1, 10]
+
+        path.write_text(fixed)
+        session.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+                content_changes=[types.TextDocumentContentChangeWholeDocument(text=fixed)],
+            )
+        )
+        session.client.text_document_did_save(
+            types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
+        assert await _served_diagnostics(session, uri, wanted=False) == []
+
+        # The failing text again, from a closed file: its profile is cached, no job runs to tell
+        # a listener, and the error must come back all the same.
+        path.write_text(text)
+        session.client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
+        opened(session, text, version=3)
+        (again,) = await _served_diagnostics(session, uri, wanted=True)
+        assert again.range.start.line == forward

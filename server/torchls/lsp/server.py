@@ -29,6 +29,7 @@ from torchls.lsp.load_checks import DEBOUNCE_SECONDS, LoadChecks
 from torchls.lsp.model_cost import ModelCost
 from torchls.lsp.model_report import MODEL_REPORT, ModelReport
 from torchls.lsp.protocol import RobustLanguageServer
+from torchls.lsp.shape_checks import ShapeChecks
 from torchls.worker.client import JobResult, WorkerClient, WorkerSettings
 from torchls.worker.protocol import test_jobs_enabled
 
@@ -46,6 +47,8 @@ CMD_TEST_DOCUMENT_TEXT = "torchls.test.documentText"
 # A worker that dies this often within the window is not restarted eagerly any more; it still
 # starts again on the next request that needs it.
 _CRASH_WINDOW_SECONDS = 60.0
+# A shape check of an opened or saved file starts after the warm-up has queued its jobs.
+SHAPE_CHECK_DELAY_SECONDS = 0.2
 _CRASHES_BEFORE_BACKOFF = 3
 
 
@@ -65,6 +68,8 @@ class TorchLanguageServer(RobustLanguageServer):
         self.model_report = ModelReport(self)
         self._watch_profiles()
         self.load_checks = LoadChecks(self)
+        # Shape-mismatch diagnostics: told of each profile result, published with load_checks'.
+        self.shape_checks = ShapeChecks(self)
         self.kfold = KFoldActions(self)
         self.downgrade = DowngradeCommand(self)
         self.convert = ConvertCommand(self)
@@ -101,12 +106,14 @@ class TorchLanguageServer(RobustLanguageServer):
         self.worker = None
         self.spawn(old_worker.stop())
         self.load_checks.close()
+        self.shape_checks.close()
         self.model_cost.close()
         self.inlay_hints.close()
         self.model_cost = ModelCost(self)
         self.inlay_hints = InlayHints(self)
         self._watch_profiles()
         self.load_checks = LoadChecks(self)
+        self.shape_checks = ShapeChecks(self)
         self._recent_exits.clear()
 
     def _watch_profiles(self) -> None:
@@ -332,6 +339,9 @@ def create_server() -> TorchLanguageServer:
         # Diagnostics first: their worker job queues ahead of the hover warm-up.
         ls.load_checks.schedule(params.text_document.uri)
         ls.model_cost.warm(params.text_document.uri)
+        # After the warm-up has queued its jobs (it shares them): a profile cached before the
+        # file was opened tells no listener, so the shape checks ask for it themselves.
+        ls.shape_checks.schedule(params.text_document.uri, SHAPE_CHECK_DELAY_SECONDS)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TorchLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -344,10 +354,12 @@ def create_server() -> TorchLanguageServer:
     def did_save(ls: TorchLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
         ls.load_checks.schedule(params.text_document.uri)
         ls.model_cost.warm(params.text_document.uri)
+        ls.shape_checks.schedule(params.text_document.uri, SHAPE_CHECK_DELAY_SECONDS)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TorchLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.load_checks.forget(params.text_document.uri)
+        ls.shape_checks.forget(params.text_document.uri)
         ls.model_cost.forget(params.text_document.uri)
         ls.inlay_hints.forget(params.text_document.uri)
 
@@ -377,7 +389,11 @@ def create_server() -> TorchLanguageServer:
         ls: TorchLanguageServer, params: types.CodeActionParams
     ) -> list[types.CodeAction] | None:
         actions: list[types.CodeAction] = []
-        for provider in (ls.load_checks.code_actions, ls.kfold.code_actions):
+        for provider in (
+            ls.load_checks.code_actions,
+            ls.shape_checks.code_actions,
+            ls.kfold.code_actions,
+        ):
             try:
                 actions += provider(params)
             except Exception:  # a code action request must never take the server down
@@ -396,6 +412,7 @@ def create_server() -> TorchLanguageServer:
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: TorchLanguageServer, params: None) -> None:
         ls.load_checks.close()
+        ls.shape_checks.close()
         ls.model_cost.close()
         ls.inlay_hints.close()
         if ls.worker is not None:

@@ -11,7 +11,9 @@ convolutional stack often only moves the mismatch to the next one. Verification 
 background worker job, keyed by the texts it was made from, so a stale fix is never offered.
 
 Nothing here imports torch. The diagnostics are published by lsp/load_checks.py (one publish
-per document carries every torchls diagnostic), which asks `diagnostics(uri)`.
+per document carries every torchls diagnostic), which asks `diagnostics(uri)`. lsp/server.py
+makes the ShapeChecks, schedules a check when a file is opened or saved, and asks it for code
+actions.
 """
 
 from __future__ import annotations
@@ -1004,7 +1006,10 @@ def _range(span: Span) -> types.Range:
 
 
 def install(server: TorchLanguageServer) -> ShapeChecks:
-    """Make the server's ShapeChecks (server.shape_checks), for lsp/server.py to call once."""
-    checks = ShapeChecks(server)
-    server.shape_checks = checks  # type: ignore[attr-defined]
+    """The server's ShapeChecks (lsp/server.py makes it with the server; made here for a
+    server object that has none)."""
+    checks = getattr(server, "shape_checks", None)
+    if not isinstance(checks, ShapeChecks):
+        checks = ShapeChecks(server)
+        server.shape_checks = checks
     return checks
