@@ -490,3 +490,81 @@ def test_the_tracer_leaves_the_trace_function_and_hooks_it_found(tmp_path: Path)
     ) == hooks
     (shapes,) = tracer.result()
     assert [(h["name"], h["values"]) for h in shapes["hints"]] == [("y", ["(2, 4)"])]
+
+
+UNRUN = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def helper_never_called(x):
+    y = x * 2
+    return y
+
+
+class Tiny(nn.Module):  # torchls: input=(2, 8):long
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 16)
+        self.extra = nn.ModuleList()
+        self.head = nn.Linear(16, 100)
+
+    def forward(self, idx, targets=None):
+        x = self.emb(idx)
+        steps = idx.size(1)
+        for block in self.extra:
+            x = block(x)  # not run
+        if targets is not None:
+            logits = self.head(x)  # not run
+            loss = F.cross_entropy(  # not run
+                logits.view(-1, 100), targets.view(-1)
+            )
+        else:
+            logits = self.head(x[:, [-1], :])
+            loss = None
+        return logits, loss
+"""
+
+
+def test_statements_a_forward_did_not_run_are_listed_as_unrun(runner: Runner) -> None:
+    """What a user reads as "not run" must be lines a real forward at that input skips: the
+    branch for `targets`, a loop over an empty ModuleList. A line that ran but binds no tensor
+    (`steps = idx.size(1)`) is not one of them, nor is a function no forward called."""
+    path = runner.write(UNRUN, name="unrun.py")
+    result = runner.ok(path, "Tiny", kind="class")
+    (entry,) = [f for f in result["shapes"] if Path(f["file"]).resolve() == path.resolve()]
+    assert entry["functions"] == ["Tiny.forward"]
+    lines = UNRUN.splitlines()
+    marked = {i for i, line in enumerate(lines) if line.endswith("# not run")}
+    assert {row["line"] for row in entry["unrun"]} == marked
+    for row in entry["unrun"]:
+        assert row["function"] == "Tiny.forward"
+    # the real CPU forward at the same input: which lines of forward did it run?
+    real = import_fixture(path, "inlay_unrun")
+    ran: set[int] = set()
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            ran.add(frame.f_lineno - 1)
+        return local
+
+    def calls(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == str(path) else None
+
+    model = real.Tiny().eval()
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        with torch.no_grad():
+            model(torch.randint(0, 100, (2, 8)))
+    finally:
+        sys.settrace(previous)
+    assert not ran & marked
+    forward = lines.index("    def forward(self, idx, targets=None):")
+    simple = {
+        i
+        for i in range(forward + 1, len(lines))
+        if " = " in lines[i] and not lines[i].lstrip().startswith(("for ", "if "))
+    }
+    assert simple - marked <= ran  # every other binding line of forward ran

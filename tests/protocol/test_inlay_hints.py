@@ -242,3 +242,78 @@ async def test_a_model_in_another_file_gives_hints_where_its_code_ran(tmp_path: 
         assert isinstance(resolved.tooltip, types.MarkupContent)
         assert "Net (line 7 of net.py)" in resolved.tooltip.value
         assert "Residual.forward" in resolved.tooltip.value
+
+
+BRANCHES = """\
+import torch.nn.functional as F
+from torch import nn
+
+
+class Tiny(nn.Module):  # torchls: input=(2, 8):long
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 16)
+        self.extra = nn.ModuleList()
+        self.head = nn.Linear(16, 100)
+
+    def forward(self, idx, targets=None):
+        x = self.emb(idx)
+        for block in self.extra:
+            x = block(x)
+        if targets is not None:
+            logits = self.head(x)
+            loss = F.cross_entropy(logits.view(-1, 100), targets.view(-1))
+        else:
+            logits = self.head(x[:, [-1], :])
+            loss = None
+        return logits, loss
+"""
+WITH_TARGETS = """
+
+class WithTargets(Tiny):  # torchls: input=(2, 8):long, targets=(2, 8):long
+    pass
+"""
+
+
+async def test_lines_no_forward_ran_say_not_run_and_why(tmp_path: Path) -> None:
+    """Where there is no shape because the line did not run at the profiled input, the editor
+    says so at the line's end (silence would read as "nothing here"); a line that another
+    model's forward ran shows that model's shape instead."""
+    lines = BRANCHES.splitlines()
+
+    def end_of(needle: str) -> tuple[int, int]:
+        number = next(i for i, line in enumerate(lines) if needle in line)
+        return (number, len(lines[number]))
+
+    async with lsp_session(workspace=tmp_path) as session:
+        (tmp_path / "tiny.py").write_text(BRANCHES)
+        uri = _open(session, tmp_path / "tiny.py", BRANCHES)
+        hints = await _wait_for_hints(session, uri, BRANCHES)
+        not_run = {k for k, label in _by_position(hints).items() if label == "not run"}
+        assert not_run == {
+            end_of("x = block(x)"),
+            end_of("logits = self.head(x)"),
+            end_of("loss = F.cross_entropy"),
+        }
+        # the branch this input takes has its shapes
+        shown = _by_position(hints)
+        assert shown[(end_of("self.head(x[:")[0], len("            logits"))] == ": (2, 1, 100)"
+        hint = next(h for h in hints if h.label == "not run")
+        resolved = await session.client.inlay_hint_resolve_async(hint)
+        assert isinstance(resolved.tooltip, types.MarkupContent)
+        assert "did not run" in resolved.tooltip.value
+        assert "Tiny (line 5 of tiny.py) at input (2, 8):long" in resolved.tooltip.value
+
+        both = BRANCHES + WITH_TARGETS
+        (tmp_path / "both.py").write_text(both)
+        both_uri = _open(session, tmp_path / "both.py", both)
+        deadline = time.monotonic() + 120
+        while True:
+            found = _by_position(await _hints(session, both_uri, both))
+            taken = (end_of("logits = self.head(x)")[0], len("            logits"))
+            if taken in found or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        # WithTargets takes the `targets` branch: its shapes, not "not run"
+        assert found[taken] == ": (2, 8, 100)"
+        assert {k for k, label in found.items() if label == "not run"} == {end_of("x = block(x)")}

@@ -235,7 +235,7 @@ test('the inlay shapes in SmallConvNet.forward are those of a real forward at it
   });
 });
 
-test.todo('the CodeLens above SmallConvNet shows its figures and opens the report, whose rows are torch\'s and whose filter narrows them', { timeout: 300000 }, async () => {
+test('the CodeLens above SmallConvNet shows its figures and opens the report, whose rows are torch\'s and whose filter narrows them', { timeout: 300000 }, async () => {
   await withFailureScreenshot(page, 'model-report', async () => {
     await closeAllEditors(page);
     await openFile(page, 'model.py');
@@ -366,7 +366,7 @@ test('from the palette on a class, the report folds three identical blocks into 
   });
 });
 
-test.todo('a Linear sized for the wrong input is marked on the forward line and fixed from Ctrl+., and the model then runs', { timeout: 300000 }, async () => {
+test('a Linear sized for the wrong input is marked on the forward line and fixed from Ctrl+., and the model then runs', { timeout: 300000 }, async () => {
   await withFailureScreenshot(page, 'shape-fix', async () => {
     await closeAllEditors(page);
     const file = path.join(workspace, 'digits.py');

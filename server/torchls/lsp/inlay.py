@@ -65,6 +65,10 @@ class _Recorded:
     tree: list[dict[str, Any]]
     paths: set[str]  # real paths it is indexed under
     guessed: bool  # profiled at a guessed input
+    inputs: str = ""  # the input it ran at, described
+    # real path -> the functions its forward ran there, and their statements that did not run
+    functions: dict[str, set[str]] = field(default_factory=dict)
+    unrun: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,7 +77,7 @@ class _Merged:
 
     line: int
     character: int  # UTF-16
-    kind: str  # "bind" | "return" | "parameters"
+    kind: str  # "bind" | "return" | "parameters" | "unrun"
     name: str
     values: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
@@ -104,6 +108,8 @@ class _Merged:
                 self.values.append(value)
 
     def label(self) -> str:
+        if self.kind == "unrun":
+            return "not run"
         if self.kind == "parameters":
             shown = self.values[0] if len(self.values) == 1 else "{" + ", ".join(self.values) + "}"
             return f"{shown} params"
@@ -111,6 +117,18 @@ class _Merged:
         return f"→ {shown}" if self.kind == "return" else f": {shown}"
 
     def tooltip(self) -> str:
+        if self.kind == "unrun":
+            lines = [
+                f"This line of `{', '.join(self.functions)}` did not run in the forward "
+                "torchls traced, so it has no shape to show. Traced:"
+            ]
+            lines += [f"- {detail}" for detail in self.details]
+            lines.append("")
+            lines.append(
+                "*A branch this input does not take (a `targets`, a `mask`, training mode) or a "
+                "loop that ran zero times: an input that takes it shows its shapes.*"
+            )
+            return "\n".join(lines)
         if self.kind == "parameters":
             lines = [f"**self.{self.name}**: parameters of this submodule, from the profile of"]
             lines += [f"- {detail}" for detail in self.details]
@@ -311,6 +329,7 @@ class InlayHints:
             for recorded in results:
                 for hint in recorded.shapes.get(path, []):
                     _add_shape(merged, recorded.label, hint, lines)
+            _add_unrun(merged, path, results, lines)
         if options.inlay_hints_parameters:
             models = self.server.model_cost.models(uri)
             if models is not None and models.tree is not None:
@@ -421,12 +440,24 @@ def _record(prepared: PreparedProfile, value: dict[str, Any], with_tree: bool) -
         for candidate in (ref_file, document_path):
             if isinstance(candidate, str) and _real(candidate) in texts:
                 paths.add(_real(candidate))
+    functions: dict[str, set[str]] = {}
+    unrun: dict[str, list[dict[str, Any]]] = {}
+    for entry in value.get("shapes") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        file = _real(entry["file"])
+        ran = entry.get("functions")
+        if isinstance(ran, list):
+            functions[file] = {name for name in ran if isinstance(name, str)}
+            unrun[file] = [row for row in entry.get("unrun") or [] if isinstance(row, dict)]
+            paths.add(file)
     found = value.get("inputs")
     inputs: dict[str, Any] = found if isinstance(found, dict) else {}
     guessed = bool(inputs.get("guess"))
     if guessed:
         label += f" at a guessed input {describe_json(inputs)}"
-    return _Recorded(label, texts, shapes, tree, paths, guessed)
+    described = describe_json(inputs) if inputs else ""
+    return _Recorded(label, texts, shapes, tree, paths, guessed, described, functions, unrun)
 
 
 def _column(lines: list[str], line: int, code_points: int) -> int | None:
@@ -465,6 +496,47 @@ def _add_shape(
     if function and function not in entry.functions:
         entry.functions.append(function)
     entry.calls.append((model, int(hint.get("calls") or 0)))
+
+
+def _add_unrun(
+    merged: dict[tuple[int, int, str], _Merged],
+    path: str,
+    results: list[_Recorded],
+    lines: list[str],
+) -> None:
+    """ "not run" where a statement of a traced function would have a shape but ran in none of
+    the forwards that ran that function, and no other hint is on its line."""
+    shown = {hint.line for hint in merged.values()}
+    candidates: dict[tuple[int, int], str] = {}
+    for recorded in results:
+        for row in recorded.unrun.get(path, []):
+            line, character, function = row.get("line"), row.get("character"), row.get("function")
+            if isinstance(line, int) and isinstance(character, int) and isinstance(function, str):
+                candidates.setdefault((line, character), function)
+    for (line, character), function in sorted(candidates.items()):
+        if line in shown:
+            continue
+        traced = [r for r in results if function in r.functions.get(path, set())]
+        if not traced or any(
+            not any(
+                row.get("line") == line and row.get("character") == character
+                for row in r.unrun.get(path, [])
+            )
+            for r in traced
+        ):
+            continue  # one of the forwards that ran this function ran this line too
+        if not 0 <= line < len(lines):
+            continue
+        # at the line's end: after a target name it would read as the name's value
+        column = _column(lines, line, len(lines[line].rstrip()))
+        if column is None:
+            continue
+        entry = merged[(line, column, "unrun")] = _Merged(line, column, "unrun", "")
+        entry.functions.append(function)
+        for r in traced:
+            at = f" at input {r.inputs}" if r.inputs and not r.guessed else ""
+            entry.details.append(f"{r.label}{at}")
+        shown.add(line)
 
 
 def _init_assignments(node: ast.ClassDef) -> list[tuple[str, ast.stmt]]:

@@ -69,6 +69,13 @@ class _Step:
     targets: list[_Target] = field(default_factory=list)
     returns: tuple[int, int] | None = None  # (line, character) of a return's value end
     simple: bool = False  # a simple statement's, not a compound statement's header
+    ran: bool = False  # a traced frame reached it
+
+    def hint_position(self) -> tuple[int, int] | None:
+        """Where this statement's first hint goes (its first target's end, or its return's)."""
+        if self.targets:
+            return (self.targets[0].line, self.targets[0].character)
+        return self.returns
 
 
 class _FileStatements:
@@ -265,6 +272,7 @@ class ShapeTracer:
         self.files: dict[str, _FileStatements | None] = {}  # by co_filename
         self.codes: dict[types.CodeType, _FileStatements | None] = {}
         self.hints: dict[str, dict[tuple[int, int, str, str], _Hint]] = {}
+        self.entered: dict[types.CodeType, _FileStatements] = {}  # functions a frame ran
         self.previous: Any = None
 
     def __enter__(self) -> ShapeTracer:
@@ -349,6 +357,7 @@ class ShapeTracer:
                 statements = self.codes[code] = self._statements(code)
             if statements is None:
                 return None
+            self.entered[code] = statements  # type: ignore[assignment]
             return _FrameTracer(self, statements, _qualname(code))  # type: ignore[arg-type]
         except Exception:
             return None
@@ -438,7 +447,40 @@ class ShapeTracer:
                 )
             if rows:
                 shapes.append({"file": path, "sha256": shas[path], "hints": rows})
+        self._add_unrun(shapes, shas)
         return shapes
+
+    def _add_unrun(self, shapes: list[dict[str, Any]], shas: dict[str, str]) -> None:
+        """For each file, the functions a traced frame ran (`functions`) and their statements
+        that would have a hint but never ran (`unrun`: a branch this input does not take, a
+        loop that ran zero times): where no shape can be shown, the editor says why."""
+        by_path = {entry["file"]: entry for entry in shapes}
+        for code, statements in self.entered.items():
+            entry = by_path.get(statements.path)
+            if entry is None:
+                entry = by_path[statements.path] = {
+                    "file": statements.path,
+                    "sha256": shas[statements.path],
+                    "hints": [],
+                }
+                shapes.append(entry)
+            function = _qualname(code)
+            functions: list[str] = entry.setdefault("functions", [])
+            if function not in functions:
+                functions.append(function)
+            unrun: list[dict[str, Any]] = entry.setdefault("unrun", [])
+            steps = statements.steps
+            seen: set[int] = set()
+            for line in sorted({n for _, _, n in code.co_lines() if n is not None}):
+                step = steps[line] if 0 < line < len(steps) else None
+                if step is None or not step.simple or step.ran or id(step) in seen:
+                    continue
+                seen.add(id(step))
+                position = step.hint_position()
+                if position is not None:
+                    unrun.append(
+                        {"line": position[0], "character": position[1], "function": function}
+                    )
 
 
 def _untraced_ops(torch: Any, trace: Any) -> Any:
@@ -496,6 +538,8 @@ class _FrameTracer:
                 if step is not current:
                     if current is not None and current.targets and not self.failed:
                         self.owner.record(frame, current, self.statements)
+                    if step is not None:
+                        step.ran = True
                     self.current = step
                     self.failed = False
             elif event == "return":
