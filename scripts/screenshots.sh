@@ -38,6 +38,7 @@ declare -A PICTURES=(
   [codelens]=codelens
   [model-report]=model-report
   [model-report-filter]=model-report-filter
+  [shape-fix-menu]=shape-fix
 )
 mkdir -p docs/images
 for shot in "${!PICTURES[@]}"; do

@@ -149,11 +149,8 @@ def test_real_vscode_smoke(vsix: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "# fail 0" in result.stdout
-    # 25 tests must pass; two of report.test.mjs are todos (they run, and report, but do not
-    # fail the run): the shape fix, whose diagnostic did not reach code-server's editor, and the
-    # CodeLens-to-report test, whose CSV export through the save dialog did not complete
     passed = re.search(r"# pass (\d+)", result.stdout)
-    assert passed and int(passed.group(1)) >= 25, result.stdout[-4000:]
+    assert passed and int(passed.group(1)) >= 27, result.stdout[-4000:]
     expected = [
         "status-bar",  # torch 2.13.0 in the status bar
         "output-log",  # the torchls output channel with the server's status line
@@ -184,7 +181,11 @@ def test_real_vscode_smoke(vsix: Path) -> None:
         "viewer-untrusted",  # the viewer in Restricted Mode
         "inlay-shapes",  # SmallConvNet.forward with a real forward's shapes
         "codelens",  # the line above the class: params, MACs, input
+        "model-report",  # the CodeLens click: SmallConvNet's tree, rows as torch counts them
+        "model-report-filter",  # the report's filter keeps matches and their ancestors
         "model-report-blocks",  # three identical blocks folded into one row, opened
+        "shape-fix-menu",  # Ctrl+. on the forward line: the verified in_features fix
+        "shape-fix-applied",  # the fix applied, saved, the error gone
     ]
     missing = [name for name in expected if not (artifacts / f"{name}.png").is_file()]
     assert not missing, f"screenshots not kept: {missing}"

@@ -161,3 +161,31 @@ async def test_blocked_lenses_say_why(tmp_path: Path) -> None:
             session, {"uri": uri, "line": start.line, "character": start.character}
         )
         assert set(report) == {"error"} and "not trusted" in report["error"]
+
+
+async def test_a_model_that_fails_on_a_shape_names_the_layer_in_its_lens(tmp_path: Path) -> None:
+    """The lens above a model whose forward fails says where, in the numbers torch gives: what
+    the layer was built for and what reaches it, not only "could not profile"."""
+    import textwrap
+
+    import torch
+    from tests.shape_fixtures import MNIST
+
+    text = textwrap.dedent(MNIST).lstrip()
+    path = tmp_path / "mnist.py"
+    path.write_text(text)
+    model = load_module(path).MnistNet()
+    try:
+        model(torch.randn(1, 1, 28, 28))
+    except RuntimeError as error:
+        assert "1x3136 and 3200x10" in str(error)  # torch refuses it the same way
+    else:
+        raise AssertionError("the fixture should fail in torch")
+    async with lsp_session(workspace=tmp_path) as session:
+        uri = _open(session, path, text)
+        (lens,) = await _lenses(session, uri)
+        resolved = await session.client.code_lens_resolve_async(lens)
+        assert resolved.command is not None
+        assert resolved.command.title == (
+            "⚠ MnistNet fails at (1, 1, 28, 28): fc1 has in_features=3200, receives 3136"
+        )

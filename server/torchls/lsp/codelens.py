@@ -13,6 +13,7 @@ from lsprotocol import types
 from torchls import status
 from torchls.cost import report
 from torchls.lsp.model_report import blocked, profile
+from torchls.lsp.shape_checks import shape_error_of
 from torchls.source.models import FileModels, ModelTarget
 from torchls.source.spec import describe_json
 from torchls.worker.client import JobResult
@@ -34,6 +35,9 @@ def shows_lens(target: ModelTarget) -> bool:
 
 def title(result: JobResult, name: str) -> str:
     if not result.ok:
+        mismatch = shape_error_of(result)
+        if mismatch is not None:
+            return _mismatch_title(mismatch, name)
         return f"⚠ torchls could not profile {name}: hover {name} for why"
     value = result.value
     parts = [f"{report.count(value['parameters']['total'])} params"]
@@ -130,3 +134,19 @@ def _find(models: FileModels, data: dict[str, Any]) -> ModelTarget | None:
                 return target
             occurrence -= 1
     return None
+
+
+def _mismatch_title(data: dict[str, Any], name: str) -> str:
+    """A forward that fails on a shape: which layer, what it expects and receives (the error
+    and its fix are on the failing line)."""
+    inputs = str(data.get("inputs") or "")
+    at = f" at {inputs}" if inputs else ""
+    module = str(data.get("module") or "")
+    expects = data.get("expects") if isinstance(data.get("expects"), dict) else None
+    received = data.get("received")
+    if module and expects is not None and isinstance(received, int):
+        argument = str(expects.get("argument") or "")
+        what = f"{argument}={expects.get('value')}" if argument else str(expects.get("value"))
+        return f"⚠ {name} fails{at}: {module} has {what}, receives {received}"
+    where = f" in {module}" if module else ""
+    return f"⚠ {name} fails{at}: a shape mismatch{where} (the error is on its forward line)"
