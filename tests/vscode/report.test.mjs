@@ -385,6 +385,8 @@ test('a Linear sized for the wrong input is marked on the forward line and fixed
     const problemText = (await problem.innerText()).replace(/\s+/g, ' ');
     assert.match(problemText, /3,?136/, problemText);
     await runCommand(page, 'View: Hide Panel');
+    // The lens above the class names the layer too, not only "could not profile".
+    await page.locator('.editor-instance .codelens-decoration', { hasText: 'fc1 has in_features=3200, receives 3136' }).first().waitFor({ timeout: 60000 });
 
     await goToLine(page, forwardLine);
     await viewLine('return self.fc1(x)').locator('span span', { hasText: 'fc1' }).first().click();

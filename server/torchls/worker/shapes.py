@@ -9,6 +9,9 @@ they are read (plain names from the frame's locals, `self.x` with a plain getatt
 What a file's statements bind is read once per file from its AST, so a line that binds nothing
 costs one list look-up. The text parsed is the text the worker executed (see `PinnedLoader`),
 and its sha256 goes with the hints, so the editor shows them only on that version of the file.
+Each file's entry also lists the functions a traced frame ran (`functions`) and, of their
+statements that would have a hint, those that never ran (`unrun`): the editor says "not run"
+there rather than nothing.
 """
 
 from __future__ import annotations
