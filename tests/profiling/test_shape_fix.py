@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import ROOT
-from tests.shape_fixtures import MNIST
+from tests.shape_fixtures import MNIST, TWO_MISTAKES
 
 from torchls.cost.request import prepare
 from torchls.loadcheck.fixes import apply_edits
@@ -487,26 +487,6 @@ def test_view_size_mismatch_fix_then_chains_the_linear_after_it(
 
 
 # -- the CLI's lines, from the worker's own shape_error, with the fix verified --------------------
-
-TWO_MISTAKES = """
-import torch
-from torch import nn
-
-
-# torchls: input=(1, 3, 32, 32)
-class TwoMistakes(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 32, 3, padding=1)
-        self.pool = nn.MaxPool2d(4)
-        self.fc = nn.Linear(32 * 4 * 4, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
-"""
 
 
 def cli_lines(worker: Worker, path: Path, name: str) -> list[str]:

@@ -18,32 +18,10 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.workspace import Workspace
-from tests.shape_fixtures import MNIST
+from tests.shape_fixtures import MNIST, TWO_MISTAKES
 
 from torchls.lsp.server import TorchLanguageServer, create_server
 from torchls.lsp.shape_checks import CODE_MISMATCH, ShapeChecks, install
-
-# Two mistakes: conv2's in_channels, and fc1's in_features after it. Fixing conv2 alone moves
-# the failure to fc1; the quick fix carries both edits.
-TWO_MISTAKES = """
-import torch
-from torch import nn
-
-
-# torchls: input=(1, 3, 32, 32)
-class TwoMistakes(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 32, 3, padding=1)
-        self.pool = nn.MaxPool2d(4)
-        self.fc = nn.Linear(32 * 4 * 4, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
-"""
 
 # Fixing conv2 moves the failure to fc, whose size is an expression with names: no fix.
 NOT_ENOUGH = TWO_MISTAKES.replace("def __init__(self):", "def __init__(self, width=32):").replace(
