@@ -71,7 +71,9 @@ class EditorRun:
         return "\n".join(parts)
 
 
-def run_editor(argv: list[str], workspace: Path, scratch: Path) -> EditorRun:
+def run_editor(
+    argv: list[str], workspace: Path, scratch: Path, extra_env: dict[str, str] | None = None
+) -> EditorRun:
     """Run `argv` (an editor running one of this folder's scripts) with HOME/XDG in `scratch`."""
     home = scratch / "home"
     env = dict(os.environ)
@@ -87,6 +89,7 @@ def run_editor(argv: list[str], workspace: Path, scratch: Path) -> EditorRun:
         TORCHLS_RESULT=str(scratch / "result.json"),
         PYTHONPATH=str(ROOT / "server"),
     )
+    env.update(extra_env or {})
     for folder in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         Path(env[folder]).mkdir(parents=True, exist_ok=True)
     (scratch / "run").mkdir(mode=0o700, exist_ok=True)

@@ -6,6 +6,9 @@
 -- shows the parameter count, opens train.py, waits for torchls's diagnostics, asks for the quick
 -- fixes of the DataParallel load, applies "Strip the `module.` prefix" with
 -- vim.lsp.util.apply_workspace_edit, saves, and waits for the diagnostic to go away.
+-- With TORCHLS_SHAPE_FILE (a file of the workspace whose forward fails on a shape) it then opens
+-- that file, waits for the shape diagnostic, applies its quick fix, saves, waits for the error to
+-- go, and reads the file's inlay hints.
 
 local workspace = assert(os.getenv("TORCHLS_WORKSPACE"), "TORCHLS_WORKSPACE is not set")
 local server_cmd = vim.json.decode((assert(os.getenv("TORCHLS_SERVER_CMD"), "no TORCHLS_SERVER_CMD")))
@@ -227,5 +230,75 @@ for _, d in ipairs(torchls_diagnostics(train)) do
   table.insert(result.diagnostics_after, { line = d.lnum, message = d.message })
 end
 result.timings.diagnostic_cleared = elapsed()
+
+-- the shape error: diagnostic, verified fix, inlay hints of the fixed forward ------------------
+local shape_file = os.getenv("TORCHLS_SHAPE_FILE")
+if shape_file then
+  local shapes = open(shape_file)
+  if not vim.lsp.buf_attach_client(shapes, client_id) then
+    fail("could not attach torchls to " .. shape_file)
+  end
+  local function shape_diagnostic()
+    for _, d in ipairs(torchls_diagnostics(shapes)) do
+      if d.code == "shape-mismatch" then
+        return d
+      end
+    end
+  end
+  if not vim.wait(DIAGNOSTIC_SECONDS * 1000, shape_diagnostic, 100) then
+    fail("no shape-mismatch diagnostic within " .. DIAGNOSTIC_SECONDS .. " s")
+  end
+  local found = shape_diagnostic()
+  result.shape_diagnostic = { line = found.lnum, message = found.message }
+  local uri = vim.uri_from_bufnr(shapes)
+  -- The fix is offered once the server has profiled the edited text: ask until it is there.
+  local fix
+  local asked_until = elapsed() + DIAGNOSTIC_SECONDS
+  while not fix and elapsed() < asked_until do
+    local answers = vim.lsp.buf_request_sync(shapes, "textDocument/codeAction", {
+      textDocument = { uri = uri },
+      range = { start = { line = found.lnum, character = 0 }, ["end"] = { line = found.lnum, character = 0 } },
+      context = { diagnostics = { found.user_data and found.user_data.lsp }, only = { "quickfix" }, triggerKind = 1 },
+    }, 30000)
+    local answer = answers and answers[client_id]
+    for _, action in ipairs(answer and answer.result or {}) do
+      if action.edit and action.title:find("in_features", 1, true) then
+        fix = action
+      end
+    end
+    if not fix then
+      vim.wait(500)
+    end
+  end
+  if not fix then
+    fail("no verified shape fix offered within " .. DIAGNOSTIC_SECONDS .. " s")
+  end
+  result.shape_fix = fix.title
+  vim.lsp.util.apply_workspace_edit(fix.edit, client.offset_encoding)
+  vim.api.nvim_buf_call(shapes, function()
+    vim.cmd("silent write")
+  end)
+  result.shape_error_cleared = vim.wait(DIAGNOSTIC_SECONDS * 1000, function()
+    return shape_diagnostic() == nil
+  end, 100)
+  -- The saved text is profiled again: its forward's shapes come as inlay hints.
+  local count = vim.api.nvim_buf_line_count(shapes)
+  result.inlay_hints = {}
+  vim.wait(DIAGNOSTIC_SECONDS * 1000, function()
+    local answers = vim.lsp.buf_request_sync(shapes, "textDocument/inlayHint", {
+      textDocument = { uri = uri },
+      range = { start = { line = 0, character = 0 }, ["end"] = { line = count, character = 0 } },
+    }, 30000)
+    local answer = answers and answers[client_id]
+    local hints = answer and answer.result or {}
+    result.inlay_hints = {}
+    for _, hint in ipairs(hints) do
+      local label = type(hint.label) == "string" and hint.label or vim.inspect(hint.label)
+      table.insert(result.inlay_hints, { line = hint.position.line, label = label })
+    end
+    return #hints > 0
+  end, 500)
+  result.timings.shapes = elapsed()
+end
 
 finish(nil)

