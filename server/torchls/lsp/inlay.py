@@ -68,7 +68,7 @@ class _Recorded:
     inputs: str = ""  # the input it ran at, described
     # real path -> the functions its forward ran there, and their statements that did not run
     functions: dict[str, set[str]] = field(default_factory=dict)
-    unrun: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    unrun: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)  # -> function
 
 
 @dataclass
@@ -423,6 +423,8 @@ def _record(prepared: PreparedProfile, value: dict[str, Any], with_tree: bool) -
             if isinstance(source_path, str) and isinstance(text, str):
                 texts[_real(source_path)] = text_digest(text)
     shapes: dict[str, list[dict[str, Any]]] = {}
+    functions: dict[str, set[str]] = {}
+    unrun: dict[str, dict[tuple[int, int], str]] = {}
     for entry in value.get("shapes") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             continue
@@ -432,6 +434,17 @@ def _record(prepared: PreparedProfile, value: dict[str, Any], with_tree: bool) -
             # what the worker ran is what counts (a file not open is read from disk there)
             texts[file] = digest
         shapes[file] = [hint for hint in entry.get("hints") or [] if isinstance(hint, dict)]
+        ran = entry.get("functions")
+        if isinstance(ran, list):
+            functions[file] = {name for name in ran if isinstance(name, str)}
+            unrun[file] = {
+                (row["line"], row["character"]): row["function"]
+                for row in entry.get("unrun") or []
+                if isinstance(row, dict)
+                and isinstance(row.get("line"), int)
+                and isinstance(row.get("character"), int)
+                and isinstance(row.get("function"), str)
+            }
     tree = [row for row in value.get("tree") or [] if isinstance(row, dict)] if with_tree else []
     paths = set(shapes)
     ref_file = target.ref.get("file") if isinstance(target.ref, dict) else None
@@ -440,23 +453,12 @@ def _record(prepared: PreparedProfile, value: dict[str, Any], with_tree: bool) -
         for candidate in (ref_file, document_path):
             if isinstance(candidate, str) and _real(candidate) in texts:
                 paths.add(_real(candidate))
-    functions: dict[str, set[str]] = {}
-    unrun: dict[str, list[dict[str, Any]]] = {}
-    for entry in value.get("shapes") or []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            continue
-        file = _real(entry["file"])
-        ran = entry.get("functions")
-        if isinstance(ran, list):
-            functions[file] = {name for name in ran if isinstance(name, str)}
-            unrun[file] = [row for row in entry.get("unrun") or [] if isinstance(row, dict)]
-            paths.add(file)
     found = value.get("inputs")
     inputs: dict[str, Any] = found if isinstance(found, dict) else {}
+    described = describe_json(inputs) if inputs else ""
     guessed = bool(inputs.get("guess"))
     if guessed:
-        label += f" at a guessed input {describe_json(inputs)}"
-    described = describe_json(inputs) if inputs else ""
+        label += f" at a guessed input {described}"
     return _Recorded(label, texts, shapes, tree, paths, guessed, described, functions, unrun)
 
 
@@ -509,21 +511,13 @@ def _add_unrun(
     shown = {hint.line for hint in merged.values()}
     candidates: dict[tuple[int, int], str] = {}
     for recorded in results:
-        for row in recorded.unrun.get(path, []):
-            line, character, function = row.get("line"), row.get("character"), row.get("function")
-            if isinstance(line, int) and isinstance(character, int) and isinstance(function, str):
-                candidates.setdefault((line, character), function)
+        for position, function in recorded.unrun.get(path, {}).items():
+            candidates.setdefault(position, function)
     for (line, character), function in sorted(candidates.items()):
         if line in shown:
             continue
         traced = [r for r in results if function in r.functions.get(path, set())]
-        if not traced or any(
-            not any(
-                row.get("line") == line and row.get("character") == character
-                for row in r.unrun.get(path, [])
-            )
-            for r in traced
-        ):
+        if not traced or any((line, character) not in r.unrun.get(path, {}) for r in traced):
             continue  # one of the forwards that ran this function ran this line too
         if not 0 <= line < len(lines):
             continue

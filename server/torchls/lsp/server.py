@@ -47,9 +47,9 @@ CMD_TEST_DOCUMENT_TEXT = "torchls.test.documentText"
 # A worker that dies this often within the window is not restarted eagerly any more; it still
 # starts again on the next request that needs it.
 _CRASH_WINDOW_SECONDS = 60.0
+_CRASHES_BEFORE_BACKOFF = 3
 # A shape check of an opened or saved file starts after the warm-up has queued its jobs.
 SHAPE_CHECK_DELAY_SECONDS = 0.2
-_CRASHES_BEFORE_BACKOFF = 3
 
 
 class TorchLanguageServer(RobustLanguageServer):
