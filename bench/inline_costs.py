@@ -24,21 +24,21 @@ Ends with one JSON line.
 # ruff: noqa: E402 (the path is set before the imports)
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path  # none of these three imports `inspect`
 
 # bench/ holds inspect.py (a benchmark): the standard library's inspect must win, so this folder
 # goes last on the path, not first where Python put it
-_HERE = str(__import__("pathlib").Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if __import__("os").path.realpath(p or ".") != _HERE]
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 sys.path.append(_HERE)
@@ -368,7 +368,7 @@ def main() -> None:
         for name, numbers in tracer.items():
             print(
                 f"  {name:28} without {numbers['untraced_s']:6.2f} s   with "
-                f"{numbers['traced_s']:6.2f} s   +{numbers['overhead'] * 100:4.1f}%   "
+                f"{numbers['traced_s']:6.2f} s   {numbers['overhead'] * 100:+5.1f}%   "
                 f"({numbers['hints']} hints; target at most +30%)"
             )
     print(json.dumps({"requests": requests, "tracer": tracer}))
