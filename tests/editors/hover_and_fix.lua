@@ -294,7 +294,7 @@ if shape_file then
     result.inlay_hints = {}
     for _, hint in ipairs(hints) do
       local label = type(hint.label) == "string" and hint.label or vim.inspect(hint.label)
-      table.insert(result.inlay_hints, { line = hint.position.line, label = label })
+      table.insert(result.inlay_hints, { line = hint.position.line, character = hint.position.character, label = label })
     end
     return #hints > 0
   end, 500)

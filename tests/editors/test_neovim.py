@@ -7,17 +7,16 @@ too old for `vim.lsp.start` and `nvim -l`.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.editors.harness import HERE, check_hover_and_fix, run_editor
+from tests.protocol.inline_fixture import load_module, real_forward_hints
 from tests.shape_fixtures import MNIST
 
 SCRIPT = HERE / "hover_and_fix.lua"
@@ -77,50 +76,11 @@ def test_neovim_hover_quick_fix_and_edit(workspace: Path, tmp_path: Path) -> Non
     fixed = (workspace / "digits.py").read_text()
     assert fixed == text.replace("nn.Linear(3200, 10)", "nn.Linear(3136, 10)"), why
     assert result["shape_error_cleared"] is True, why
-    real = _real_forward_labels(workspace / "digits.py")
-    shown = {(hint["line"], hint["label"]) for hint in result["inlay_hints"]}
+    import torch
+
+    model = load_module(workspace / "digits.py").MnistNet()
+    real = real_forward_hints(workspace / "digits.py", lambda: model(torch.randn(1, 1, 28, 28)))
+    shown = {(hint["line"], hint["character"]): hint["label"] for hint in result["inlay_hints"]}
     assert shown == real, why
     assert run.result["nvim"].startswith("0.1"), run.explain(log)
     print(f"neovim {run.result['nvim']}: {run.seconds:.1f} s, phases {run.result['timings']}")
-
-
-def _real_forward_labels(path: Path) -> set[tuple[int, str]]:
-    """(line, label) of what MnistNet's forward binds and returns on CPU: each assignment's
-    tensor as `: (shape)`, the return's as `→ (shape)`."""
-    import torch
-
-    spec = importlib.util.spec_from_file_location("digits_fixed", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.MnistNet()
-    lines = path.read_text().splitlines()
-    labels: set[tuple[int, str]] = set()
-    seen: dict[int, Any] = {}
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line" and "x" in frame.f_locals:
-            seen[frame.f_lineno - 2] = frame.f_locals["x"]  # the line before has finished
-        if event == "return":
-            labels.add((frame.f_lineno - 1, "→ " + _shape(arg)))
-        return local
-
-    def calls(frame: Any, event: str, arg: Any) -> Any:
-        code = frame.f_code
-        return local if code.co_name == "forward" and code.co_filename == str(path) else None
-
-    previous = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        with torch.no_grad():
-            model(torch.randn(1, 1, 28, 28))
-    finally:
-        sys.settrace(previous)
-    for line, value in seen.items():
-        if lines[line].strip().startswith("x = "):
-            labels.add((line, ": " + _shape(value)))
-    return labels
-
-
-def _shape(value: Any) -> str:
-    return "(" + ", ".join(str(size) for size in value.shape) + ")"
